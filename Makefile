@@ -1,0 +1,34 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both set everything up on a fresh machine.
+PYTHON   ?= python3.11
+VENV     := .venv
+BIN      := $(VENV)/bin
+TF_EXTRA ?= cpu
+STAMP    := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast lint clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+setup: $(STAMP)  ## system packages + .venv with the project and its test tools
+
+$(STAMP): pyproject.toml constraints.txt scripts/setup-system.sh
+	bash scripts/setup-system.sh
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: install Python 3.11 or run 'make PYTHON=/path/to/python3.11'" >&2; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(TF_EXTRA),test]"
+	touch $@
+
+demo: $(STAMP)  ## train + export the digits model, build the Triton repository, serve it and classify through it
+	$(BIN)/python -m triton_deploy.demo
+
+test: $(STAMP)  ## the whole test suite, slow tests included (what CI runs)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## only the tests that need neither training nor a server
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:  ## remove build outputs (keeps .venv)
+	rm -rf build results .pytest_cache model_repository/*/[0-9]*/model.onnx
