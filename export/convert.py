@@ -1,0 +1,57 @@
+"""TensorFlow -> ONNX with tf2onnx, with stable tensor names and one dynamic batch dimension called ``batch``.
+
+The model is traced through a ``tf.function`` whose input signature names the input and which returns a dict naming
+the output: that path works for functional and Sequential Keras 3 models and for SavedModel signatures alike
+(``from_keras`` fails on some Keras 3 models). tf2onnx names the batch dimension ``unk__N``; we rename it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import onnx
+
+from triton_deploy.errors import ConversionError
+
+from .sources import LoadedModel
+
+BATCH_DIM = "batch"
+
+
+def convert(model: LoadedModel, *, input_name: str, output_name: str, opset: int, nchw: bool) -> onnx.ModelProto:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    import tf2onnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    height, width, channels = model.input_shape
+    signature = (tf.TensorSpec((None, height, width, channels), tf.float32, name=input_name),)
+
+    @tf.function(input_signature=signature)
+    def serving(image):
+        return {output_name: tf.identity(model.call(image))}
+
+    options = {"inputs_as_nchw": [f"{input_name}:0"]} if nchw else {}
+    try:
+        proto, _ = tf2onnx.convert.from_function(serving, input_signature=signature, opset=opset, **options)
+    except Exception as exc:
+        raise ConversionError(f"tf2onnx could not convert the model at opset {opset}: {exc}",
+                              hint="try another --opset") from None
+    proto.producer_name = "triton-deploy (tf2onnx)"
+    name_batch_dimension(proto)
+    inputs = [i.name for i in proto.graph.input]
+    outputs = [o.name for o in proto.graph.output]
+    if inputs != [input_name] or outputs != [output_name]:
+        raise ConversionError(f"converted graph has inputs {inputs} and outputs {outputs}; "
+                              f"expected [{input_name!r}] and [{output_name!r}]")
+    return proto
+
+
+def name_batch_dimension(proto: onnx.ModelProto, name: str = BATCH_DIM) -> None:
+    """Give the leading dimension of every graph input, output and value_info the symbolic name ``name``."""
+    graph = proto.graph
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = name

@@ -1,0 +1,129 @@
+"""The built-in model: a small CNN trained on scikit-learn's bundled 8x8 digits, upscaled to 64x64.
+
+The data ships inside scikit-learn (no download). Images go through the same ``ImageTransform`` the server uses, so
+training, parity checks and serving see identical tensors. The network is sized for realistic compute (about 40
+MFLOPs per image, four 3x3 convolution blocks of 32 to 128 channels) so that serving overhead, batching and
+quantisation show the effects they have on real models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from triton_deploy.preprocessing import ImageTransform
+
+IMAGE_SIZE = 64
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+LABELS = tuple(str(d) for d in range(10))
+TRANSFORM = ImageTransform(height=IMAGE_SIZE, width=IMAGE_SIZE, color_mode="L", scale=1.0 / 255.0)
+
+
+@dataclass(frozen=True)
+class DigitsData:
+    """Digits as uint8 images at their native 8x8 size, with a seeded, recorded train / held-out split."""
+
+    images: np.ndarray  # (N, 8, 8) uint8, ink bright on dark
+    labels: np.ndarray  # (N,) int64
+    train_indices: np.ndarray
+    heldout_indices: np.ndarray
+    seed: int
+    test_fraction: float
+
+    def split(self, which: str) -> tuple[np.ndarray, np.ndarray]:
+        index = self.train_indices if which == "train" else self.heldout_indices
+        return self.images[index], self.labels[index]
+
+    def record(self) -> dict:
+        """What the manifest keeps so anyone can rebuild the same held-out set."""
+        return {
+            "name": "sklearn-digits",
+            "image_size": [IMAGE_SIZE, IMAGE_SIZE],
+            "seed": self.seed,
+            "test_fraction": self.test_fraction,
+            "train_size": int(len(self.train_indices)),
+            "heldout_size": int(len(self.heldout_indices)),
+            "heldout_indices": [int(i) for i in self.heldout_indices],
+        }
+
+
+def load_digits_data(seed: int = 0, test_fraction: float = 0.25) -> DigitsData:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if not 0.2 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0.2, 1), got {test_fraction}")
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 ink levels -> 0..255
+    labels = bunch.target.astype(np.int64)
+    indices = np.arange(len(labels))
+    train, heldout = train_test_split(indices, test_size=test_fraction, random_state=seed, stratify=labels)
+    return DigitsData(images, labels, np.sort(train), np.sort(heldout), seed, test_fraction)
+
+
+def digit_image(pixels: np.ndarray, size: int = IMAGE_SIZE) -> Image.Image:
+    """One 8x8 uint8 digit as a greyscale PIL image upscaled to ``size`` (what a user would send us)."""
+    return Image.fromarray(pixels, mode="L").resize((size, size), Image.Resampling.BILINEAR)
+
+
+def to_model_input(images: np.ndarray, transform: ImageTransform = TRANSFORM) -> np.ndarray:
+    """8x8 uint8 digits -> the float tensor the model takes, through the serving transform."""
+    pixels = np.stack([transform.resize(digit_image(image)) for image in images])
+    return transform.normalise(pixels)
+
+
+def build_digits_cnn():
+    """Four conv blocks (32, 32, 64, 128 channels) at 64, 32, 16, 8 pixels: about 20M MACs (40 MFLOPs) per image."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 1), name=INPUT_NAME)
+    x = inputs
+    for channels in (32, 32, 64, 128):
+        x = layers.Conv2D(channels, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)  # short training: let moving stats keep up
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.2)(x)
+    outputs = layers.Dense(len(LABELS), name=OUTPUT_NAME)(x)  # logits: the postprocess model applies softmax
+    return keras.Model(inputs, outputs, name="digits_cnn")
+
+
+def train_digits_model(data: DigitsData, *, epochs: int = 8, batch_size: int = 32, progress=None):
+    """Train the CNN deterministically (seeded, deterministic ops). Returns the Keras model."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(data.seed)
+    tf.config.experimental.enable_op_determinism()
+    x_train, y_train = data.split("train")
+    x_train = to_model_input(x_train)
+    model = build_digits_cnn()
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    callbacks = [progress] if progress is not None else []
+    model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=callbacks, shuffle=True)
+    return model
+
+
+def count_conv_dense_flops(model) -> int:
+    """FLOPs (2 x multiply-adds) of the Conv2D and Dense layers for one image: the bulk of the compute."""
+    import keras
+
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            c_in = layer.input.shape[-1]
+            flops += 2 * h * w * c_out * kh * kw * c_in
+        elif isinstance(layer, keras.layers.Dense):
+            flops += 2 * layer.input.shape[-1] * layer.units
+    return int(flops)

@@ -1,0 +1,257 @@
+"""``triton-deploy export`` as one function: load or train -> convert -> check -> parity -> accuracy -> write.
+
+Everything is written into a temporary sibling of the output directory and moved into place only when every check
+has passed, so a failed export leaves nothing behind (and an existing export untouched).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from triton_deploy import __version__
+from triton_deploy.errors import ModelSourceError, UsageError
+from triton_deploy.fsutil import atomic_directory, check_output_dir
+from triton_deploy.preprocessing import ImageDecodeError, ImageTransform
+from triton_deploy.progress import Reporter
+from triton_deploy.spec import Manifest, TensorSpec
+
+from . import convert, digits, sources, validate
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+SAMPLE_IMAGE = "sample.png"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    output: Path
+    model: str = "digits"  # built-in model; ignored when keras_model, saved_model or arch is set
+    keras_model: Path | None = None
+    saved_model: Path | None = None
+    arch: str | None = None
+    weights: Path | None = None
+    image_size: int | None = None
+    name: str | None = None
+    labels_file: Path | None = None
+    samples: Path | None = None
+    output_kind: str = "auto"  # auto | logits | probabilities
+    opset: int = 17
+    nchw: bool = False
+    atol: float = 1e-4
+    min_agreement: float = 1.0
+    input_name: str = "image"
+    output_name: str | None = None  # default: "logits" or "probabilities"
+    epochs: int = 8
+    seed: int = 0
+    force: bool = False
+    transform_overrides: dict = field(default_factory=dict)  # scale / mean / std / channel_order from flags
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    output: Path
+    manifest: Manifest
+
+    def summary(self) -> dict:
+        m = self.manifest
+        return {
+            "output": str(self.output),
+            "name": m.name,
+            "model": str(self.output / m.model_file),
+            "input": m.input.to_dict(),
+            "output_tensor": m.output.to_dict() | {"kind": m.output_kind},
+            "accuracy": m.accuracy,
+            "parity": {"max_abs_diff": m.parity.max_abs_diff, "top1_agreement": m.parity.top1_agreement,
+                       "atol": m.parity.atol, "samples": m.parity.samples},
+            "flops_per_image": m.flops_per_image,
+            "model_sha256": m.model_sha256,
+        }
+
+
+def export_model(options: ExportOptions, reporter: Reporter | None = None) -> ExportResult:
+    reporter = reporter or Reporter(quiet=True)
+    _check_options(options)
+    check_output_dir(options.output, force=options.force)  # fail before minutes of training, not after
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    model = _load(options, reporter)
+    transform = ImageTransform.from_dict(model.transform.to_dict() | options.transform_overrides
+                                         | ({"layout": "NCHW"} if options.nchw else {}))
+    labels = _labels(options, model)
+    samples, sample_labels, sample_png = _samples(options, model, transform)
+
+    with atomic_directory(options.output, force=options.force) as staging:
+        reference = model.predict(samples[:4])
+        kind = options.output_kind if options.output_kind != "auto" else (
+            model.output_kind or ("probabilities" if validate.looks_like_probabilities(reference) else "logits"))
+        output_name = options.output_name or kind
+        model_path = staging / "model.onnx"
+        with reporter.step(f"Converting to ONNX (opset {options.opset}, {transform.layout})"):
+            proto = convert.convert(model, input_name=options.input_name, output_name=output_name,
+                                    opset=options.opset, nchw=options.nchw)
+            onnx.save(proto, str(model_path))
+        with reporter.step("Checking the ONNX graph (checker, shape inference)"):
+            validate.check_graph(model_path)
+        session = validate.onnx_session(model_path)
+        plan = validate.ParityPlan(atol=options.atol, min_agreement=options.min_agreement,
+                                   batch_sizes=(1, min(16, len(samples))))
+        with reporter.step(f"Checking parity TensorFlow vs ONNX Runtime at batch {plan.batch_sizes}"):
+            parity = validate.check_parity(model, session, samples, plan, nchw=options.nchw)
+        accuracy = None
+        if sample_labels is not None:
+            with reporter.step(f"Measuring held-out accuracy on {len(samples)} images"):
+                accuracy = validate.accuracy(session, samples, sample_labels, nchw=options.nchw)
+        (staging / SAMPLE_IMAGE).write_bytes(sample_png)
+        manifest = Manifest(
+            name=options.name or model.name,
+            input=TensorSpec(options.input_name, (-1, *transform.input_dims), "FP32", layout=transform.layout),
+            output=TensorSpec(output_name, (-1, model.num_classes), "FP32"),
+            output_kind=kind,
+            preprocessing=transform,
+            labels=labels,
+            opset=options.opset,
+            model_sha256=hashlib.sha256(model_path.read_bytes()).hexdigest(),
+            parity=parity,
+            versions=_versions(),
+            source=model.source,
+            accuracy=accuracy,
+            dataset=model.dataset.record() if model.dataset is not None and options.samples is None else None,
+            flops_per_image=model.extra.get("flops_per_image"),
+            created_by=f"triton-deploy {__version__}",
+            extra={"sample_image": SAMPLE_IMAGE},
+        )
+        manifest.write(staging)
+    return ExportResult(Path(options.output), manifest)
+
+
+def _check_options(options: ExportOptions) -> None:
+    chosen = [flag for flag, value in (("--keras-model", options.keras_model), ("--saved-model", options.saved_model),
+                                       ("--arch", options.arch)) if value is not None]
+    if len(chosen) > 1:
+        raise UsageError(f"{' and '.join(chosen)} were both given; export one model per run",
+                         hint="keep one of --model/--keras-model/--saved-model/--arch")
+    if not chosen and options.model != "digits":
+        raise UsageError(f"unknown built-in model {options.model!r}", hint="--model takes: digits")
+    if options.weights is not None and options.arch is None:
+        raise UsageError("--weights applies to --arch models only", hint="drop --weights or add --arch")
+    if not 7 <= options.opset <= 21:
+        raise UsageError(f"opset {options.opset} is outside the supported range 7-21", hint="check --opset")
+    if options.atol <= 0 or not 0 < options.min_agreement <= 1:
+        raise UsageError("--atol must be > 0 and --min-agreement in (0, 1]", hint="check --atol / --min-agreement")
+    if options.output_kind not in ("auto", "logits", "probabilities"):
+        raise UsageError(f"unknown output kind {options.output_kind!r}", hint="--outputs takes auto|logits|probabilities")
+    for flag, name in (("--input-name", options.input_name), ("--output-name", options.output_name),
+                       ("--name", options.name)):
+        if name is not None and not _is_identifier(name):
+            raise UsageError(f"{flag} {name!r} must be letters, digits and underscores, starting with a letter",
+                             hint=f"check {flag}")
+
+
+def _is_identifier(name: str) -> bool:
+    return bool(name) and name[0].isalpha() and all(c.isalnum() or c == "_" for c in name) and len(name) <= 64
+
+
+def _load(options: ExportOptions, reporter: Reporter) -> sources.LoadedModel:
+    if options.keras_model is not None:
+        with reporter.step(f"Loading Keras model {options.keras_model}"):
+            return sources.from_keras_file(options.keras_model)
+    if options.saved_model is not None:
+        with reporter.step(f"Loading SavedModel {options.saved_model}"):
+            return sources.from_saved_model(options.saved_model)
+    if options.arch is not None:
+        with reporter.step(f"Building {options.arch} ({'random weights' if options.weights is None else 'weights'})"):
+            return sources.from_architecture(options.arch, image_size=options.image_size, weights=options.weights,
+                                             seed=options.seed)
+    with reporter.bar(options.epochs, "Training the digits CNN") as bar:
+        return sources.from_digits(seed=options.seed, epochs=options.epochs, progress=_EpochCallback(bar))
+
+
+def _EpochCallback(bar):  # noqa: N802  (a factory: keras is imported lazily)
+    import keras
+
+    class EpochProgress(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            bar.advance(1, status=f"loss {logs.get('loss', 0):.3f} acc {logs.get('accuracy', 0):.3f}")
+
+    return EpochProgress()
+
+
+def _labels(options: ExportOptions, model: sources.LoadedModel) -> tuple[str, ...]:
+    if options.labels_file is None:
+        return model.labels
+    try:
+        labels = tuple(line.strip() for line in Path(options.labels_file).read_text(encoding="utf-8").splitlines()
+                       if line.strip())
+    except OSError as exc:
+        raise ModelSourceError(f"cannot read labels file {options.labels_file}: {exc.strerror}",
+                               hint="check --labels") from None
+    if len(labels) != model.num_classes:
+        raise ModelSourceError(f"{options.labels_file} has {len(labels)} labels but the model has "
+                               f"{model.num_classes} classes", hint="check --labels")
+    return labels
+
+
+def _samples(options: ExportOptions, model: sources.LoadedModel,
+             transform: ImageTransform) -> tuple[np.ndarray, np.ndarray | None, bytes]:
+    """Float NHWC samples for parity and accuracy, their labels if known, and one encoded sample image (PNG)."""
+    nhwc = ImageTransform.from_dict(transform.to_dict() | {"layout": "NHWC"})  # TF always takes NHWC
+    if options.samples is not None:
+        return _samples_from_dir(Path(options.samples), nhwc, model.labels)
+    data = model.dataset or digits.load_digits_data(seed=options.seed)
+    images, labels = data.split("heldout")
+    if model.dataset is None:
+        images, labels = images[:32], None  # real digit images, rendered at the model's size, for parity only
+    pixels = np.stack([nhwc.resize(digits.digit_image(image)) for image in images])
+    return nhwc.normalise(pixels), labels, _png(digits.digit_image(images[0]))
+
+
+def _samples_from_dir(directory: Path, transform: ImageTransform,
+                      labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None, bytes]:
+    if not directory.is_dir():
+        raise ModelSourceError(f"samples directory {directory} not found", hint="check --samples")
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ModelSourceError(f"no images in {directory}", hint="--samples needs .png/.jpg/... files")
+    arrays, classes = [], []
+    index = {label: i for i, label in enumerate(labels)}
+    for path in files:
+        try:
+            arrays.append(transform.decode(path.read_bytes()))
+        except ImageDecodeError as exc:
+            raise ModelSourceError(f"sample {path}: {exc}", hint="check --samples") from None
+        classes.append(index.get(path.parent.name) if path.parent != directory else None)
+    known = None if any(c is None for c in classes) else np.asarray(classes)
+    return transform.normalise(np.stack(arrays)), known, _png_from_array(arrays[0])
+
+
+def _png(image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _png_from_array(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    return _png(Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array))
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in ("tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if "tensorflow-cpu" in versions:
+        versions.setdefault("tensorflow", versions.pop("tensorflow-cpu"))
+    return versions
