@@ -1,0 +1,343 @@
+{{/*
+One Triton Deployment. The stable and the canary Deployment are both rendered from here so they can only differ
+in what the canary is meant to change: image, model repository, replicas and labels.
+
+Call with (dict "root" $ "track" "stable"|"canary" "name" <object name> "repo" <modelRepository values>
+               "image" <image values> "replicas" <int or nil> "podLabels" <map>).
+*/}}
+{{- define "triton-classifier.deployment" -}}
+{{- $root := .root }}
+{{- $v := $root.Values }}
+{{- $repo := .repo }}
+{{- $track := .track }}
+{{- $trt := $v.tensorrt.build }}
+{{- $classifier := include "triton-classifier.classifierModel" $root }}
+{{- /* The repository is copied into an emptyDir when it comes from an image, or when a plan is built into it. */}}
+{{- $staged := or (eq $repo.source "image") $trt.enabled }}
+{{- $repoArg := $repo.mountPath }}
+{{- if eq $repo.source "objectStore" }}{{- $repoArg = $repo.objectStore.url }}{{- end }}
+{{- $serverImage := include "triton-classifier.imageRef" .image }}
+{{- $ra := $v.security.restrictedApi }}
+{{- $gcsKeyDir := "/var/run/secrets/triton/gcs" }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ .name }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "triton-classifier.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: inference-server
+    track: {{ $track }}
+spec:
+  {{- if not (kindIs "invalid" .replicas) }}
+  replicas: {{ .replicas }}
+  {{- end }}
+  revisionHistoryLimit: {{ $v.revisionHistoryLimit }}
+  selector:
+    matchLabels:
+      {{- include "triton-classifier.trackSelectorLabels" (list $root $track) | nindent 6 }}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      # Bring a new pod to ready before an old one drains: capacity never drops during a rollout.
+      maxSurge: 1
+      maxUnavailable: 0
+  template:
+    metadata:
+      labels:
+        {{- include "triton-classifier.labels" $root | nindent 8 }}
+        app.kubernetes.io/component: inference-server
+        track: {{ $track }}
+        {{- with .podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        kubectl.kubernetes.io/default-container: tritonserver
+        {{- with $v.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ include "triton-classifier.serviceAccountName" $root }}
+      automountServiceAccountToken: false
+      enableServiceLinks: false
+      terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds }}
+      securityContext:
+        {{- include "triton-classifier.podSecurityContext" $root | nindent 8 }}
+      {{- with $v.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.priorityClassName }}
+      priorityClassName: {{ . }}
+      {{- end }}
+      {{- with $v.runtimeClassName }}
+      runtimeClassName: {{ . }}
+      {{- end }}
+      {{- with $v.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- $affinity := deepCopy $v.affinity }}
+      {{- if and (ne $v.podAntiAffinity "none") (not (hasKey $affinity "podAntiAffinity")) }}
+      {{- $term := dict "labelSelector" (dict "matchLabels" (include "triton-classifier.trackSelectorLabels" (list $root $track) | fromYaml)) "topologyKey" "kubernetes.io/hostname" }}
+      {{- if eq $v.podAntiAffinity "hard" }}
+      {{- $_ := set $affinity "podAntiAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (list $term)) }}
+      {{- else }}
+      {{- $_ := set $affinity "podAntiAffinity" (dict "preferredDuringSchedulingIgnoredDuringExecution" (list (dict "weight" 100 "podAffinityTerm" $term))) }}
+      {{- end }}
+      {{- end }}
+      {{- with $affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- if $v.topologySpreadConstraints }}
+      {{- $constraints := list }}
+      {{- range $v.topologySpreadConstraints }}
+      {{- $c := deepCopy . }}
+      {{- if not (hasKey $c "labelSelector") }}
+      {{- $_ := set $c "labelSelector" (dict "matchLabels" (include "triton-classifier.trackSelectorLabels" (list $root $track) | fromYaml)) }}
+      {{- end }}
+      {{- if not (hasKey $c "matchLabelKeys") }}
+      {{- $_ := set $c "matchLabelKeys" (list "pod-template-hash") }}
+      {{- end }}
+      {{- $constraints = append $constraints $c }}
+      {{- end }}
+      topologySpreadConstraints:
+        {{- toYaml $constraints | nindent 8 }}
+      {{- end }}
+      {{- if $staged }}
+      initContainers:
+        {{- if eq $repo.source "image" }}
+        - name: copy-model-repository
+          image: {{ include "triton-classifier.imageRef" (dict "repository" $repo.image.repository "tag" $repo.image.tag) }}
+          imagePullPolicy: {{ $repo.image.pullPolicy }}
+          command: ["cp", "-R", "{{ trimSuffix "/" $repo.image.path }}/.", "/staging/"]
+        {{- else }}
+        - name: copy-model-repository
+          image: {{ $serverImage }}
+          imagePullPolicy: {{ .image.pullPolicy }}
+          command: ["cp", "-R", "/source/.", "/staging/"]
+        {{- end }}
+          securityContext:
+            {{- include "triton-classifier.containerSecurityContext" $root | nindent 12 }}
+          resources:
+            requests:
+              cpu: 100m
+              memory: 64Mi
+            limits:
+              memory: 256Mi
+          volumeMounts:
+            - name: model-repository
+              mountPath: /staging
+            {{- if eq $repo.source "pvc" }}
+            - name: model-source
+              mountPath: /source
+              readOnly: true
+              {{- with $repo.pvc.subPath }}
+              subPath: {{ . }}
+              {{- end }}
+            {{- end }}
+        {{- if $trt.enabled }}
+        {{- $onnx := default (printf "%s/1/model.onnx" $classifier) $trt.onnxPath }}
+        {{- $plan := default (printf "%s/1/model.plan" $classifier) $trt.planPath }}
+        {{- $dims := join "x" $trt.inputShape }}
+        # Plans are bound to the GPU model and the TensorRT version, so each pod builds its own on its node.
+        - name: build-tensorrt-plan
+          image: {{ include "triton-classifier.imageRef" $trt.image }}
+          imagePullPolicy: {{ $trt.image.pullPolicy }}
+          command:
+            - {{ $trt.trtexecPath }}
+            - --onnx={{ $repo.mountPath }}/{{ $onnx }}
+            - --saveEngine={{ $repo.mountPath }}/{{ $plan }}
+            - --minShapes={{ $trt.inputName }}:{{ $trt.minBatchSize }}x{{ $dims }}
+            - --optShapes={{ $trt.inputName }}:{{ $trt.optBatchSize }}x{{ $dims }}
+            - --maxShapes={{ $trt.inputName }}:{{ $trt.maxBatchSize }}x{{ $dims }}
+            - --memPoolSize=workspace:{{ $trt.workspaceMiB }}M
+            - --skipInference
+            {{- if $trt.fp16 }}
+            - --fp16
+            {{- end }}
+            {{- range $trt.extraArgs }}
+            - {{ . | quote }}
+            {{- end }}
+          env:
+            - name: HOME
+              value: /tmp
+          securityContext:
+            {{- include "triton-classifier.containerSecurityContext" $root | nindent 12 }}
+          resources:
+            {{- $trtResources := deepCopy $trt.resources }}
+            {{- $limits := default (dict) $trtResources.limits }}
+            {{- $_ := set $limits "nvidia.com/gpu" (int $v.gpu.count) }}
+            {{- $_ := set $trtResources "limits" $limits }}
+            {{- toYaml $trtResources | nindent 12 }}
+          volumeMounts:
+            - name: model-repository
+              mountPath: {{ $repo.mountPath }}
+            - name: tmp
+              mountPath: /tmp
+        {{- end }}
+      {{- end }}
+      containers:
+        - name: tritonserver
+          image: {{ $serverImage }}
+          imagePullPolicy: {{ .image.pullPolicy }}
+          command: ["tritonserver"]
+          args:
+            - --model-repository={{ $repoArg }}
+            - --model-control-mode={{ $v.server.modelControlMode }}
+            {{- if eq $v.server.modelControlMode "explicit" }}
+            {{- range $v.server.loadModels }}
+            - --load-model={{ . }}
+            {{- end }}
+            {{- end }}
+            - --strict-readiness={{ $v.server.strictReadiness }}
+            - --exit-timeout-secs={{ $v.server.exitTimeoutSecs }}
+            - --http-port={{ $v.ports.http }}
+            - --grpc-port={{ $v.ports.grpc }}
+            - --metrics-port={{ $v.ports.metrics }}
+            - --allow-metrics=true
+            - --allow-gpu-metrics={{ gt (int $v.gpu.count) 0 }}
+            - --allow-cpu-metrics={{ $v.server.metrics.allowCpuMetrics }}
+            - --metrics-interval-ms={{ $v.server.metrics.intervalMs }}
+            - --log-verbose={{ $v.server.log.verbose }}
+            - --log-info={{ $v.server.log.info }}
+            - --log-warning={{ $v.server.log.warning }}
+            - --log-error={{ $v.server.log.error }}
+            - --log-format={{ $v.server.log.format }}
+            - --backend-config=python,shm-default-byte-size={{ int64 $v.server.pythonBackend.shmDefaultByteSize }}
+            - --backend-config=python,shm-growth-byte-size={{ int64 $v.server.pythonBackend.shmGrowthByteSize }}
+            {{- if $ra.enabled }}
+            {{- if $ra.http }}
+            - --http-restricted-api={{ join "," $ra.http }}:{{ $ra.header }}=$(TRITON_ADMIN_KEY)
+            {{- end }}
+            {{- if $ra.grpc }}
+            - --grpc-restricted-protocol={{ join "," $ra.grpc }}:{{ $ra.header }}=$(TRITON_ADMIN_KEY)
+            {{- end }}
+            {{- end }}
+            {{- range $v.server.extraArgs }}
+            - {{ . | quote }}
+            {{- end }}
+          ports:
+            - name: http
+              containerPort: {{ $v.ports.http }}
+              protocol: TCP
+            - name: grpc
+              containerPort: {{ $v.ports.grpc }}
+              protocol: TCP
+            - name: metrics
+              containerPort: {{ $v.ports.metrics }}
+              protocol: TCP
+          env:
+            # The python-backend stubs and their imports write caches under $HOME; the root filesystem is read-only.
+            - name: HOME
+              value: /tmp
+            {{- if $ra.enabled }}
+            - name: TRITON_ADMIN_KEY
+              valueFrom:
+                secretKeyRef:
+                  name: {{ include "triton-classifier.adminSecretName" $root }}
+                  key: {{ $ra.secretKey }}
+            {{- end }}
+            {{- if and (eq $repo.source "objectStore") $repo.objectStore.gcsKeySecret }}
+            - name: GOOGLE_APPLICATION_CREDENTIALS
+              value: {{ $gcsKeyDir }}/{{ $repo.objectStore.gcsKeySecretKey }}
+            {{- end }}
+            {{- with $v.server.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          {{- if and (eq $repo.source "objectStore") $repo.objectStore.credentialsSecret }}
+          envFrom:
+            - secretRef:
+                name: {{ $repo.objectStore.credentialsSecret }}
+          {{- end }}
+          startupProbe:
+            httpGet:
+              path: /v2/health/ready
+              port: http
+            periodSeconds: {{ $v.probes.startup.periodSeconds }}
+            timeoutSeconds: {{ $v.probes.startup.timeoutSeconds }}
+            # ceil(budget / period) checks: the budget covers loading every model.
+            failureThreshold: {{ div (add (int $v.probes.startup.budgetSeconds) (int $v.probes.startup.periodSeconds) -1) (int $v.probes.startup.periodSeconds) }}
+          readinessProbe:
+            httpGet:
+              path: /v2/health/ready
+              port: http
+            periodSeconds: {{ $v.probes.readiness.periodSeconds }}
+            timeoutSeconds: {{ $v.probes.readiness.timeoutSeconds }}
+            failureThreshold: {{ $v.probes.readiness.failureThreshold }}
+          livenessProbe:
+            httpGet:
+              path: /v2/health/live
+              port: http
+            periodSeconds: {{ $v.probes.liveness.periodSeconds }}
+            timeoutSeconds: {{ $v.probes.liveness.timeoutSeconds }}
+            failureThreshold: {{ $v.probes.liveness.failureThreshold }}
+          lifecycle:
+            preStop:
+              exec:
+                # Keep serving while endpoint controllers and proxies stop sending new requests here.
+                command: ["sleep", "{{ $v.lifecycle.preStopSleepSeconds }}"]
+          securityContext:
+            {{- include "triton-classifier.containerSecurityContext" $root | nindent 12 }}
+          resources:
+            {{- $resources := deepCopy $v.resources }}
+            {{- if gt (int $v.gpu.count) 0 }}
+            {{- $limits := default (dict) $resources.limits }}
+            {{- $_ := set $limits "nvidia.com/gpu" (int $v.gpu.count) }}
+            {{- $_ := set $resources "limits" $limits }}
+            {{- end }}
+            {{- toYaml $resources | nindent 12 }}
+          volumeMounts:
+            - name: dshm
+              mountPath: /dev/shm
+            - name: tmp
+              mountPath: /tmp
+            {{- if ne $repo.source "objectStore" }}
+            - name: model-repository
+              mountPath: {{ $repo.mountPath }}
+              readOnly: true
+              {{- if and (eq $repo.source "pvc") (not $staged) $repo.pvc.subPath }}
+              subPath: {{ $repo.pvc.subPath }}
+              {{- end }}
+            {{- end }}
+            {{- if and (eq $repo.source "objectStore") $repo.objectStore.gcsKeySecret }}
+            - name: gcs-key
+              mountPath: {{ $gcsKeyDir }}
+              readOnly: true
+            {{- end }}
+      volumes:
+        - name: dshm
+          emptyDir:
+            medium: Memory
+            sizeLimit: {{ $v.shm.sizeLimit }}
+        - name: tmp
+          emptyDir:
+            sizeLimit: {{ $v.tmp.sizeLimit }}
+        {{- if $staged }}
+        - name: model-repository
+          emptyDir:
+            sizeLimit: {{ $repo.staging.sizeLimit }}
+        {{- if eq $repo.source "pvc" }}
+        - name: model-source
+          persistentVolumeClaim:
+            claimName: {{ $repo.pvc.claimName }}
+            readOnly: true
+        {{- end }}
+        {{- else if eq $repo.source "pvc" }}
+        - name: model-repository
+          persistentVolumeClaim:
+            claimName: {{ $repo.pvc.claimName }}
+            readOnly: true
+        {{- end }}
+        {{- if and (eq $repo.source "objectStore") $repo.objectStore.gcsKeySecret }}
+        - name: gcs-key
+          secret:
+            secretName: {{ $repo.objectStore.gcsKeySecret }}
+            defaultMode: 0440
+        {{- end }}
+{{- end }}
