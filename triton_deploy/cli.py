@@ -125,9 +125,201 @@ def _run_export(args: argparse.Namespace, reporter: Reporter) -> int:
     return 0
 
 
+# ---- repo -----------------------------------------------------------------------------------------------------
+
+
+def _add_repo(sub) -> None:
+    from .repository.render import BACKENDS, RepositoryOptions
+
+    d = RepositoryOptions()
+    p = sub.add_parser("repo", help="generate a Triton model repository (preprocess -> classifier -> postprocess)",
+                       description="Render, validate and write a Triton model repository from export directories. "
+                                   "A new export of the same model becomes the next classifier version.")
+    p.add_argument("exports", nargs="+", type=Path, metavar="EXPORT_DIR", help="directories written by 'export'")
+    p.add_argument("--output", "-o", type=Path, default=d.output, help=f"repository directory (default {d.output})")
+    p.add_argument("--classifier-backend", choices=BACKENDS, default=d.classifier_backend,
+                   help="python (local server, default), onnxruntime (NGC container), tensorrt (GPU plan)")
+    p.add_argument("--prefix", help="common prefix of the four model names (default: the export's name)")
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help=f"default {d.max_batch_size}")
+    p.add_argument("--top-k", type=int, default=d.top_k, help=f"labels returned per image (default {d.top_k})")
+    p.add_argument("--no-dynamic-batching", dest="dynamic_batching", action="store_false",
+                   help="turn Triton's dynamic batcher off")
+    p.add_argument("--preferred-batch-sizes", type=_ints, default=(), metavar="N,N",
+                   help="dynamic batcher preferred sizes (default: let Triton fill up to the max)")
+    p.add_argument("--max-queue-delay-us", type=int, default=d.max_queue_delay_us,
+                   help=f"how long the batcher waits to fill a batch (default {d.max_queue_delay_us})")
+    p.add_argument("--preprocess-instances", type=int, default=d.preprocess_instances)
+    p.add_argument("--classifier-instances", type=int, default=d.classifier_instances)
+    p.add_argument("--postprocess-instances", type=int, default=d.postprocess_instances)
+    p.add_argument("--instance-kind", choices=["cpu", "gpu"], default=d.instance_kind,
+                   help="where classifier instances run (default cpu)")
+    p.add_argument("--version-policy", default=d.version_policy,
+                   help="classifier versions served: latest:N, all, specific:1,2 (default latest:1)")
+    p.add_argument("--keep-versions", type=int, help="delete all but the newest N classifier versions")
+    p.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per classifier instance "
+                                                        "(default: cores / instances)")
+    p.add_argument("--inter-op-threads", type=int, default=d.inter_op_threads)
+    _common(p)
+    p.set_defaults(handler=_run_repo)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _run_repo(args: argparse.Namespace, reporter: Reporter) -> int:
+    from .repository.render import RepositoryOptions
+    from .repository.writer import generate_repository
+
+    options = RepositoryOptions(
+        output=args.output, classifier_backend=args.classifier_backend, prefix=args.prefix,
+        max_batch_size=args.max_batch_size, top_k=args.top_k, dynamic_batching=args.dynamic_batching,
+        preferred_batch_sizes=args.preferred_batch_sizes, max_queue_delay_us=args.max_queue_delay_us,
+        preprocess_instances=args.preprocess_instances, classifier_instances=args.classifier_instances,
+        postprocess_instances=args.postprocess_instances, instance_kind=args.instance_kind,
+        version_policy=args.version_policy, keep_versions=args.keep_versions,
+        intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads,
+    )
+    with reporter.step(f"Generating the model repository in {args.output}"):
+        result = generate_repository(args.exports, options)
+    if args.json:
+        print(json.dumps(result.summary(), indent=2))
+    else:
+        versions = ", ".join(f"{name} (classifier version {v})" for name, v in result.ensembles.items())
+        reporter.info(f"Wrote {result.output}: {len(result.models)} models; ensembles: {versions}")
+    return 0
+
+
+# ---- serve / stop ---------------------------------------------------------------------------------------------
+
+DEFAULT_PID_FILE = Path(".triton-deploy/serve.json")
+
+
+def _add_serve(sub) -> None:
+    from .server import ServerOptions
+
+    d = ServerOptions(repository=Path("model_repository"))
+    p = sub.add_parser("serve", help="run the real Triton server on a model repository",
+                       description="Start tritonserver (from the nvidia-pytriton wheel), wait until every model is "
+                                   "ready, and forward SIGINT/SIGTERM so Triton drains in-flight requests.")
+    p.add_argument("--repository", type=Path, default=d.repository, help="model repository (default model_repository)")
+    p.add_argument("--host", default=d.host, help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it)")
+    p.add_argument("--http-port", type=int, default=d.http_port)
+    p.add_argument("--grpc-port", type=int, default=d.grpc_port)
+    p.add_argument("--metrics-port", type=int, default=d.metrics_port)
+    p.add_argument("--exit-timeout", type=int, default=d.exit_timeout_s, metavar="SECONDS",
+                   help="how long Triton drains in-flight requests on shutdown (default 30)")
+    p.add_argument("--ready-timeout", type=float, default=d.ready_timeout_s, metavar="SECONDS")
+    p.add_argument("--model-control-mode", choices=["none", "explicit", "poll"], default=d.model_control_mode,
+                   help="none (default) never lets a caller load models")
+    p.add_argument("--log-verbose", type=int, default=d.log_verbose)
+    p.add_argument("--log-file", type=Path, help="write Triton's log here (default: a file in the temp dir)")
+    p.add_argument("--shm-default-bytes", type=int, default=d.shm_default_bytes,
+                   help="python-backend shared memory per model instance")
+    p.add_argument("--shm-growth-bytes", type=int, default=d.shm_growth_bytes)
+    p.add_argument("--admin-key", default=os.environ.get("TRITON_ADMIN_KEY"),
+                   help="header value that unlocks the model-repository/config/logging/trace APIs "
+                        "(default: $TRITON_ADMIN_KEY or a random key)")
+    p.add_argument("--unrestricted-apis", dest="restrict_apis", action="store_false",
+                   help="leave the admin APIs open (not recommended)")
+    p.add_argument("--background", action="store_true", help="return once ready; stop with 'triton-deploy stop'")
+    p.add_argument("--pid-file", type=Path, default=DEFAULT_PID_FILE, help=f"for --background (default "
+                                                                           f"{DEFAULT_PID_FILE})")
+    _common(p)
+    p.set_defaults(handler=_run_serve)
+
+    s = sub.add_parser("stop", help="stop a server started with 'serve --background'")
+    s.add_argument("--pid-file", type=Path, default=DEFAULT_PID_FILE)
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for Triton to drain and exit")
+    _common(s)
+    s.set_defaults(handler=_run_stop)
+
+
+def _run_serve(args: argparse.Namespace, reporter: Reporter) -> int:
+    import signal
+
+    from .server import ServerOptions, TritonServer
+
+    options = ServerOptions(
+        repository=args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port, exit_timeout_s=args.exit_timeout, model_control_mode=args.model_control_mode,
+        log_verbose=args.log_verbose, shm_default_bytes=args.shm_default_bytes, shm_growth_bytes=args.shm_growth_bytes,
+        restrict_apis=args.restrict_apis, admin_key=args.admin_key, ready_timeout_s=args.ready_timeout,
+        log_file=args.log_file,
+    )
+    server = TritonServer(options)
+    server.start()
+    try:
+        with reporter.step(f"Starting Triton on {args.repository} (log: {server.log_path})"):
+            server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    endpoints = {"pid": server.process.pid, "http": server.http_url, "grpc": server.grpc_url,
+                 "metrics": server.metrics_url, "log": str(server.log_path), "repository": str(args.repository)}
+    if args.json:
+        print(json.dumps(endpoints), flush=True)
+    else:
+        reporter.info(f"Triton is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}")
+    if args.background:
+        args.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        args.pid_file.write_text(json.dumps(endpoints | {"admin_key": server.admin_key}) + "\n")
+        args.pid_file.chmod(0o600)  # it holds the admin key
+        reporter.info(f"Running in the background (pid {server.process.pid}); stop it with 'triton-deploy stop'")
+        return 0
+
+    def forward(signum, _frame):
+        server.process.send_signal(signum)  # Triton drains in-flight requests, then exits
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    status = server.wait()
+    reporter.info(f"Triton exited with status {status}")
+    return status
+
+
+def _run_stop(args: argparse.Namespace, reporter: Reporter) -> int:
+    import signal
+    import time
+
+    from .errors import ServerError
+
+    try:
+        endpoints = json.loads(args.pid_file.read_text())
+    except FileNotFoundError:
+        raise ServerError(f"{args.pid_file} not found: no background server to stop", hint="check --pid-file") from None
+    pid = int(endpoints["pid"])
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        args.pid_file.unlink(missing_ok=True)
+        reporter.info(f"Server {pid} was not running")
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists() and not _is_zombie(pid):
+        time.sleep(0.2)
+    if Path(f"/proc/{pid}").exists() and not _is_zombie(pid):
+        os.kill(pid, signal.SIGKILL)
+        raise ServerError(f"server {pid} did not exit within {args.timeout:.0f} s and was killed",
+                          hint="raise --timeout")
+    args.pid_file.unlink(missing_ok=True)
+    reporter.info(f"Stopped the server {pid}")
+    return 0
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except (FileNotFoundError, IndexError):
+        return True
+
+
 # ---- entry point ----------------------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable] = [_add_export]
+SUBCOMMANDS: list[Callable] = [_add_export, _add_repo, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -90,6 +90,30 @@ class ImageTransform:
         fields = dict(data)
         fields["mean"], fields["std"] = tuple(fields.get("mean", (0.0,))), tuple(fields.get("std", (1.0,)))
         return cls(**fields)
+
+    def to_parameters(self) -> dict[str, str]:
+        """String key/values for a Triton ``config.pbtxt`` ``parameters`` block (Triton parameters are strings)."""
+        return {key: ",".join(repr(v) for v in value) if isinstance(value, tuple) else
+                (repr(value) if isinstance(value, float) else str(value)) for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_parameters(cls, parameters: dict[str, str]) -> ImageTransform:
+        """The inverse of ``to_parameters``; keys that are not transform fields are ignored."""
+        kinds = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, text in parameters.items():
+            kind = kinds.get(key)
+            if kind is None:
+                continue
+            if kind == "int":
+                values[key] = int(text)
+            elif kind == "float":
+                values[key] = float(text)
+            elif kind.startswith("tuple"):
+                values[key] = tuple(float(v) for v in text.split(","))
+            else:
+                values[key] = text
+        return cls(**values)
 
     # ---- per image -------------------------------------------------------------------------------------------
 

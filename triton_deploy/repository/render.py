@@ -1,0 +1,242 @@
+"""Render the four ``config.pbtxt`` files of one classifier from its manifest and the repository options.
+
+The model contexts built here are plain dataclasses; the jinja2 templates beside this module only lay them out.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from triton_deploy.errors import UsageError
+from triton_deploy.spec import Manifest, TensorSpec
+
+TEMPLATES = Path(__file__).parent / "templates"
+BACKENDS = ("python", "onnxruntime", "tensorrt")
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+# Tensor names of the ensemble's public contract: what every client sends and receives.
+IMAGE_INPUT = "IMAGE"
+OUTPUTS = ("CLASS_IDS", "SCORES", "LABELS")
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    """Everything ``triton-deploy repo`` lets a platform team tune. Defaults suit the local CPU server."""
+
+    output: Path = Path("model_repository")
+    classifier_backend: str = "python"
+    prefix: str | None = None  # default: the manifest's model name
+    max_batch_size: int = 32
+    top_k: int = 5
+    dynamic_batching: bool = True
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 500
+    preprocess_instances: int = 1
+    classifier_instances: int = 1
+    postprocess_instances: int = 1
+    instance_kind: str = "cpu"  # classifier instances: cpu | gpu
+    version_policy: str = "latest:1"  # latest:N | all | specific:1,2
+    keep_versions: int | None = None
+    intra_op_threads: int | None = None  # default: cores / classifier instances
+    inter_op_threads: int = 1
+
+    def check(self) -> None:
+        problems = []
+        if self.classifier_backend not in BACKENDS:
+            problems.append((f"unknown classifier backend {self.classifier_backend!r}",
+                             f"--classifier-backend takes {'|'.join(BACKENDS)}"))
+        if self.prefix is not None and not NAME_PATTERN.match(self.prefix):
+            problems.append((f"model prefix {self.prefix!r} must start with a letter and hold only letters, digits, "
+                             "'_' and '-' (at most 64)", "check --prefix"))
+        if not 1 <= self.max_batch_size <= 4096:
+            problems.append((f"max batch size {self.max_batch_size} is outside 1-4096", "check --max-batch-size"))
+        if self.top_k < 1:
+            problems.append((f"top-k must be at least 1, got {self.top_k}", "check --top-k"))
+        bad = [s for s in self.preferred_batch_sizes if not 1 <= s <= self.max_batch_size]
+        if bad:
+            problems.append((f"preferred batch sizes {bad} must lie in 1..max batch size {self.max_batch_size}",
+                             "check --preferred-batch-sizes / --max-batch-size"))
+        if self.max_queue_delay_us < 0:
+            problems.append(("max queue delay must be >= 0", "check --max-queue-delay-us"))
+        for flag, count in (("--preprocess-instances", self.preprocess_instances),
+                            ("--classifier-instances", self.classifier_instances),
+                            ("--postprocess-instances", self.postprocess_instances)):
+            if count < 1:
+                problems.append((f"{flag} must be at least 1, got {count}", f"check {flag}"))
+        if self.instance_kind not in ("cpu", "gpu"):
+            problems.append((f"unknown instance kind {self.instance_kind!r}", "--instance-kind takes cpu|gpu"))
+        if self.classifier_backend == "tensorrt" and self.instance_kind != "gpu":
+            problems.append(("the tensorrt backend runs on GPUs only", "add --instance-kind gpu"))
+        if self.keep_versions is not None and self.keep_versions < 1:
+            problems.append(("--keep-versions must be at least 1", "check --keep-versions"))
+        try:
+            version_policy_text(self.version_policy)
+        except ValueError as exc:
+            problems.append((str(exc), "check --version-policy"))
+        if problems:
+            message, hint = problems[0]
+            if len(problems) > 1:
+                message += "; also: " + "; ".join(m for m, _ in problems[1:])
+            raise UsageError(message, hint=hint)
+
+
+def version_policy_text(policy: str) -> str:
+    """``latest:N`` / ``all`` / ``specific:1,2`` -> the protobuf text of a ``version_policy``."""
+    kind, _, arg = policy.partition(":")
+    try:
+        if kind == "all" and not arg:
+            return "{ all { } }"
+        if kind == "latest":
+            count = int(arg or "1")
+            if count >= 1:
+                return f"{{ latest {{ num_versions: {count} }} }}"
+        if kind == "specific":
+            versions = [int(v) for v in arg.split(",")]
+            if versions and all(v >= 1 for v in versions):
+                return f"{{ specific {{ versions: [ {', '.join(map(str, versions))} ] }} }}"
+    except ValueError:
+        pass
+    raise ValueError(f"version policy {policy!r} is not one of latest:N, all, specific:V1,V2")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+    format: str | None = None
+
+    @classmethod
+    def of(cls, spec: TensorSpec, *, image: bool = False) -> Tensor:
+        layout = f"FORMAT_{spec.layout}" if image and spec.layout else None
+        return cls(spec.name, spec.config_dtype, spec.dims, layout)
+
+
+@dataclass(frozen=True)
+class Instances:
+    count: int
+    kind: str = "KIND_CPU"
+
+
+@dataclass(frozen=True)
+class Batching:
+    enabled: bool
+    preferred_batch_sizes: tuple[int, ...]
+    max_queue_delay_us: int
+
+
+@dataclass(frozen=True)
+class WarmupSample:
+    name: str
+    input: Tensor
+    file: str | None  # file name under warmup/; None = zero data
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    name: str
+    max_batch_size: int
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    batching: Batching
+    instances: Instances
+    version_policy: str = "{ latest { num_versions: 1 } }"
+    parameters: dict[str, str] = field(default_factory=dict)
+    warmup: tuple[WarmupSample, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelNames:
+    ensemble: str
+    preprocess: str
+    classifier: str
+    postprocess: str
+
+    @classmethod
+    def for_prefix(cls, prefix: str) -> ModelNames:
+        return cls(prefix, f"{prefix}_preprocess", f"{prefix}_classifier", f"{prefix}_postprocess")
+
+    def all(self) -> tuple[str, str, str, str]:
+        return (self.preprocess, self.classifier, self.postprocess, self.ensemble)
+
+
+PREPROCESS_WARMUP = "sample_image"
+CLASSIFIER_WARMUP = "sample_input"
+
+
+def render_configs(manifest: Manifest, options: RepositoryOptions, names: ModelNames) -> dict[str, str]:
+    """Model name -> config.pbtxt text for the four models of one classifier."""
+    batching = Batching(options.dynamic_batching, tuple(options.preferred_batch_sizes), options.max_queue_delay_us)
+    mbs = options.max_batch_size
+    image = Tensor(IMAGE_INPUT, "TYPE_STRING", (1,))
+    model_input = Tensor.of(manifest.input, image=True)
+    scores = Tensor.of(manifest.output)
+    k = min(options.top_k, manifest.num_classes)
+    top = (Tensor("CLASS_IDS", "TYPE_INT64", (k,)), Tensor("SCORES", "TYPE_FP32", (k,)),
+           Tensor("LABELS", "TYPE_STRING", (k,)))
+    source = f"export '{manifest.name}'"
+
+    preprocess = ModelContext(
+        name=names.preprocess, max_batch_size=mbs, inputs=(image,), outputs=(Tensor.of(manifest.input),),
+        batching=batching, instances=Instances(options.preprocess_instances),
+        parameters=manifest.preprocessing.to_parameters(),
+        warmup=(WarmupSample("sample_image", image, PREPROCESS_WARMUP),),
+    )
+    threads = options.intra_op_threads or max(1, (os.cpu_count() or 1) // options.classifier_instances)
+    classifier_parameters = {} if options.classifier_backend == "tensorrt" else {
+        "intra_op_thread_count": str(threads), "inter_op_thread_count": str(options.inter_op_threads)}
+    classifier = ModelContext(
+        name=names.classifier, max_batch_size=mbs, inputs=(model_input,), outputs=(scores,), batching=batching,
+        instances=Instances(options.classifier_instances, "KIND_GPU" if options.instance_kind == "gpu" else "KIND_CPU"),
+        version_policy=version_policy_text(options.version_policy), parameters=classifier_parameters,
+        warmup=(WarmupSample("sample_input", Tensor.of(manifest.input), CLASSIFIER_WARMUP),),
+    )
+    postprocess = ModelContext(
+        name=names.postprocess, max_batch_size=mbs, inputs=(scores,), outputs=top, batching=batching,
+        instances=Instances(options.postprocess_instances),
+        parameters={"top_k": str(k), "output_kind": manifest.output_kind, "labels_file": "labels.txt"},
+        warmup=(WarmupSample("zeros", scores, None),),
+    )
+    ensemble = ModelContext(name=names.ensemble, max_batch_size=mbs, inputs=(image,), outputs=top,
+                            batching=Batching(False, (), 0), instances=Instances(1))
+    steps = [
+        {"model": names.preprocess, "inputs": {IMAGE_INPUT: IMAGE_INPUT},
+         "outputs": {manifest.input.name: "preprocessed_image"}},
+        {"model": names.classifier, "inputs": {manifest.input.name: "preprocessed_image"},
+         "outputs": {manifest.output.name: "class_scores"}},
+        {"model": names.postprocess, "inputs": {manifest.output.name: "class_scores"},
+         "outputs": {name: name for name in OUTPUTS}},
+    ]
+    env = _environment()
+    common = {"source": source, "backend": options.classifier_backend, "top_k": k}
+    return {
+        names.preprocess: env.get_template("preprocess.pbtxt.j2").render(model=preprocess, **common),
+        names.classifier: env.get_template("classifier.pbtxt.j2").render(model=classifier, **common),
+        names.postprocess: env.get_template("postprocess.pbtxt.j2").render(model=postprocess, **common),
+        names.ensemble: env.get_template("ensemble.pbtxt.j2").render(model=ensemble, steps=steps, **common),
+    }
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=False)
+    env.filters["pbstr"] = protobuf_string
+    return env
+
+
+def protobuf_string(value: object) -> str:
+    """A protobuf text-format string literal: quotes, backslashes and control characters escaped."""
+    text = str(value)
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    escaped = "".join(c if c >= " " else f"\\{ord(c):03o}" for c in escaped)
+    return f'"{escaped}"'
+
+
+def tidy(text: str) -> str:
+    """Collapse the blank lines jinja leaves between blocks, so configs read like hand-written ones."""
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
