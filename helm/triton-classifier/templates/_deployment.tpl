@@ -3,7 +3,7 @@ One Triton Deployment. The stable and the canary Deployment are both rendered fr
 in what the canary is meant to change: image, model repository, replicas and labels.
 
 Call with (dict "root" $ "track" "stable"|"canary" "name" <object name> "repo" <modelRepository values>
-               "image" <image values> "replicas" <int or nil> "podLabels" <map>).
+               "image" <image values> "podLabels" <map> ["replicas" <int>, left out under an HPA]).
 */}}
 {{- define "triton-classifier.deployment" -}}
 {{- $root := .root }}
@@ -29,7 +29,7 @@ metadata:
     app.kubernetes.io/component: inference-server
     track: {{ $track }}
 spec:
-  {{- if not (kindIs "invalid" .replicas) }}
+  {{- if hasKey . "replicas" }}
   replicas: {{ .replicas }}
   {{- end }}
   revisionHistoryLimit: {{ $v.revisionHistoryLimit }}
