@@ -1,0 +1,128 @@
+"""Rendering the triton-classifier chart offline and walking what it produced (shared by the tests/helm suite)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import helm_python
+import yaml
+
+CHART = Path(__file__).resolve().parents[2] / "helm" / "triton-classifier"
+SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
+RELEASE = "prod"
+NAMESPACE = "ml"
+# Kinds served by CRDs: kubernetes-validate has no schema for them, so tests check them structurally.
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "HTTPRoute"}
+# Every API the chart gates on, so a render can include all optional objects.
+ALL_APIS = ["monitoring.coreos.com/v1", "gateway.networking.k8s.io/v1"]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One rendered object and the template that produced it."""
+
+    template: str
+    obj: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return self.obj["kind"]
+
+    @property
+    def name(self) -> str:
+        return self.obj["metadata"]["name"]
+
+    @property
+    def is_test_hook(self) -> bool:
+        return self.obj["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    manifests: tuple[Manifest, ...]
+    notes: str
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [m.obj for m in self.manifests if m.kind == kind]
+
+    def one(self, kind: str, name: str | None = None) -> dict[str, Any]:
+        found = [o for o in self.of_kind(kind) if name is None or o["metadata"]["name"] == name]
+        assert len(found) == 1, f"expected one {kind} {name or ''}, found {[o['metadata']['name'] for o in found]}"
+        return found[0]
+
+    def deployment(self, track: str = "stable") -> dict[str, Any]:
+        found = [d for d in self.of_kind("Deployment") if d["metadata"]["labels"].get("track") == track]
+        assert len(found) == 1, f"expected one {track} Deployment"
+        return found[0]
+
+    def pod_specs(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(object name, pod spec) of every Deployment and Pod, the helm test pod included."""
+        for manifest in self.manifests:
+            if manifest.kind == "Deployment":
+                yield manifest.name, manifest.obj["spec"]["template"]["spec"]
+            elif manifest.kind == "Pod":
+                yield manifest.name, manifest.obj["spec"]
+
+    def containers(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """("<object>/<container>", container) of every container and init container."""
+        for owner, spec in self.pod_specs():
+            for container in spec.get("initContainers", []) + spec["containers"]:
+                yield f"{owner}/{container['name']}", container
+
+
+@functools.lru_cache(maxsize=1)
+def chart() -> helm_python.Chart:
+    return helm_python.Chart.load(CHART)
+
+
+def load_values(*files: Path) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for path in files:
+        merged = deep_merge(merged, yaml.safe_load(path.read_text()) or {})
+    return merged
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    result = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = deep_merge(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def render(values: dict[str, Any] | None = None, *, release: str = RELEASE, namespace: str = NAMESPACE) -> Rendered:
+    """Render like `helm template RELEASE -n NAMESPACE` (tests included) and parse every document."""
+    output = chart().render(values or {}, name=release, namespace=namespace)
+    manifests, notes = [], ""
+    for template, text in sorted(output.items()):
+        if template.endswith("NOTES.txt"):
+            notes = text
+            continue
+        for document in yaml.safe_load_all(text):
+            if document:
+                manifests.append(Manifest(template, document))
+    return Rendered(tuple(manifests), notes)
+
+
+def render_scenario(path: Path | None, extra: dict[str, Any] | None = None, **kwargs: Any) -> Rendered:
+    values = load_values(path) if path else {}
+    return render(deep_merge(values, extra or {}), **kwargs)
+
+
+def scenario_id(path: Path | None) -> str:
+    return "defaults" if path is None else path.name.removesuffix("-values.yaml")
+
+
+def server_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "tritonserver"]
+    return container
+
+
+def arg_value(args: list[str], flag: str) -> list[str]:
+    """Values of every `--flag=value` in args."""
+    return [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]

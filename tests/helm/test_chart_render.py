@@ -1,0 +1,162 @@
+"""The chart lints, renders in every documented scenario, and everything it renders is a valid Kubernetes object."""
+
+from __future__ import annotations
+
+import re
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+
+from chart_tools import (ALL_APIS, CHART, CRD_KINDS, NAMESPACE, SCENARIOS, load_values, render, render_scenario,
+                         scenario_id)
+
+SCENARIO_PARAMS = [None, *SCENARIOS]
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion allows 1.27, whose schemas lack nothing the chart
+# uses; 1.30 is the oldest release still widely supported) and the newest the installed validator knows.
+KUBE_VERSIONS = ["1.30", kubernetes_validate.latest_version()]
+STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                   "app.kubernetes.io/managed-by", "helm.sh/chart")
+
+
+def test_chart_metadata_pins_the_triton_release():
+    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert meta["apiVersion"] == "v2"
+    assert re.fullmatch(r"\d{2}\.\d{2}", meta["appVersion"]), "appVersion is the Triton release, e.g. 24.10"
+    assert values["image"]["repository"] == "nvcr.io/nvidia/tritonserver"
+    assert values["image"]["tag"] == f"{meta['appVersion']}-py3"
+    assert values["tensorrt"]["build"]["image"]["tag"] == f"{meta['appVersion']}-py3"
+
+
+def test_ci_scenarios_cover_the_documented_set():
+    names = {scenario_id(path) for path in SCENARIOS}
+    assert {"cpu", "gpu", "tensorrt", "autoscaling", "canary", "monitoring"} <= names
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_PARAMS, ids=scenario_id)
+def test_chart_lints_clean(scenario):
+    values = load_values(scenario) if scenario else None
+    report = helm_python.lint(CHART, values, strict=True, namespace=NAMESPACE)
+    problems = [m for m in report["messages"] if m["severity"] >= 2]  # 2 = warning, 3 = error
+    assert not report["errors"] and not problems, report
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_PARAMS, ids=scenario_id)
+def test_every_rendered_object_is_valid_kubernetes(scenario):
+    rendered = render_scenario(scenario)
+    checked = 0
+    for manifest in rendered.manifests:
+        if manifest.kind in CRD_KINDS:
+            continue  # no schema in kubernetes-validate; see test_crd_objects_are_well_formed
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(manifest.obj, version, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                pytest.fail(f"{manifest.template}: {manifest.kind}/{manifest.name} invalid for Kubernetes "
+                            f"{version}: {error.message} at {list(error.path)}")
+        checked += 1
+    assert checked >= 7  # ServiceAccount, Secret, Service, Deployment, PDB, NetworkPolicy, test ConfigMap + Pod
+
+
+def test_default_release_renders_the_expected_objects():
+    kinds = sorted(m.kind for m in render().manifests)
+    assert kinds == sorted(["ServiceAccount", "Secret", "Service", "Deployment", "PodDisruptionBudget",
+                            "NetworkPolicy", "ConfigMap", "Pod"])
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_PARAMS, ids=scenario_id)
+def test_every_object_carries_the_standard_labels(scenario):
+    for manifest in render_scenario(scenario).manifests:
+        labels = manifest.obj["metadata"].get("labels", {})
+        missing = [key for key in STANDARD_LABELS if key not in labels]
+        assert not missing, f"{manifest.kind}/{manifest.name} lacks {missing}"
+        assert labels["app.kubernetes.io/instance"] == "prod"
+        assert manifest.obj["metadata"]["namespace"] == NAMESPACE
+
+
+def test_two_releases_in_one_namespace_do_not_collide():
+    values = {"canary": {"enabled": True}, "route": {"enabled": True, "parentRefs": [{"name": "gw"}]},
+              "autoscaling": {"enabled": True, "prometheusAdapterRule": {"enabled": True}},
+              "monitoring": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                             "grafanaDashboard": {"enabled": True}},
+              "capabilities": {"assumeApiVersions": ALL_APIS}}
+    first = {(m.kind, m.name) for m in render(values, release="blue").manifests}
+    second = {(m.kind, m.name) for m in render(values, release="green").manifests}
+    assert not first & second
+    for rendered in (render(values, release="blue"), render(values, release="green")):
+        stable, canary = rendered.deployment("stable"), rendered.deployment("canary")
+        release = stable["metadata"]["labels"]["app.kubernetes.io/instance"]
+        for deployment in (stable, canary):
+            assert deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == release
+
+
+def test_long_release_names_are_cut_to_dns_label_length():
+    release = "a-very-long-release-name-for-the-vision-team-prod-eu1"  # 53 characters, Helm's maximum
+    values = {"canary": {"enabled": True}, "autoscaling": {"prometheusAdapterRule": {"enabled": True}},
+              "monitoring": {"grafanaDashboard": {"enabled": True}}}
+    rendered = render(values, release=release)
+    keys = [(m.kind, m.name) for m in rendered.manifests]
+    assert len(keys) == len(set(keys)), "cutting names must not make two objects of one kind collide"
+    for manifest in rendered.manifests:
+        assert len(manifest.name) <= 63, manifest.name
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", manifest.name), manifest.name
+        for value in manifest.obj["metadata"]["labels"].values():
+            assert len(value) <= 63
+    assert rendered.deployment("canary")["metadata"]["name"].endswith("-canary")
+
+
+def test_crd_objects_are_well_formed():
+    rendered = render_scenario(None, {
+        "canary": {"enabled": True},
+        "route": {"enabled": True, "parentRefs": [{"name": "inference-gateway", "namespace": "gateway-system"}]},
+        "monitoring": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+        "capabilities": {"assumeApiVersions": ALL_APIS}})
+    services = {s["metadata"]["name"]: s for s in rendered.of_kind("Service")}
+
+    monitor = rendered.one("ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    selected = [name for name, svc in services.items()
+                if monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()]
+    assert sorted(selected) == sorted(services), "the ServiceMonitor scrapes the stable and the canary Service"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert all(endpoint["port"] in {p["name"] for p in svc["spec"]["ports"]} for svc in services.values())
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+
+    rule = rendered.one("PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert {"TritonInferenceLatencyHigh", "TritonInferenceErrorRateHigh", "TritonQueueTimeHigh",
+            "TritonPodNotReady"} <= set(alerts)
+    for alert in alerts.values():
+        assert alert["expr"] and alert["for"] and alert["labels"]["severity"] and alert["annotations"]["summary"]
+
+    route = rendered.one("HTTPRoute")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert route["spec"]["parentRefs"] == [{"name": "inference-gateway", "namespace": "gateway-system"}]
+    (rule,) = route["spec"]["rules"]
+    assert {m["path"]["value"] for m in rule["matches"]} == {"/v2/models", "/v2/health"}
+    backends = {b["name"]: b for b in rule["backendRefs"]}
+    assert set(backends) == set(services)
+    for name, backend in backends.items():
+        assert backend["port"] in [p["port"] for p in services[name]["spec"]["ports"] if p["name"] == "http"]
+    assert sum(b["weight"] for b in backends.values()) == 100
+    assert backends["prod-triton-classifier-canary"]["weight"] == 10
+
+
+def test_crd_objects_are_left_out_when_their_api_is_missing():
+    enabled = {"canary": {"enabled": True}, "route": {"enabled": True, "parentRefs": [{"name": "gw"}]},
+               "monitoring": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}}
+    rendered = render(enabled)
+    assert not {m.kind for m in rendered.manifests} & CRD_KINDS
+    assert "monitoring.coreos.com/v1 API is not installed" in rendered.notes
+    assert "gateway.networking.k8s.io/v1 API is not installed" in rendered.notes
+
+
+def test_notes_tell_how_to_reach_and_test_the_service():
+    notes = render().notes
+    assert "helm test prod -n ml" in notes
+    assert "port-forward service/prod-triton-classifier 8000:http 8001:grpc 8002:metrics" in notes
+    assert "/v2/health/ready" in notes and "/v2/models/digits" in notes
+    assert "get secret prod-triton-classifier-admin-key" in notes
