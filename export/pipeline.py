@@ -84,7 +84,7 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
     transform = ImageTransform.from_dict(model.transform.to_dict() | options.transform_overrides
                                          | ({"layout": "NCHW"} if options.nchw else {}))
     labels = _labels(options, model)
-    samples, sample_labels, sample_png = _samples(options, model, transform)
+    samples, sample_labels, sample_png = _samples(options, model, transform, labels)
 
     with atomic_directory(options.output, force=options.force) as staging:
         reference = model.predict(samples[:4])
@@ -198,12 +198,12 @@ def _labels(options: ExportOptions, model: sources.LoadedModel) -> tuple[str, ..
     return labels
 
 
-def _samples(options: ExportOptions, model: sources.LoadedModel,
-             transform: ImageTransform) -> tuple[np.ndarray, np.ndarray | None, bytes]:
+def _samples(options: ExportOptions, model: sources.LoadedModel, transform: ImageTransform,
+             labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None, bytes]:
     """Float NHWC samples for parity and accuracy, their labels if known, and one encoded sample image (PNG)."""
     nhwc = ImageTransform.from_dict(transform.to_dict() | {"layout": "NHWC"})  # TF always takes NHWC
     if options.samples is not None:
-        return _samples_from_dir(Path(options.samples), nhwc, model.labels)
+        return _samples_from_dir(Path(options.samples), nhwc, labels)
     data = model.dataset or digits.load_digits_data(seed=options.seed)
     images, labels = data.split("heldout")
     if model.dataset is None:

@@ -30,15 +30,23 @@ class _Parser(argparse.ArgumentParser):
         hint = ""
         match = re.search(r"unrecognized arguments: (\S+)", message) or re.search(r"invalid choice: '([^']+)'", message)
         if match:
-            known = [s for a in self._actions for s in a.option_strings]
-            for action in self._actions:
-                if isinstance(action, argparse._SubParsersAction):
-                    known += list(action.choices)
-            close = difflib.get_close_matches(match.group(1).split("=")[0], known, n=1)
+            close = difflib.get_close_matches(match.group(1).split("=")[0], sorted(_known_words(self)), n=1)
             if close:
                 hint = f" (did you mean {close[0]}?)"
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}{hint}\n")
+
+
+def _known_words(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string and subcommand name of ``parser`` and its subparsers."""
+    words: set[str] = set()
+    for action in parser._actions:
+        words.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            words.update(action.choices)
+            for subparser in action.choices.values():
+                words |= _known_words(subparser)
+    return words
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
