@@ -42,7 +42,7 @@ class RepositoryOptions:
     instance_kind: str = "cpu"  # classifier instances: cpu | gpu
     version_policy: str = "latest:1"  # latest:N | all | specific:1,2
     keep_versions: int | None = None
-    intra_op_threads: int | None = None  # default: cores / classifier instances
+    intra_op_threads: int | None = None  # default: 0 (ONNX Runtime's choice) for one instance, else cores / instances
     inter_op_threads: int = 1
 
     def check(self) -> None:
@@ -187,7 +187,10 @@ def render_configs(manifest: Manifest, options: RepositoryOptions, names: ModelN
         parameters=manifest.preprocessing.to_parameters(),
         warmup=(WarmupSample("sample_image", image, PREPROCESS_WARMUP),),
     )
-    threads = options.intra_op_threads or max(1, (os.cpu_count() or 1) // options.classifier_instances)
+    # With several instances each gets its share of the cores; with one, 0 lets ONNX Runtime use one thread per
+    # physical core, which also keeps the generated config independent of the machine that wrote it.
+    threads = options.intra_op_threads if options.intra_op_threads is not None else (
+        0 if options.classifier_instances == 1 else max(1, (os.cpu_count() or 1) // options.classifier_instances))
     classifier_parameters = {} if options.classifier_backend == "tensorrt" else {
         "intra_op_thread_count": str(threads), "inter_op_thread_count": str(options.inter_op_threads)}
     classifier = ModelContext(

@@ -1,0 +1,195 @@
+"""``triton-deploy repo``: golden configs for each classifier backend, Triton-protobuf validation, ensemble
+cross-checks, versioning, and errors that leave an existing repository untouched.
+
+These tests use a tiny hand-built ONNX model, so they need neither TensorFlow nor a server.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from triton_deploy.cli import main
+from triton_deploy.errors import ManifestError, RepositoryError, UsageError
+from triton_deploy.preprocessing import ImageTransform
+from triton_deploy.repository import validate
+from triton_deploy.repository.render import ModelNames, RepositoryOptions, render_configs, tidy
+from triton_deploy.repository.writer import generate_repository
+from triton_deploy.spec import Manifest, Parity, TensorSpec
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def tiny_onnx(path: Path, seed: int = 0, classes: int = 3) -> None:
+    """image [batch, 8, 8, 1] -> Flatten -> MatMul -> logits [batch, classes]."""
+    weights = np.random.default_rng(seed).normal(size=(64, classes)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["image"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 8, 8, 1])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def make_export(folder: Path, name: str = "tiny", seed: int = 0, classes: int = 3) -> Path:
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    tiny_onnx(folder / "model.onnx", seed, classes)
+    buffer = io.BytesIO()
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(buffer, format="PNG")
+    (folder / "sample.png").write_bytes(buffer.getvalue())
+    manifest = Manifest(
+        name=name, input=TensorSpec("image", (-1, 8, 8, 1), "FP32", layout="NHWC"),
+        output=TensorSpec("logits", (-1, classes), "FP32"), output_kind="logits",
+        preprocessing=ImageTransform(height=8, width=8, color_mode="L"),
+        labels=tuple(f"label {i}" for i in range(classes)), opset=17,
+        model_sha256=hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest(),
+        parity=Parity(0.0, 1.0, 1e-4, 2, (1, 1)), versions={}, source={"kind": "test"},
+        extra={"sample_image": "sample.png"},
+    )
+    manifest.write(folder)
+    return folder
+
+
+@pytest.fixture
+def export(tmp_path) -> Path:
+    return make_export(tmp_path / "export")
+
+
+# ---- golden configs --------------------------------------------------------------------------------------------
+
+VARIANTS = {
+    "python": RepositoryOptions(),
+    "onnxruntime": RepositoryOptions(classifier_backend="onnxruntime", classifier_instances=2, intra_op_threads=1,
+                                     preferred_batch_sizes=(4, 8), max_queue_delay_us=1000,
+                                     version_policy="specific:1,2"),
+    "tensorrt": RepositoryOptions(classifier_backend="tensorrt", instance_kind="gpu", max_batch_size=16, top_k=2,
+                                  dynamic_batching=False),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_rendered_configs_match_golden_files(variant, export):
+    configs = render_configs(Manifest.read(export), VARIANTS[variant], ModelNames.for_prefix("tiny"))
+    for name, text in configs.items():
+        golden = GOLDEN / variant / f"{name}.pbtxt"
+        if os.environ.get("UPDATE_GOLDEN"):
+            golden.parent.mkdir(parents=True, exist_ok=True)
+            golden.write_text(tidy(text))
+        assert tidy(text) == golden.read_text(), f"{golden} differs; UPDATE_GOLDEN=1 rewrites it after review"
+        validate.parse_config(text, name)  # every variant parses with Triton's own schema
+
+
+def test_every_variant_cross_checks(export, tmp_path):
+    for variant, options in VARIANTS.items():
+        result = generate_repository([export], RepositoryOptions(**{**options.__dict__, "output": tmp_path / variant}))
+        assert set(result.models) == {"tiny", "tiny_preprocess", "tiny_classifier", "tiny_postprocess"}
+        files = {p.name for p in (tmp_path / variant / "tiny_classifier" / "1").iterdir()}
+        assert files == ({"model.onnx", "model.py"} if variant == "python" else {"model.onnx"})
+
+
+def test_repository_layout_and_warmup_files(export, tmp_path):
+    repo = tmp_path / "repo"
+    generate_repository([export], RepositoryOptions(output=repo))
+    assert (repo / "tiny" / "1").is_dir()
+    assert (repo / "tiny_preprocess" / "1" / "preprocessing.py").is_file()
+    assert (repo / "tiny_postprocess" / "1" / "postprocessing.py").is_file()
+    assert (repo / "tiny_postprocess" / "labels.txt").read_text().splitlines() == ["label 0", "label 1", "label 2"]
+    sample = (export / "sample.png").read_bytes()
+    warm = (repo / "tiny_preprocess" / "warmup" / "sample_image").read_bytes()
+    assert int.from_bytes(warm[:4], "little") == len(sample) and warm[4:] == sample  # Triton's BYTES layout
+    tensor = np.frombuffer((repo / "tiny_classifier" / "warmup" / "sample_input").read_bytes(), dtype="<f4")
+    np.testing.assert_allclose(tensor.reshape(8, 8), np.arange(64).reshape(8, 8) / 255.0, rtol=1e-6)
+
+
+# ---- versions --------------------------------------------------------------------------------------------------
+
+
+def test_same_export_keeps_its_version_and_a_new_one_adds_the_next(export, tmp_path):
+    repo = tmp_path / "repo"
+    assert generate_repository([export], RepositoryOptions(output=repo)).ensembles == {"tiny": 1}
+    assert generate_repository([export], RepositoryOptions(output=repo)).ensembles == {"tiny": 1}
+    retrained = make_export(tmp_path / "retrained", seed=1)
+    assert generate_repository([retrained], RepositoryOptions(output=repo)).ensembles == {"tiny": 2}
+    assert sorted(p.name for p in (repo / "tiny_classifier").iterdir() if p.name.isdigit()) == ["1", "2"]
+    third = make_export(tmp_path / "third", seed=2)
+    generate_repository([third], RepositoryOptions(output=repo, keep_versions=1))
+    assert sorted(p.name for p in (repo / "tiny_classifier").iterdir() if p.name.isdigit()) == ["3"]
+
+
+def test_several_exports_in_one_call(tmp_path):
+    first, second = make_export(tmp_path / "a", "alpha"), make_export(tmp_path / "b", "beta", classes=4)
+    result = generate_repository([first, second], RepositoryOptions(output=tmp_path / "repo"))
+    assert result.ensembles == {"alpha": 1, "beta": 1} and len(result.models) == 8
+
+
+def test_a_new_export_with_other_outputs_cannot_join_old_versions(export, tmp_path):
+    repo = tmp_path / "repo"
+    generate_repository([export], RepositoryOptions(output=repo))
+    before = sorted(str(p.relative_to(repo)) for p in repo.rglob("*"))
+    wider = make_export(tmp_path / "wider", seed=5, classes=4)
+    with pytest.raises(RepositoryError, match="cannot be served beside them"):
+        generate_repository([wider], RepositoryOptions(output=repo))
+    assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) == before  # untouched
+    assert not list(tmp_path.glob(".repo.tmp-*"))
+
+
+# ---- errors ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options, message", [
+    (RepositoryOptions(prefix="bad name!"), "model prefix 'bad name!'"),
+    (RepositoryOptions(classifier_backend="tensorrt"), "the tensorrt backend runs on GPUs only (add --instance-kind gpu)"),
+    (RepositoryOptions(max_batch_size=0), "max batch size 0"),
+    (RepositoryOptions(preferred_batch_sizes=(64,)), "preferred batch sizes [64]"),
+    (RepositoryOptions(version_policy="newest"), "version policy 'newest'"),
+])
+def test_invalid_options_are_refused_before_writing(options, message, export, tmp_path):
+    from dataclasses import replace
+
+    with pytest.raises(UsageError) as info:
+        generate_repository([export], replace(options, output=tmp_path / "repo"))
+    assert message in str(info.value)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_missing_manifest_is_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ManifestError, match="manifest.json not found"):
+        generate_repository([tmp_path / "empty"], RepositoryOptions(output=tmp_path / "repo"))
+
+
+def test_cli_reports_generation_errors_with_exit_code(tmp_path, capsys):
+    code = main(["repo", str(tmp_path / "nowhere"), "--output", str(tmp_path / "repo")])
+    err = capsys.readouterr().err
+    assert code == 7 and "does not exist" in err and "triton-deploy export" in err
+
+
+def test_cross_check_catches_mismatched_ensemble_wiring(export):
+    configs = render_configs(Manifest.read(export), RepositoryOptions(), ModelNames.for_prefix("tiny"))
+    parsed = {name: validate.parse_config(text, name) for name, text in configs.items()}
+    parsed["tiny_classifier"].output[0].data_type = validate.mc.TYPE_FP16
+    parsed["tiny_postprocess"].max_batch_size = 4
+    del parsed["tiny_preprocess"]
+    with pytest.raises(RepositoryError) as info:
+        validate.check_models(parsed)
+    message = str(info.value)
+    assert "step 1 uses model 'tiny_preprocess', which is not in the repository" in message
+    assert "'class_scores' is TYPE_FP16 [3] but 'tiny_postprocess' input 'logits' wants TYPE_FP32 [3]" in message
+    assert "max_batch_size 32 but member 'tiny_postprocess' only 4" in message
+
+
+def test_schema_rejects_a_misspelt_field():
+    with pytest.raises(RepositoryError, match="rejects it"):
+        validate.parse_config('name: "x"\nmax_batch_sise: 4\n', "x/config.pbtxt")
