@@ -1,0 +1,171 @@
+"""The generated repository served by the real Triton server: accuracy through the ensemble over HTTP and gRPC,
+dynamic batching, a bad image failing alone, restricted admin APIs, and ``serve``'s start-up errors and shutdown."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from conftest import encode_digit
+from tritonclient.utils import InferenceServerException
+
+from triton_deploy.errors import ServerError
+from triton_deploy.server import ServerOptions, TritonServer, free_ports
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+FORMATS = [(32, "PNG"), (64, "JPEG"), (100, "PNG"), (48, "BMP"), (128, "WEBP")]
+
+
+def infer(module, client, blobs: list[bytes], model: str = "digits"):
+    image = module.InferInput("IMAGE", [len(blobs), 1], "BYTES")
+    image.set_data_from_numpy(np.array(blobs, dtype=np.object_).reshape(-1, 1))
+    result = client.infer(model, [image])
+    return result.as_numpy("CLASS_IDS"), result.as_numpy("SCORES"), result.as_numpy("LABELS")
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_ensemble_classifies_held_out_digits_accurately(protocol, triton_server, heldout_digits):
+    module = httpclient if protocol == "http" else grpcclient
+    client = module.InferenceServerClient(triton_server.http_url if protocol == "http" else triton_server.grpc_url)
+    images, labels = heldout_digits
+    count = 160
+    blobs = [encode_digit(images[i], *FORMATS[i % len(FORMATS)]) for i in range(count)]
+    predicted = []
+    for start in range(0, count, 16):  # batched requests of mixed formats and sizes
+        ids, scores, names = infer(module, client, blobs[start:start + 16])
+        assert ids.shape == scores.shape == names.shape == (len(blobs[start:start + 16]), 5)
+        assert np.all(np.diff(scores, axis=1) <= 0) and np.all(scores[:, 0] > 0)  # best first
+        assert [n.decode() for n in names[:, 0]] == [str(i) for i in ids[:, 0]]  # labels match class ids
+        predicted.extend(ids[:, 0].tolist())
+    accuracy = float(np.mean(np.array(predicted) == labels[:count]))
+    assert accuracy >= 0.95, f"{protocol} accuracy {accuracy:.3f}"
+
+
+def test_concurrent_requests_are_batched(triton_server, heldout_digits):
+    images, _ = heldout_digits
+    stats_client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+
+    def counts():
+        stats = stats_client.get_inference_statistics("digits_classifier", as_json=True)["model_stats"][0]
+        return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+    before = counts()
+    blobs = [encode_digit(images[i]) for i in range(64)]
+
+    def one(blob):
+        return infer(grpcclient, grpcclient.InferenceServerClient(triton_server.grpc_url), [blob])[0][0, 0]
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, blobs))
+    inferences, executions = (a - b for a, b in zip(counts(), before))
+    assert inferences == 64
+    assert executions < inferences, f"{executions} executions for {inferences} inferences: no batching"
+
+
+def test_an_undecodable_image_fails_alone_in_a_concurrent_burst(triton_server, heldout_digits):
+    images, labels = heldout_digits
+    bad = {3: b"this is text, not an image", 9: encode_digit(images[9])[:40]}
+
+    def one(i):
+        blob = bad.get(i) or encode_digit(images[i])
+        try:
+            return infer(grpcclient, grpcclient.InferenceServerClient(triton_server.grpc_url), [blob])[0][0, 0]
+        except InferenceServerException as exc:
+            return exc
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(32)))
+    failures = {i for i, r in enumerate(results) if isinstance(r, InferenceServerException)}
+    assert failures == set(bad)
+    assert "not a supported image format" in str(results[3]) and "image 0 of the request" in str(results[3])
+    assert "INVALID_ARG" in str(results[3].status())
+    good = [i for i in range(32) if i not in bad]
+    assert np.mean([results[i] == labels[i] for i in good]) >= 0.9
+    # The server keeps serving after bad input.
+    assert infer(httpclient, httpclient.InferenceServerClient(triton_server.http_url),
+                 [encode_digit(images[0])])[0][0, 0] == labels[0]
+
+
+def test_admin_apis_need_the_key(triton_server):
+    client = httpclient.InferenceServerClient(triton_server.http_url)
+    with pytest.raises(InferenceServerException, match="restricted|This API is restricted"):
+        client.get_model_config("digits")
+    config = client.get_model_config("digits", headers={"triton-admin-key": triton_server.admin_key})
+    assert config["platform"] == "ensemble"
+    assert client.get_model_metadata("digits")["inputs"][0]["name"] == "IMAGE"  # metadata stays open
+
+
+def test_port_in_use_is_one_clear_error(digits_repository):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        grpc_port, metrics_port = free_ports(2)
+        with pytest.raises(ServerError, match=f"port {port} on 127.0.0.1 is already in use .choose another --http-port"):
+            TritonServer(ServerOptions(digits_repository, http_port=port, grpc_port=grpc_port,
+                                       metrics_port=metrics_port)).start()
+
+
+def test_a_model_that_fails_to_load_is_named_with_tritons_reason(digits_repository, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(digits_repository, broken)
+    (broken / "digits_classifier" / "1" / "model.onnx").write_bytes(b"corrupt")
+    http, grpc, metrics = free_ports(3)
+    server = TritonServer(ServerOptions(broken, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                                        ready_timeout_s=90))
+    with pytest.raises(ServerError) as info:
+        with server:
+            pass
+    message = str(info.value)
+    assert "failed to load model 'digits_classifier' version 1" in message
+    assert server.process.poll() is not None  # nothing left running
+
+
+def test_serve_command_drains_on_sigterm_and_exits_zero(digits_repository, tmp_path):
+    http, grpc, metrics = free_ports(3)
+    command = [sys.executable, "-m", "triton_deploy.cli", "serve", "--repository", str(digits_repository),
+               "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--json",
+               "--exit-timeout", "5"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        endpoints = json.loads(process.stdout.readline())  # printed once the server is ready
+        assert endpoints["http"] == f"127.0.0.1:{http}"
+        assert httpclient.InferenceServerClient(endpoints["http"]).is_server_ready()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    time.sleep(0.2)
+    assert not _listening(http)
+
+
+def test_background_serve_and_stop(digits_repository, tmp_path, capsys):
+    from triton_deploy.cli import main
+
+    http, grpc, metrics = free_ports(3)
+    pid_file = tmp_path / "serve.json"
+    assert main(["serve", "--repository", str(digits_repository), "--http-port", str(http), "--grpc-port", str(grpc),
+                 "--metrics-port", str(metrics), "--background", "--pid-file", str(pid_file), "-q"]) == 0
+    state = json.loads(pid_file.read_text())
+    assert httpclient.InferenceServerClient(state["http"]).is_model_ready("digits")
+    assert main(["stop", "--pid-file", str(pid_file), "-q"]) == 0
+    assert not pid_file.exists() and not _listening(http)
+    assert main(["stop", "--pid-file", str(pid_file)]) == 9
+    assert "no background server to stop" in capsys.readouterr().err
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
