@@ -126,3 +126,24 @@ def server_container(deployment: dict[str, Any]) -> dict[str, Any]:
 def arg_value(args: list[str], flag: str) -> list[str]:
     """Values of every `--flag=value` in args."""
     return [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]
+
+
+# Metric names Triton 2.51 exports. Those in CPU_SERVER_METRICS are checked against the live local server in
+# test_chart_runs.py; the GPU ones appear only when a GPU is present (names from Triton's metrics documentation).
+CPU_SERVER_METRICS = frozenset({
+    "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count", "nv_inference_exec_count",
+    "nv_inference_request_duration_us", "nv_inference_queue_duration_us", "nv_inference_compute_input_duration_us",
+    "nv_inference_compute_infer_duration_us", "nv_inference_compute_output_duration_us",
+    "nv_inference_pending_request_count", "nv_cpu_utilization", "nv_cpu_memory_used_bytes",
+})
+GPU_ONLY_METRICS = frozenset({"nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes",
+                              "nv_gpu_power_usage", "nv_energy_consumption"})
+# Series the alerts read from other exporters: Prometheus itself (up) and kube-state-metrics.
+NON_TRITON_METRICS = frozenset({"up", "kube_pod_status_ready"})
+
+
+def metric_names(promql: str) -> set[str]:
+    """Metric names a PromQL expression selects (identifiers directly followed by a label matcher)."""
+    import re
+
+    return set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{", promql))

@@ -242,25 +242,59 @@ def test_image_repository_is_copied_by_an_init_container():
     assert mount["readOnly"] is True
 
 
-def test_tensorrt_plan_is_built_at_deploy_time_with_shapes_from_values():
-    rendered = render_scenario(next(p for p in SCENARIOS if scenario_id(p) == "tensorrt"))
+def tensorrt_build_container(rendered):
     spec = rendered.deployment()["spec"]["template"]["spec"]
     copy, build = spec["initContainers"]
     assert copy["name"] == "copy-model-repository" and build["name"] == "build-tensorrt-plan"
+    return build
+
+
+def test_tensorrt_plan_is_built_at_deploy_time_with_shapes_from_values():
+    rendered = render_scenario(next(p for p in SCENARIOS if scenario_id(p) == "tensorrt"))
+    build = tensorrt_build_container(rendered)
     assert build["image"] == "nvcr.io/nvidia/tensorrt:24.10-py3"
-    command = build["command"]
-    assert command[0].endswith("trtexec")
-    assert "--onnx=/models/digits_classifier/1/model.onnx" in command
-    assert "--saveEngine=/models/digits_classifier/1/model.plan" in command
-    assert "--minShapes=input:1x64x64x1" in command
-    assert "--optShapes=input:8x64x64x1" in command
-    assert "--maxShapes=input:16x64x64x1" in command
-    assert "--fp16" in command
+    assert build["args"] == ["--minShapes=image:1x64x64x1", "--optShapes=image:16x64x64x1",
+                             "--maxShapes=image:32x64x64x1", "--memPoolSize=workspace:1024M", "--skipInference",
+                             "--fp16"]
+    env = {e["name"]: e["value"] for e in build["env"]}
+    assert env["MODEL"] == "digits_classifier" and env["REPOSITORY"] == "/models"
+    assert (env["ONNX_FILE"], env["PLAN_FILE"]) == ("model.onnx", "model.plan")
     mounts = {m["name"]: m for m in build["volumeMounts"]}
     assert mounts["model-repository"]["mountPath"] == "/models" and not mounts["model-repository"].get("readOnly")
     without_fp16 = render_scenario(next(p for p in SCENARIOS if scenario_id(p) == "tensorrt"),
                                    {"tensorrt": {"build": {"fp16": False}}})
-    assert "--fp16" not in without_fp16.deployment()["spec"]["template"]["spec"]["initContainers"][1]["command"]
+    assert "--fp16" not in tensorrt_build_container(without_fp16)["args"]
+
+
+def test_tensorrt_build_script_makes_one_plan_per_version_directory(tmp_path):
+    """Run the init container's script with a stand-in trtexec that records its arguments and writes the plan."""
+    import os
+    import subprocess
+
+    build = tensorrt_build_container(render_scenario(next(p for p in SCENARIOS if scenario_id(p) == "tensorrt")))
+    repository = tmp_path / "models"
+    for version in ("1", "3"):
+        (repository / "digits_classifier" / version).mkdir(parents=True)
+        (repository / "digits_classifier" / version / "model.onnx").write_bytes(b"onnx")
+    (repository / "digits_classifier" / "warmup").mkdir()
+    (repository / "digits_classifier" / "config.pbtxt").write_text('platform: "tensorrt_plan"')
+    fake = tmp_path / "trtexec"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in --saveEngine=*) echo "$*" > "${a#--saveEngine=}";;'
+                    ' esac; done\n')
+    fake.chmod(0o755)
+    env = {**{e["name"]: e["value"] for e in build["env"]}, "REPOSITORY": str(repository), "TRTEXEC": str(fake),
+           "PATH": os.environ["PATH"]}
+    result = subprocess.run(build["command"] + build["args"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    for version in ("1", "3"):
+        recorded = (repository / "digits_classifier" / version / "model.plan").read_text().split()
+        assert f"--onnx={repository}/digits_classifier/{version}/model.onnx" in recorded
+        assert recorded[2:] == build["args"]
+    assert not (repository / "digits_classifier" / "warmup" / "model.plan").exists()
+    for onnx in repository.glob("*/*/model.onnx"):
+        onnx.unlink()
+    result = subprocess.run(build["command"] + build["args"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "no model.onnx in any version directory" in result.stderr
 
 
 @pytest.mark.parametrize("values,message", [

@@ -142,17 +142,26 @@ spec:
               {{- end }}
             {{- end }}
         {{- if $trt.enabled }}
-        {{- $onnx := default (printf "%s/1/model.onnx" $classifier) $trt.onnxPath }}
-        {{- $plan := default (printf "%s/1/model.plan" $classifier) $trt.planPath }}
         {{- $dims := join "x" $trt.inputShape }}
-        # Plans are bound to the GPU model and the TensorRT version, so each pod builds its own on its node.
+        # Plans are bound to the GPU model and the TensorRT version, so each pod builds its own on its node, one per
+        # version directory of the model that holds the ONNX file.
         - name: build-tensorrt-plan
           image: {{ include "triton-classifier.imageRef" $trt.image }}
           imagePullPolicy: {{ $trt.image.pullPolicy }}
           command:
-            - {{ $trt.trtexecPath }}
-            - --onnx={{ $repo.mountPath }}/{{ $onnx }}
-            - --saveEngine={{ $repo.mountPath }}/{{ $plan }}
+            - sh
+            - -ec
+            - |
+              built=no
+              for dir in "$REPOSITORY/$MODEL"/*/; do
+                [ -f "$dir$ONNX_FILE" ] || continue
+                echo "building $dir$PLAN_FILE"
+                "$TRTEXEC" --onnx="$dir$ONNX_FILE" --saveEngine="$dir$PLAN_FILE" "$@"
+                built=yes
+              done
+              [ "$built" = yes ] || { echo "no $ONNX_FILE in any version directory of $REPOSITORY/$MODEL" >&2; exit 1; }
+            - build-tensorrt-plan
+          args:
             - --minShapes={{ $trt.inputName }}:{{ $trt.minBatchSize }}x{{ $dims }}
             - --optShapes={{ $trt.inputName }}:{{ $trt.optBatchSize }}x{{ $dims }}
             - --maxShapes={{ $trt.inputName }}:{{ $trt.maxBatchSize }}x{{ $dims }}
@@ -167,6 +176,16 @@ spec:
           env:
             - name: HOME
               value: /tmp
+            - name: REPOSITORY
+              value: {{ $repo.mountPath }}
+            - name: MODEL
+              value: {{ default $classifier $trt.model }}
+            - name: ONNX_FILE
+              value: {{ $trt.onnxFile }}
+            - name: PLAN_FILE
+              value: {{ $trt.planFile }}
+            - name: TRTEXEC
+              value: {{ $trt.trtexecPath }}
           securityContext:
             {{- include "triton-classifier.containerSecurityContext" $root | nindent 12 }}
           resources:

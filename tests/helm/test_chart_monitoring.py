@@ -1,0 +1,177 @@
+"""Monitoring the chart ships, checked with real tools: promtool checks and unit-tests the alerting rules and the
+prometheus-adapter rule; the Grafana dashboard parses and queries only metrics Triton exports."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chart_tools import (ALL_APIS, CHART, CPU_SERVER_METRICS, GPU_ONLY_METRICS, NON_TRITON_METRICS, SCENARIOS,
+                         metric_names, render, render_scenario, scenario_id)
+
+HERE = Path(__file__).resolve().parent
+MONITORING = {"monitoring": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                             "grafanaDashboard": {"enabled": True}},
+              "autoscaling": {"prometheusAdapterRule": {"enabled": True}},
+              "capabilities": {"assumeApiVersions": ALL_APIS}}
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool is not installed: run scripts/setup-system.sh (Debian package 'prometheus')")
+    return path
+
+
+def run(command: list[str], cwd: Path) -> str:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def rendered_rules(values=None) -> dict:
+    return render({**MONITORING, **(values or {})}).one("PrometheusRule")["spec"]
+
+
+def adapter_rule(values=None) -> dict:
+    rendered = render({**MONITORING, **(values or {})})
+    (config,) = [c for c in rendered.of_kind("ConfigMap") if c["metadata"]["name"].endswith("prometheus-adapter-rule")]
+    (rule,) = yaml.safe_load(config["data"]["rules.yaml"])["rules"]
+    return rule
+
+
+# --- alerting rules ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scenario", [p for p in SCENARIOS if scenario_id(p) == "monitoring"], ids=scenario_id)
+def test_promtool_accepts_the_rendered_rules(promtool, tmp_path, scenario):
+    spec = render_scenario(scenario).one("PrometheusRule")["spec"]
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
+    assert "SUCCESS: 5 rules found" in run([promtool, "check", "rules", "rules.yaml"], tmp_path)
+
+
+def test_alerts_fire_on_the_right_series(promtool, tmp_path):
+    """prometheus_rules_test.yaml feeds series and states which alerts fire, with labels and annotations."""
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rendered_rules()))
+    shutil.copy(HERE / "prometheus_rules_test.yaml", tmp_path)
+    assert "SUCCESS" in run([promtool, "test", "rules", "prometheus_rules_test.yaml"], tmp_path)
+
+
+def test_alert_thresholds_and_labels_come_from_values():
+    spec = rendered_rules({"monitoring": {**MONITORING["monitoring"], "prometheusRule": {
+        "enabled": True, "latencyMs": 80, "queueTimeMs": 15, "errorRatio": 0.01, "for": "3m",
+        "alertLabels": {"team": "vision"}}}})
+    alerts = {r["alert"]: r for r in spec["groups"][0]["rules"]}
+    assert alerts["TritonInferenceLatencyHigh"]["expr"].rstrip().endswith("/ 1000 > 80")
+    assert alerts["TritonQueueTimeHigh"]["expr"].rstrip().endswith("/ 1000 > 15")
+    assert alerts["TritonInferenceErrorRateHigh"]["expr"].rstrip().endswith("> 0.01")
+    assert all(a["for"] == "3m" and a["labels"]["team"] == "vision" for a in alerts.values())
+
+
+def test_alerts_only_read_triton_and_kubernetes_metrics():
+    for group in rendered_rules()["groups"]:
+        for rule in group["rules"]:
+            names = metric_names(rule["expr"])
+            assert names and names <= CPU_SERVER_METRICS | NON_TRITON_METRICS, (rule["alert"], names)
+
+
+# --- prometheus-adapter rule ---------------------------------------------------------------------------------------
+
+def test_adapter_rule_is_namespace_agnostic_per_model_and_per_request():
+    rule = adapter_rule()
+    query = rule["metricsQuery"]
+    assert rule["name"]["as"] == "triton_queue_time_per_request_us"
+    assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+    assert 'model!=""' in rule["seriesQuery"]
+    assert query.count("<<.LabelMatchers>>") == 2 and query.count("<<.GroupBy>>") == 2
+    assert "rate(nv_inference_queue_duration_us{<<.LabelMatchers>>}[2m])" in query
+    assert "rate(nv_inference_request_success{<<.LabelMatchers>>}[2m])" in query
+    # Nothing release- or namespace-specific: one adapter rule serves every release in every namespace.
+    for specific in ("prod", "triton-classifier", "namespace=", "ml"):
+        assert specific not in re.sub(r"<<\.\w+>>", "", query + rule["seriesQuery"]).replace(
+            "namespace!=", ""), specific
+
+
+def test_adapter_rule_computes_queue_time_per_request_per_pod(promtool, tmp_path):
+    """Fill the rule like prometheus-adapter does for an HPA request and evaluate it with promtool."""
+    query = adapter_rule()["metricsQuery"]
+
+    def for_hpa(namespace: str, pods: str) -> str:
+        matchers = f'namespace="{namespace}",pod=~"{pods}",model="digits_classifier"'
+        return query.replace("<<.LabelMatchers>>", matchers).replace("<<.GroupBy>>", "pod")
+
+    rules = {"groups": [{"name": "adapter", "rules": [
+        {"record": "hpa:ml", "expr": for_hpa("ml", "pod-a|pod-b|pod-c")},
+        {"record": "hpa:team_b", "expr": for_hpa("team-b", "pod-a")},
+    ]}]}
+    (tmp_path / "adapter_rules.yaml").write_text(yaml.safe_dump(rules))
+    shutil.copy(HERE / "prometheus_adapter_rule_test.yaml", tmp_path)
+    assert "SUCCESS" in run([promtool, "test", "rules", "prometheus_adapter_rule_test.yaml"], tmp_path)
+
+
+def test_readme_documents_the_rendered_adapter_rule():
+    """The README's rule block is the one the chart renders (default values), so copying it works."""
+    readme = (CHART / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(# prometheus-adapter rule.*?)```", readme, flags=re.S)
+    assert len(blocks) == 1, "README needs exactly one yaml block starting with '# prometheus-adapter rule'"
+    (documented,) = yaml.safe_load(blocks[0])["rules"]
+    assert documented == adapter_rule()
+
+
+# --- Grafana dashboard ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict:
+    rendered = render(MONITORING)
+    (config,) = [c for c in rendered.of_kind("ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+    assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (text,) = config["data"].values()
+    return json.loads(text)
+
+
+def dashboard_queries(dashboard: dict) -> list[str]:
+    return [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+
+
+def test_dashboard_is_unique_per_release(dashboard):
+    other = render(MONITORING, release="canary-test", namespace="team-b")
+    (config,) = [c for c in other.of_kind("ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+    other_dashboard = json.loads(next(iter(config["data"].values())))
+    assert dashboard["uid"] != other_dashboard["uid"] and len(dashboard["uid"]) <= 40
+    assert "ml" in dashboard["title"] and "team-b" in other_dashboard["title"]
+
+
+def test_dashboard_variables_default_to_the_release(dashboard):
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert set(variables) == {"datasource", "namespace", "service", "model"}
+    assert variables["namespace"]["current"]["value"] == "ml"
+    assert variables["service"]["current"]["value"] == "prod-triton-classifier|prod-triton-classifier-canary"
+    assert variables["model"]["current"]["value"] == "digits"
+    for query in dashboard_queries(dashboard):
+        used = set(re.findall(r"\$(\w+)", query))
+        assert used <= set(variables) | {"__rate_interval"}, query
+
+
+def test_dashboard_panels_are_laid_out_without_duplicates(dashboard):
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    assert len(dashboard_queries(dashboard)) >= 12
+    for panel in dashboard["panels"]:
+        assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+
+
+def test_dashboard_queries_only_metrics_triton_exports(dashboard):
+    used = set()
+    for query in dashboard_queries(dashboard):
+        names = metric_names(query)
+        assert names, f"no metric in {query}"
+        used |= names
+    assert used <= CPU_SERVER_METRICS | GPU_ONLY_METRICS, used - CPU_SERVER_METRICS - GPU_ONLY_METRICS
+    # Every metric named in the issue is on the dashboard.
+    assert CPU_SERVER_METRICS <= used, CPU_SERVER_METRICS - used
