@@ -1,0 +1,99 @@
+"""PNG plots of a load test, drawn with matplotlib's non-interactive Agg backend from Locust's CSV history."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+PERCENTILES = ("50%", "95%", "99%")
+
+
+def read_history(path: Path) -> list[dict]:
+    """Rows of ``*_stats_history.csv`` for all requests together ("Aggregated"), seconds from the start in ``t``."""
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("Name") != "Aggregated":
+                continue
+            rows.append(row)
+    if not rows:
+        return []
+    start = int(rows[0]["Timestamp"])
+    return [{"t": int(r["Timestamp"]) - start, "users": _number(r["User Count"]),
+             "rps": _number(r["Requests/s"]), "fps": _number(r["Failures/s"]),
+             # 0 before the first response is "no data", not a 0 ms latency
+             **{p: (_number(r[p]) or None) for p in PERCENTILES}} for r in rows]
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None  # Locust writes N/A before the first response
+
+
+def plot_timeline(history: list[dict], directory: Path, title: str) -> list[Path]:
+    """``throughput.png`` (requests/s and users over time) and ``latency.png`` (p50/p95/p99 over time)."""
+    t = [r["t"] for r in history]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot(t, [r["rps"] for r in history], label="requests/s", color="tab:blue")
+    ax.plot(t, [r["fps"] for r in history], label="failures/s", color="tab:red")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("per second")
+    users = ax.twinx()
+    users.step(t, [r["users"] for r in history], where="post", color="tab:gray", linestyle="--", label="users")
+    users.set_ylabel("users")
+    lines = ax.get_legend_handles_labels()[0] + users.get_legend_handles_labels()[0]
+    ax.legend(lines, [line.get_label() for line in lines], loc="upper left")
+    ax.set_title(f"Throughput: {title}")
+    ax.grid(alpha=0.3)
+    throughput = directory / "throughput.png"
+    fig.tight_layout()
+    fig.savefig(throughput, dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for p in PERCENTILES:
+        ax.plot(t, [r[p] for r in history], label=f"p{p.rstrip('%')}")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("response time (ms)")
+    ax.set_title(f"Latency: {title}")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    latency = directory / "latency.png"
+    fig.tight_layout()
+    fig.savefig(latency, dpi=100)
+    plt.close(fig)
+    return [throughput, latency]
+
+
+def plot_sweep(runs: list[dict], path: Path, title: str) -> Path:
+    """Throughput and p50/p95/p99 against the user count, one point per sweep level."""
+    users = [r["users"] for r in runs]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(users, [r["requests_per_s"] for r in runs], marker="o", label="requests/s")
+    left.plot(users, [r["images_per_s"] for r in runs], marker="s", linestyle="--", label="images/s")
+    left.set_xlabel("users")
+    left.set_ylabel("per second")
+    left.set_title("Throughput")
+    left.legend()
+    for key in ("p50_ms", "p95_ms", "p99_ms"):
+        right.plot(users, [r[key] for r in runs], marker="o", label=key.removesuffix("_ms"))
+    right.set_xlabel("users")
+    right.set_ylabel("response time (ms)")
+    right.set_title("Latency")
+    right.legend()
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(users, [str(u) for u in users])
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,323 @@
+"""``triton-deploy loadtest`` as one function: headless Locust runs (one, or one per sweep level) against a Triton
+server, with Triton's own metrics scraped around each run, plots, and an SLO verdict.
+
+Locust runs as a subprocess (``python -m locust -f locustfile.py --headless ...``), the way it is meant to be run;
+with ``processes > 1`` it forks a master and workers so the load generator is not the bottleneck. Its CPU time is
+measured from the outside (the whole process tree) and reported per request.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import resource
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+
+from triton_deploy.errors import TritonDeployError, UsageError
+from triton_deploy.loadtests import plots, server_stats
+from triton_deploy.loadtests.slo import SLO, SLOViolation
+from triton_deploy.progress import Reporter
+
+HERE = Path(__file__).resolve().parent
+LOCUSTFILE = HERE / "locustfile.py"
+CONFIG = HERE / "locust.conf"
+SHAPES = {"step": HERE / "shape_step.py", "spike": HERE / "shape_spike.py"}
+LOCUST_OK = {0, 1, 3}  # 1: some requests failed (Locust's --exit-code-on-error), 3: the locustfile's SLO gate
+
+
+class LoadTestError(TritonDeployError):
+    """Locust could not run, or the run produced no statistics."""
+
+    exit_code = 12
+
+
+@dataclass(frozen=True)
+class LoadTestOptions:
+    output: Path = Path("results/loadtests")
+    url: str | None = None  # HOST:PORT of a running server; None = start one on ``repository``
+    repository: Path | None = None
+    protocol: str = "http"
+    model: str = "digits"
+    users: int = 8
+    spawn_rate: float | None = None  # default: all users within a second
+    duration_s: float = 30.0
+    sweep: tuple[int, ...] = ()  # user counts, one run each; overrides ``users``
+    processes: int = 1
+    batch_size: int = 1
+    top_k: int = 1
+    image_dir: Path | None = None
+    image_sizes: tuple[int, ...] = (64, 128)
+    image_formats: tuple[str, ...] = ("PNG", "JPEG")
+    pool_size: int = 64
+    shape: str | None = None  # step | spike: a LoadTestShape drives the user count instead of users/duration
+    shape_args: dict = field(default_factory=dict)  # e.g. {"step-users": 4} passed as --step-users 4
+    slo: SLO = SLO()
+    metrics_url: str | None = None  # default: the local server's, or http://HOST:8002/metrics
+
+    def check(self) -> None:
+        if self.url is None and self.repository is None:
+            raise UsageError("nothing to load: give the server's address or a repository to serve",
+                             hint="add --url HOST:PORT or --repository DIR")
+        if self.url is not None and not re.match(r"^(https?://)?[\w.\-\[\]:]+:\d+/?$", self.url):
+            raise UsageError(f"--url {self.url!r} is not HOST:PORT", hint="e.g. --url 127.0.0.1:8001")
+        if self.protocol not in ("http", "grpc"):
+            raise UsageError(f"unknown protocol {self.protocol!r}", hint="--protocol takes http|grpc")
+        for flag, value in (("--users", self.users), ("--processes", self.processes),
+                            ("--batch-size", self.batch_size), ("--top-k", self.top_k)):
+            if value < 1:
+                raise UsageError(f"{flag} must be at least 1, got {value}", hint=f"check {flag}")
+        if any(n < 1 for n in self.sweep):
+            raise UsageError(f"sweep levels {list(self.sweep)} must all be at least 1", hint="check --sweep")
+        if self.duration_s < 1:
+            raise UsageError(f"--duration must be at least 1 s, got {self.duration_s:g}", hint="check --duration")
+        if self.shape is not None and self.shape not in SHAPES:
+            raise UsageError(f"unknown load shape {self.shape!r}", hint=f"--shape takes {'|'.join(SHAPES)}")
+        if self.shape and self.sweep:
+            raise UsageError("a load shape and a sweep both set the user count", hint="drop --shape or --sweep")
+
+
+@dataclass
+class LoadTestResult:
+    directory: Path
+    summary: dict
+
+    @property
+    def violations(self) -> list[str]:
+        return [f"{r['users']} users: {v}" if len(self.summary["runs"]) > 1 else v
+                for r in self.summary["runs"] for v in r["slo_violations"]]
+
+
+def parse_duration(text: str) -> float:
+    """'30s', '2m', '1m30s', '1h' or plain seconds -> seconds."""
+    text = str(text).strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    if not text or not parts or not any(parts.groups()):
+        raise UsageError(f"cannot read duration {text!r}", hint="use e.g. --duration 30s, 2m or 1m30s")
+    h, m, s = (int(g or 0) for g in parts.groups())
+    return float(h * 3600 + m * 60 + s)
+
+
+def run_loadtest(options: LoadTestOptions, reporter: Reporter | None = None) -> LoadTestResult:
+    """Run the load test(s), write everything into a new timestamped folder under ``options.output`` and return
+    the summary. Raises ``SLOViolation`` (after writing all files) when an objective is broken."""
+    reporter = reporter or Reporter(quiet=True)
+    options.check()
+    directory = _new_run_directory(Path(options.output))
+    with ExitStack() as stack:
+        url, metrics_url = _endpoints(options, directory, stack, reporter)
+        levels = options.sweep or (options.users,)
+        runs = []
+        for users in levels:
+            run_dir = directory if len(levels) == 1 else directory / f"users-{users}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            runs.append(_one_run(options, url, metrics_url, users, run_dir, reporter))
+    files = []
+    if len(levels) > 1:
+        files.append(plots.plot_sweep(runs, directory / "sweep.png",
+                                      f"{options.model} over {options.protocol}, batch {options.batch_size}"))
+    summary = {
+        "started": directory.name.removeprefix("loadtest-"),
+        "url": url, "protocol": options.protocol, "model": options.model, "batch_size": options.batch_size,
+        "duration_s": options.duration_s, "processes": options.processes, "shape": options.shape,
+        "slo": options.slo.to_dict(), "runs": runs,
+        "passed": not any(r["slo_violations"] for r in runs),
+        "files": sorted({str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()} |
+                        {"summary.json"}),
+    }
+    (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    result = LoadTestResult(directory, summary)
+    if result.violations:
+        raise SLOViolation("SLO broken: " + "; ".join(result.violations), hint=f"results in {directory}")
+    return result
+
+
+def _new_run_directory(output: Path) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    directory = output / f"loadtest-{stamp}"
+    n = 1
+    while directory.exists():
+        n += 1
+        directory = output / f"loadtest-{stamp}-{n}"
+    directory.mkdir(parents=True)
+    return directory
+
+
+def _endpoints(options: LoadTestOptions, directory: Path, stack: ExitStack, reporter: Reporter) -> tuple[str, str]:
+    if options.url is not None:
+        url = options.url.split("://", 1)[-1].rstrip("/")
+        host = url.rsplit(":", 1)[0]
+        return url, options.metrics_url or f"http://{host}:8002/metrics"
+    from triton_deploy.server import ServerOptions, TritonServer, free_ports
+
+    http_port, grpc_port, metrics_port = free_ports(3)
+    server = TritonServer(ServerOptions(repository=Path(options.repository), http_port=http_port,
+                                        grpc_port=grpc_port, metrics_port=metrics_port,
+                                        log_file=directory / "triton.log", exit_timeout_s=10))
+    with reporter.step(f"Starting Triton on {options.repository}"):
+        stack.enter_context(server)
+    url = server.grpc_url if options.protocol == "grpc" else server.http_url
+    return url, options.metrics_url or server.metrics_url
+
+
+def locust_command(options: LoadTestOptions, url: str, users: int, run_dir: Path) -> list[str]:
+    files = str(LOCUSTFILE) + (f",{SHAPES[options.shape]}" if options.shape else "")
+    command = [
+        sys.executable, "-m", "locust", "-f", files, "--config", str(CONFIG), "--headless",
+        "--host", url, "--protocol", options.protocol, "--model", options.model,
+        "--batch-size", str(options.batch_size), "--top-k", str(options.top_k),
+        "--image-sizes", ",".join(map(str, options.image_sizes)),
+        "--image-formats", ",".join(options.image_formats), "--pool-size", str(options.pool_size),
+        "--csv", str(run_dir / "locust"), "--csv-full-history", "--html", str(run_dir / "report.html"),
+        "--logfile", str(run_dir / "locust.log"), "--only-summary", "--exit-code-on-error", "1",
+    ]
+    if not options.shape:
+        command += ["--users", str(users), "--spawn-rate", f"{options.spawn_rate or users:g}",
+                    "--run-time", f"{math.ceil(options.duration_s)}s"]
+    for key, value in options.shape_args.items():
+        command += [f"--{key}", str(value)]
+    if options.image_dir is not None:
+        command += ["--image-dir", str(options.image_dir)]
+    if options.processes > 1:
+        command += ["--processes", str(options.processes)]
+    for flag, value in (("--slo-p95-ms", options.slo.p95_ms), ("--slo-p99-ms", options.slo.p99_ms),
+                        ("--slo-error-rate", options.slo.error_rate)):
+        if value is not None:
+            command += [flag, f"{value:g}"]
+    return command
+
+
+def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, run_dir: Path,
+             reporter: Reporter) -> dict:
+    before, scrape_error = _scrape(metrics_url)
+    command = locust_command(options, url, users, run_dir)
+    (run_dir / "command.txt").write_text(" ".join(command) + "\n")
+    rusage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    planned = options.duration_s if not options.shape else None
+    with open(run_dir / "locust.out", "wb") as out, reporter.bar(
+            int(planned) if planned else None, f"Locust: {users} {options.protocol} users" if not options.shape
+            else f"Locust: {options.shape} shape") as bar:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        cpu = _TreeCPU(process.pid)
+        started = time.monotonic()
+        shown = 0
+        deadline = started + (planned or 3600) + 120  # Locust stops itself; this only guards against a hang
+        while process.poll() is None:
+            time.sleep(0.5)
+            cpu.sample()
+            elapsed = int(time.monotonic() - started)
+            if planned and elapsed > shown:
+                bar.advance(min(elapsed, int(planned)) - shown)
+                shown = min(elapsed, int(planned))
+            if time.monotonic() > deadline:
+                process.kill()
+                raise LoadTestError(f"Locust did not finish within {deadline - started:.0f} s",
+                                    hint=f"see {run_dir / 'locust.log'}")
+    rusage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    waited_cpu = (rusage_after.ru_utime - rusage_before.ru_utime) + (rusage_after.ru_stime - rusage_before.ru_stime)
+    client_cpu_s = max(cpu.total(), waited_cpu)
+    if process.returncode not in LOCUST_OK or not (run_dir / "locust_stats.csv").exists():
+        tail = (run_dir / "locust.out").read_text(errors="replace").strip().splitlines()[-5:]
+        raise LoadTestError(f"Locust exited with status {process.returncode}: {' | '.join(tail) or 'no output'}",
+                            hint=f"see {run_dir / 'locust.log'}")
+    after, scrape_error = _scrape(metrics_url) if scrape_error is None else (None, scrape_error)
+    run = _read_stats(run_dir / "locust_stats.csv", users, options.batch_size)
+    run["client_cpu_s"] = round(client_cpu_s, 3)
+    run["client_cpu_ms_per_request"] = round(1000 * client_cpu_s / run["requests"], 4) if run["requests"] else None
+    run["locust_exit_code"] = process.returncode
+    run["slo_violations"] = options.slo.violations(run["p95_ms"], run["p99_ms"], run["error_rate"], run["requests"])
+    if before is not None and after is not None:
+        per_model = server_stats.delta(before, after, prefix=options.model)
+        run["server"] = {model: times.summary() for model, times in per_model.items()}
+        (run_dir / "server.md").write_text(server_stats.markdown_table(per_model) + "\n")
+    else:
+        run["server"] = None
+        run["server_error"] = scrape_error
+    history = plots.read_history(run_dir / "locust_stats_history.csv")
+    if history:
+        plots.plot_timeline(history, run_dir, f"{options.model} over {options.protocol}, {users} users")
+    return run
+
+
+def _scrape(url: str) -> tuple[dict | None, str | None]:
+    try:
+        return server_stats.scrape_metrics(url), None
+    except TritonDeployError as exc:
+        return None, str(exc)
+
+
+def _read_stats(path: Path, users: int, batch_size: int) -> dict:
+    with open(path, newline="") as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    total = rows.get("Aggregated")
+    if total is None:
+        raise LoadTestError(f"{path} has no Aggregated row: Locust recorded no requests")
+    requests, failures = int(total["Request Count"]), int(total["Failure Count"])
+
+    def ms(column: str) -> float:
+        try:
+            return float(total[column])
+        except (ValueError, TypeError):
+            return 0.0
+
+    rps = ms("Requests/s")
+    return {
+        "users": users, "requests": requests, "failures": failures,
+        "error_rate": round(failures / requests, 6) if requests else 0.0,
+        "requests_per_s": round(rps, 3), "images_per_s": round(rps * batch_size, 3),
+        "p50_ms": ms("50%"), "p95_ms": ms("95%"), "p99_ms": ms("99%"), "average_ms": round(ms("Average Response Time"), 3),
+        "max_ms": ms("Max Response Time"),
+    }
+
+
+class _TreeCPU:
+    """CPU seconds of a process and all its descendants, sampled while they run (forked Locust workers are not
+    always waited for by us, so ``RUSAGE_CHILDREN`` alone can miss them)."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = pid
+        self.seen: dict[int, float] = {}
+
+    def sample(self) -> None:
+        try:
+            root = psutil.Process(self.root)
+            processes = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                self.seen[process.pid] = times.user + times.system
+            except psutil.Error:
+                continue
+
+    def total(self) -> float:
+        return sum(self.seen.values())
+
+
+def summary_table(summary: dict) -> str:
+    lines = ["| users | requests | failures | req/s | images/s | p50 ms | p95 ms | p99 ms | client CPU ms/req | SLO |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in summary["runs"]:
+        cpu = f"{r['client_cpu_ms_per_request']:.2f}" if r["client_cpu_ms_per_request"] is not None else "n/a"
+        verdict = "broken: " + "; ".join(r["slo_violations"]) if r["slo_violations"] else "ok"
+        lines.append(f"| {r['users']} | {r['requests']} | {r['failures']} | {r['requests_per_s']:.1f} | "
+                     f"{r['images_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {cpu} | "
+                     f"{verdict} |")
+    return "\n".join(lines)
+
+
+def options_dict(options: LoadTestOptions) -> dict:
+    data = asdict(options)
+    return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
