@@ -305,7 +305,7 @@ def test_tensorrt_build_script_makes_one_plan_per_version_directory(tmp_path):
     ({"model": {"classifierBackend": "tensorrt"}, "gpu": {"count": 1}, "tensorrt": {"build": {"enabled": True}},
       "modelRepository": {"source": "objectStore", "objectStore": {"url": "s3://b/p"}}}, "pvc or image"),
     ({"model": {"classifierBackend": "tensorrt"}, "gpu": {"count": 1},
-      "tensorrt": {"build": {"enabled": True, "optBatchSize": 32}}}, "optBatchSize"),
+      "tensorrt": {"build": {"enabled": True, "optBatchSize": 64}}}, "optBatchSize"),
     ({"modelRepository": {"source": "objectStore"}}, "objectStore.url"),
     ({"modelRepository": {"source": "image"}}, "image.repository"),
     ({"modelRepository": {"pvc": {"claimName": ""}}}, "claimName"),

@@ -1,0 +1,347 @@
+"""The chart's server container really runs: its rendered command and arguments start the real tritonserver (2.51,
+from the nvidia-pytriton wheel), and the probes, the Service ports, the restricted admin APIs, the metrics the
+monitoring reads and the `helm test` script all work against it.
+
+Only what cannot exist outside a pod is mapped: the in-cluster repository path becomes a tiny local repository,
+ports become free local ports bound to 127.0.0.1, the backend directory (inside the NGC image) is added, and
+$(VAR) references are expanded from the container's env the way the kubelet does. Every other argument is kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from chart_tools import CPU_SERVER_METRICS, SCENARIOS, arg_value, metric_names, render, render_scenario, server_container
+
+pytestmark = pytest.mark.slow
+
+ADMIN_HEADER = "triton-admin-key"
+ECHO_MODEL = textwrap.dedent('''
+    """Stands in for preprocess -> classifier -> postprocess: answers the ensemble's output contract with facts
+    about the bytes it received, so the caller can tell they arrived intact."""
+    import struct
+
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            responses = []
+            for request in requests:
+                images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy().reshape(-1)
+                ids, scores, labels = [], [], []
+                for data in images:
+                    is_png = data[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
+                    width, height = struct.unpack(">II", data[16:24]) if is_png else (0, 0)
+                    ids.append([len(data), width, height])
+                    scores.append([0.7, 0.2, 0.1])
+                    labels.append([b"png" if is_png else b"not-png", b"width", b"height"])
+                responses.append(pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor("CLASS_IDS", np.array(ids, dtype=np.int64)),
+                    pb_utils.Tensor("SCORES", np.array(scores, dtype=np.float32)),
+                    pb_utils.Tensor("LABELS", np.array(labels, dtype=np.object_)),
+                ]))
+            return responses
+''')
+IO = '''
+input [ { name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] } ]
+output [
+  { name: "CLASS_IDS" data_type: TYPE_INT64 dims: [ 3 ] },
+  { name: "SCORES" data_type: TYPE_FP32 dims: [ 3 ] },
+  { name: "LABELS" data_type: TYPE_STRING dims: [ 3 ] }
+]
+'''
+ECHO_CONFIG = f'name: "digits_echo"\nbackend: "python"\nmax_batch_size: 8\n{IO}\ninstance_group [ {{ kind: KIND_CPU count: 1 }} ]\n'
+ENSEMBLE_CONFIG = f'''name: "digits"
+platform: "ensemble"
+max_batch_size: 8
+{IO}
+ensemble_scheduling {{
+  step [ {{
+    model_name: "digits_echo"
+    model_version: -1
+    input_map {{ key: "IMAGE" value: "IMAGE" }}
+    output_map {{ key: "CLASS_IDS" value: "CLASS_IDS" }}
+    output_map {{ key: "SCORES" value: "SCORES" }}
+    output_map {{ key: "LABELS" value: "LABELS" }}
+  }} ]
+}}
+'''
+
+
+def write_repository(root: Path) -> Path:
+    (root / "digits_echo" / "1").mkdir(parents=True)
+    (root / "digits_echo" / "1" / "model.py").write_text(ECHO_MODEL)
+    (root / "digits_echo" / "config.pbtxt").write_text(ECHO_CONFIG)
+    (root / "digits" / "1").mkdir(parents=True)
+    (root / "digits" / "config.pbtxt").write_text(ENSEMBLE_CONFIG)
+    return root
+
+
+def expand_kubelet_vars(text: str, env: dict[str, str]) -> str:
+    """$(VAR) -> value for defined VARs, as the kubelet expands command and args."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), text)
+
+
+class LocalPod:
+    """The rendered server container, started locally."""
+
+    def __init__(self, rendered, workdir: Path):
+        from triton_deploy.server import ServerInstallation, free_ports
+
+        self.rendered = rendered
+        self.container = server_container(rendered.deployment())
+        self.repository = write_repository(workdir / "repository")
+        self.tmp = workdir / "tmp"
+        self.tmp.mkdir()
+        secret = rendered.one("Secret")
+        self.admin_key = base64.b64decode(next(iter(secret["data"].values()))).decode()
+        self.ports = dict(zip(("http", "grpc", "metrics"), free_ports(3)))
+        container_ports = {p["name"]: p["containerPort"] for p in self.container["ports"]}
+        self.installation = ServerInstallation.discover()
+
+        # The container's env as the kubelet builds it: literal values, then secretKeyRefs from the rendered Secret.
+        pod_env = {}
+        for entry in self.container["env"]:
+            if "value" in entry:
+                pod_env[entry["name"]] = entry["value"].replace("/tmp", str(self.tmp))
+            else:
+                assert entry["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+                pod_env[entry["name"]] = self.admin_key
+        mount = next(m["mountPath"] for m in self.container["volumeMounts"] if m["name"] == "model-repository")
+        flag_for_port = {"--http-port": "http", "--grpc-port": "grpc", "--metrics-port": "metrics"}
+        args = []
+        for arg in self.container["args"]:
+            flag, _, value = arg.partition("=")
+            if flag == "--model-repository":
+                assert value == mount
+                arg = f"{flag}={self.repository}"
+            elif flag in flag_for_port:
+                assert int(value) == container_ports[flag_for_port[flag]]
+                arg = f"{flag}={self.ports[flag_for_port[flag]]}"
+            args.append(expand_kubelet_vars(arg, pod_env))
+        assert self.container["command"] == ["tritonserver"]
+        self.args = args
+        self.command = [str(self.installation.binary), *args,
+                        f"--backend-directory={self.installation.backend_dir}",
+                        "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"]
+        self.env = {**self.installation.environment(), **pod_env}
+        self.log = workdir / "tritonserver.log"
+        self.process: subprocess.Popen | None = None
+
+    def url(self, port_name: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports[port_name]}{path}"
+
+    def start(self) -> None:
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            cwd=self.tmp, start_new_session=True)
+
+    def wait_until_started(self, budget: float) -> float:
+        """Poll the startup probe like the kubelet: the budget is the chart's, capped for a test machine."""
+        start = time.monotonic()
+        while time.monotonic() - start < budget:
+            if self.process.poll() is not None:
+                pytest.fail(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
+            if http_status(self.url("http", "/v2/health/ready")) == 200:
+                return time.monotonic() - start
+            time.sleep(0.25)
+        pytest.fail(f"not ready within {budget} s:\n{self.log_tail()}")
+
+    def stop(self) -> int | None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode if self.process else None
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+
+def http_status(url: str, method: str = "GET", headers: dict[str, str] | None = None, body: bytes | None = None):
+    request = urllib.request.Request(url, method=method, headers=headers or {}, data=body)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
+@pytest.fixture(scope="module")
+def pod(tmp_path_factory):
+    rendered = render_scenario(next(p for p in SCENARIOS if p.name == "cpu-values.yaml"))
+    local = LocalPod(rendered, tmp_path_factory.mktemp("chart-pod"))
+    local.start()
+    try:
+        startup = local.container["startupProbe"]
+        local.wait_until_started(budget=min(120, startup["periodSeconds"] * startup["failureThreshold"]))
+        yield local
+    finally:
+        local.stop()
+
+
+def test_every_rendered_server_flag_is_one_tritonserver_accepts():
+    """All scenarios, not only the one started below: flags are compared with the binary's own --help."""
+    from triton_deploy.server import ServerInstallation
+
+    installation = ServerInstallation.discover()
+    result = subprocess.run([str(installation.binary), "--help"], env=installation.environment(),
+                            capture_output=True, text=True, timeout=30)
+    known = set(re.findall(r"^\s+(--[a-z0-9-]+)", result.stdout + result.stderr, flags=re.M))
+    assert len(known) > 50, "could not read tritonserver --help"
+    for scenario in [None, *SCENARIOS]:
+        rendered = render_scenario(scenario)
+        for deployment in rendered.of_kind("Deployment"):
+            flags = {arg.partition("=")[0] for arg in server_container(deployment)["args"]}
+            assert flags <= known, (scenario, flags - known)
+
+
+def test_server_starts_from_the_rendered_arguments(pod):
+    assert pod.process.poll() is None
+    # Everything the chart renders reached the binary unchanged apart from the mapped values.
+    assert arg_value(pod.args, "--model-control-mode") == ["none"]
+    assert any(a.startswith("--http-restricted-api=") and a.endswith(f"={pod.admin_key}") for a in pod.args)
+    assert len(pod.args) == len(pod.container["args"])
+
+
+def test_probe_paths_answer_on_the_http_port(pod):
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = pod.container[probe]["httpGet"]
+        assert get["port"] == "http"
+        assert http_status(pod.url("http", get["path"])) == 200, probe
+
+
+def test_service_ports_reach_http_grpc_and_metrics(pod):
+    import tritonclient.grpc as grpcclient
+
+    service = pod.rendered.one("Service", "prod-triton-classifier")
+    targets = {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}
+    assert targets == {"http": "http", "grpc": "grpc", "metrics": "metrics"}
+    assert http_status(pod.url("http", "/v2/models/digits/ready")) == 200
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{pod.ports['grpc']}")
+    try:
+        assert client.is_server_ready() and client.is_model_ready("digits")
+    finally:
+        client.close()
+    assert http_status(pod.url("metrics", "/metrics")) == 200
+
+
+def test_admin_apis_refuse_callers_without_the_key_from_the_secret(pod):
+    index = pod.url("http", "/v2/repository/index")
+    assert http_status(index, "POST", body=b"{}") == 403
+    assert http_status(index, "POST", {ADMIN_HEADER: "wrong"}, b"{}") == 403
+    assert http_status(index, "POST", {ADMIN_HEADER: pod.admin_key}, b"{}") == 200
+    assert http_status(pod.url("http", "/v2/models/digits/config")) == 403
+    assert http_status(pod.url("http", "/v2/logging")) == 403
+    # Inference, health and metadata stay open.
+    assert http_status(pod.url("http", "/v2/models/digits")) == 200
+
+
+def test_grpc_admin_protocols_need_the_key_too(pod):
+    """Triton 2.51 looks for the gRPC key in metadata named "triton-grpc-protocol-<header>" (found by this test)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{pod.ports['grpc']}")
+    try:
+        with pytest.raises(InferenceServerException):
+            client.get_model_repository_index()
+        with pytest.raises(InferenceServerException, match=f"triton-grpc-protocol-{ADMIN_HEADER}"):
+            client.get_model_repository_index(headers={ADMIN_HEADER: pod.admin_key})
+        index = client.get_model_repository_index(headers={f"triton-grpc-protocol-{ADMIN_HEADER}": pod.admin_key})
+        assert {model.name for model in index.models} == {"digits", "digits_echo"}
+    finally:
+        client.close()
+
+
+def test_helm_test_script_classifies_a_png_through_the_ensemble(pod):
+    """The script from the rendered test ConfigMap, with the pod's environment, against the running server."""
+    rendered_pod = pod.rendered.one("Pod")
+    (container,) = rendered_pod["spec"]["containers"]
+    script = pod.rendered.one("ConfigMap", "prod-triton-classifier-test-inference")["data"]["helm_test_inference.py"]
+    path = pod.tmp / "helm_test_inference.py"
+    path.write_text(script)
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["TRITON_URLS"] == "http://prod-triton-classifier.ml.svc:8000"
+    env["TRITON_URLS"] = f"http://127.0.0.1:{pod.ports['http']}"
+    env["TOP_K"] = "3"  # the stand-in model returns three classes; cpu-values.yaml expects the real repository's 5
+    result = subprocess.run([sys.executable, str(path)], env={**os.environ, **env}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The stand-in model saw a real PNG of 28x28 pixels: the raw bytes arrived intact through the ensemble.
+    assert re.search(r"OK .*: digits classified a (\d+)-byte PNG: png \((\d+)\) 0\.700, width \(28\) 0\.200, "
+                     r"height \(28\) 0\.100", result.stdout), result.stdout
+    size, echoed = re.search(r"a (\d+)-byte PNG: png \((\d+)\)", result.stdout).groups()
+    assert size == echoed
+
+
+def test_helm_test_script_fails_when_the_output_contract_is_broken(pod):
+    script = pod.rendered.one("ConfigMap", "prod-triton-classifier-test-inference")["data"]["helm_test_inference.py"]
+    path = pod.tmp / "helm_test_inference.py"
+    path.write_text(script)
+    env = {**os.environ, "TRITON_URLS": f"http://127.0.0.1:{pod.ports['http']}", "MODEL_NAME": "digits",
+           "TOP_K": "5", "READY_TIMEOUT_SECONDS": "5"}
+    result = subprocess.run([sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "expected top-5, got 3" in result.stderr
+    env.update(MODEL_NAME="no_such_model")
+    result = subprocess.run([sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "not ready after 5 s" in result.stderr
+
+
+def test_metrics_the_monitoring_reads_are_exported(pod):
+    """After real traffic, every CPU-side metric the alerts, dashboard and adapter rule use is on /metrics."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{pod.ports['http']}")
+    image = httpclient.InferInput("IMAGE", [1, 1], "BYTES")
+    image.set_data_from_numpy(np.array([[b"\x89PNG\r\n\x1a\n" + bytes(24)]], dtype=np.object_))
+    client.infer("digits", [image])
+    client.close()
+    with urllib.request.urlopen(pod.url("metrics", "/metrics"), timeout=10) as response:
+        exposition = response.read().decode()
+    exported = set(re.findall(r"^(nv_[a-z_]+)[{ ]", exposition, flags=re.M))
+    assert CPU_SERVER_METRICS <= exported, CPU_SERVER_METRICS - exported
+    monitoring = render({"monitoring": {"prometheusRule": {"enabled": True}, "grafanaDashboard": {"enabled": True}},
+                         "autoscaling": {"prometheusAdapterRule": {"enabled": True}},
+                         "capabilities": {"assumeApiVersions": ["monitoring.coreos.com/v1"]}})
+    used = set()
+    for rule in monitoring.one("PrometheusRule")["spec"]["groups"][0]["rules"]:
+        used |= metric_names(rule["expr"])
+    for config in monitoring.of_kind("ConfigMap"):
+        for text in config["data"].values():
+            used |= set(re.findall(r"\bnv_[a-z_]+", text))
+    assert {m for m in used if m.startswith("nv_") and not m.startswith("nv_gpu") and m != "nv_energy_consumption"} \
+        <= exported
+    # The labels the alerts group by and the HPA selects on.
+    assert re.search(r'^nv_inference_request_success\{model="digits",version="1"\} [1-9]', exposition, flags=re.M)
+
+
+def test_sigterm_drains_within_the_grace_period(pod):
+    """Last in this module: stops the server. Triton must exit well inside terminationGracePeriodSeconds."""
+    spec = pod.rendered.deployment()["spec"]["template"]["spec"]
+    started = time.monotonic()
+    returncode = pod.stop()
+    elapsed = time.monotonic() - started
+    assert returncode == 0, pod.log_tail()
+    budget = spec["terminationGracePeriodSeconds"] - int(pod.container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert elapsed < budget, f"took {elapsed:.1f} s"
