@@ -202,3 +202,14 @@ def test_misspelt_flag_gets_a_suggestion(capsys):
         main(["export", "--output", "x", "--keras-modle", "m.keras"])
     assert exit_info.value.code == 2
     assert "did you mean --keras-model?" in capsys.readouterr().err
+
+
+def test_mobilenet_v2_exports_with_parity_at_224(tmp_path, capsys):
+    code, out, err = run(["export", "--arch", "mobilenet_v2", "--output", str(tmp_path / "mnv2"), "--json", "-q"],
+                         capsys)
+    assert code == 0, err
+    manifest = Manifest.read(tmp_path / "mnv2")
+    assert manifest.input.shape == (-1, 224, 224, 3) and manifest.output.shape == (-1, 1000)
+    assert manifest.output_kind == "probabilities" and manifest.parity.top1_agreement == 1.0
+    assert manifest.parity.max_abs_diff <= 1e-4
+    assert manifest.preprocessing.mean == (0.5,) and manifest.preprocessing.std == (0.5,)  # x / 127.5 - 1
