@@ -139,7 +139,9 @@ def run_loadtest(options: LoadTestOptions, reporter: Reporter | None = None) -> 
     (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     result = LoadTestResult(directory, summary)
     if result.violations:
-        raise SLOViolation("SLO broken: " + "; ".join(result.violations), hint=f"results in {directory}")
+        error = SLOViolation("SLO broken: " + "; ".join(result.violations), hint=f"results in {directory}")
+        error.result = result  # the CLI still prints the table and the folder
+        raise error
     return result
 
 

@@ -327,7 +327,8 @@ def _is_zombie(pid: int) -> bool:
 
 # ---- entry point ----------------------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable] = [_add_export, _add_repo, _add_serve]
+from .loadtests.cli import add_bench, add_loadtest  # noqa: E402  (the loadtest/bench subcommands)
+SUBCOMMANDS: list[Callable] = [_add_export, _add_repo, _add_serve, add_loadtest, add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,257 @@
+"""``triton-deploy bench``: how much of the pipeline's in-process speed survives serving, in one run on one machine.
+
+For each model: (1) serving efficiency = ensemble images/s under saturating gRPC load / images/s of the same
+pipeline in one Python process with the same ONNX Runtime threads; (2) dynamic batching on/off and 1 vs 2 classifier
+instances at each concurrency; (3) HTTP vs gRPC latency at concurrency 1; (4) where a request's time goes (client,
+queue, preprocess, classifier, postprocess), from Triton's statistics API. Writes ``report.md`` and ``report.json``.
+Figures are measured, never adjusted; on a shared machine only ratios from the same run mean much.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+from triton_deploy.errors import UsageError
+from triton_deploy.loadtests import driver, server_stats
+from triton_deploy.loadtests.payloads import ImagePool, PoolOptions, pool_from_digits
+from triton_deploy.progress import Reporter
+
+TARGETS = {"mobilenet_v2": 0.8, "digits": 0.6}  # serving efficiency the issue asks for
+BUILT_IN = ("digits", "mobilenet_v2")
+DEFAULT_CONFIG = "batching on, 1 instance"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    output: Path = Path("results/bench")
+    models: tuple[str, ...] = BUILT_IN  # built-in exports made (and cached) in work_dir
+    exports: tuple[Path, ...] = ()  # existing export directories; used instead of ``models`` when given
+    work_dir: Path | None = None  # default: output/work (exports and repositories, reused between runs)
+    duration_s: float = 8.0  # per measurement
+    concurrencies: tuple[int, ...] = (1, 4, 16)
+    baseline_batches: tuple[int, ...] = (1, 8)
+    image_size: int = 224  # for architectures from keras.applications
+    quick: bool = False  # tiny run for tests: 1 s measurements, no 2-instance config
+
+    def check(self) -> None:
+        unknown = [m for m in self.models if m not in BUILT_IN]
+        if unknown and not self.exports:
+            raise UsageError(f"unknown model(s) {unknown}; the bench builds {', '.join(BUILT_IN)}",
+                             hint="check --models, or pass export directories with --exports")
+        if self.duration_s <= 0:
+            raise UsageError(f"--duration must be positive, got {self.duration_s:g}", hint="check --duration")
+        if not self.concurrencies or any(c < 1 for c in self.concurrencies):
+            raise UsageError(f"concurrencies {list(self.concurrencies)} must be >= 1", hint="check --concurrency")
+
+    @property
+    def measure_s(self) -> float:
+        return min(self.duration_s, 1.0) if self.quick else self.duration_s
+
+
+@dataclass
+class BenchResult:
+    directory: Path
+    report: dict
+    markdown: str
+
+
+def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchResult:
+    reporter = reporter or Reporter(quiet=True)
+    options.check()
+    output = Path(options.output)
+    output.mkdir(parents=True, exist_ok=True)
+    work = Path(options.work_dir or output / "work")
+    work.mkdir(parents=True, exist_ok=True)
+    report = {"started": datetime.now().isoformat(timespec="seconds"), "machine": _machine(),
+              "options": {"duration_s": options.measure_s, "concurrencies": list(options.concurrencies),
+                          "quick": options.quick}, "models": {}}
+    exports = list(options.exports) or [_export(name, work, options, reporter) for name in options.models]
+    for export_dir in exports:
+        name, result = _bench_model(Path(export_dir), work, options, reporter)
+        report["models"][name] = result
+    report["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    markdown = render_markdown(report)
+    (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (output / "report.md").write_text(markdown)
+    return BenchResult(output, report, markdown)
+
+
+def _machine() -> dict:
+    return {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "load_average_start": [round(v, 2) for v in os.getloadavg()]}
+
+
+def _export(name: str, work: Path, options: BenchOptions, reporter: Reporter) -> Path:
+    from triton_deploy.export.pipeline import ExportOptions, export_model
+
+    target = work / f"export-{name}"
+    if (target / "manifest.json").exists():
+        return target  # cached from an earlier run
+    arch = None if name == "digits" else name
+    with reporter.step(f"Exporting {name} (once; cached in {target})"):
+        export_model(ExportOptions(output=target, arch=arch, image_size=options.image_size if arch else None,
+                                   force=True))
+    return target
+
+
+def _pool(manifest) -> ImagePool:
+    """Digits encoded at the model's own input size: PNG for the greyscale digits model, JPEG for RGB models."""
+    transform = manifest.preprocessing
+    fmt = "PNG" if transform.color_mode == "L" else "JPEG"
+    return pool_from_digits(PoolOptions(count=64, sizes=(transform.height,), formats=(fmt,)))
+
+
+def _configs(options: BenchOptions, work: Path, name: str):
+    from triton_deploy.repository.render import RepositoryOptions
+
+    base = RepositoryOptions(output=work / f"repo-{name}-default")
+    configs = {DEFAULT_CONFIG: base,
+               "batching off, 1 instance": replace(base, output=work / f"repo-{name}-nobatch", dynamic_batching=False)}
+    if not options.quick:
+        configs["batching on, 2 instances"] = replace(base, output=work / f"repo-{name}-2inst", classifier_instances=2)
+    return configs
+
+
+def _bench_model(export_dir: Path, work: Path, options: BenchOptions, reporter: Reporter) -> tuple[str, dict]:
+    from triton_deploy.repository.writer import generate_repository
+    from triton_deploy.spec import Manifest
+
+    manifest = Manifest.read(export_dir)
+    name = manifest.name
+    pool = _pool(manifest)
+    threads = os.cpu_count() or 1  # what the default repository gives its one classifier instance
+    result: dict = {"export": str(export_dir), "input": list(manifest.input.shape), "pool": pool.description,
+                    "target": TARGETS.get(name), "baseline_threads": threads, "baseline": {}, "configs": {}}
+
+    for batch in options.baseline_batches:
+        with reporter.step(f"{name}: in-process pipeline, batch {batch}"):
+            m = driver.in_process(export_dir / manifest.model_file, manifest, pool, threads=threads,
+                                  batch_size=batch, duration_s=options.measure_s)
+        result["baseline"][str(batch)] = m.summary()
+
+    for label, repo_options in _configs(options, work, name).items():
+        generate_repository([export_dir], repo_options)
+        result["configs"][label] = _bench_server(name, repo_options.output, label, options, pool, reporter)
+
+    default = result["configs"][DEFAULT_CONFIG]
+    best_baseline = max(result["baseline"].values(), key=lambda m: m["images_per_s"])
+    saturating = max(default["levels"].values(), key=lambda level: level["images_per_s"])
+    result["efficiency"] = {
+        "triton_images_per_s": saturating["images_per_s"], "triton_concurrency": saturating["concurrency"],
+        "in_process_images_per_s": best_baseline["images_per_s"],
+        "ratio": round(saturating["images_per_s"] / best_baseline["images_per_s"], 3)
+        if best_baseline["images_per_s"] else None,
+    }
+    return name, result
+
+
+def _bench_server(name: str, repository: Path, label: str, options: BenchOptions, pool: ImagePool,
+                  reporter: Reporter) -> dict:
+    from triton_deploy.server import ServerOptions, TritonServer, free_ports
+
+    http_port, grpc_port, metrics_port = free_ports(3)
+    server_options = ServerOptions(repository=repository, http_port=http_port, grpc_port=grpc_port,
+                                   metrics_port=metrics_port, exit_timeout_s=10,
+                                   log_file=repository.parent / f"{repository.name}.triton.log")
+    out: dict = {"levels": {}}
+    with reporter.step(f"{name}: starting Triton ({label})"):
+        server = TritonServer(server_options).__enter__()
+    try:
+        driver.drive(server.grpc_url, name, pool, concurrency=max(options.concurrencies),
+                     duration_s=min(2.0, options.measure_s))  # warm-up: every instance, every batch path
+        with reporter.bar(len(options.concurrencies), f"{name}: {label}") as bar:
+            for concurrency in options.concurrencies:
+                before = server_stats.from_statistics(driver.statistics(server.grpc_url))
+                m = driver.drive(server.grpc_url, name, pool, concurrency=concurrency, duration_s=options.measure_s)
+                after = server_stats.from_statistics(driver.statistics(server.grpc_url))
+                level = m.summary() | {"concurrency": concurrency}
+                level["server"] = {k: v.summary() for k, v in server_stats.delta(before, after, prefix=name).items()}
+                level["breakdown_ms"] = breakdown(name, level["mean_ms"], server_stats.delta(before, after, name))
+                out["levels"][str(concurrency)] = level
+                bar.advance(1, f"c={concurrency}: {m.images_per_s:.0f} images/s")
+        if label == DEFAULT_CONFIG:
+            out["protocols"] = {}
+            for protocol in ("http", "grpc"):
+                url = server.http_url if protocol == "http" else server.grpc_url
+                with reporter.step(f"{name}: {protocol} at concurrency 1"):
+                    m = driver.drive(url, name, pool, protocol=protocol, concurrency=1, duration_s=options.measure_s)
+                out["protocols"][protocol] = m.summary()
+    finally:
+        server.stop()
+    return out
+
+
+def breakdown(ensemble: str, client_mean_ms: float, per_model: dict[str, server_stats.ModelTimes]) -> dict:
+    """A request's mean time, split: client (latency outside Triton: client library, network, (de)serialisation),
+    queue (summed over the three steps), each step's compute, and the rest of the server time (ensemble
+    scheduling, python-backend IPC)."""
+    times = per_model.get(ensemble)
+    if times is None or not times.requests:
+        return {}
+    server_ms = times.per_request_ms("request_us")
+    parts = {"client": client_mean_ms - server_ms, "queue": 0.0}
+    for step in ("preprocess", "classifier", "postprocess"):
+        member = per_model.get(f"{ensemble}_{step}")
+        parts[step] = member.per_request_ms("compute_us") if member else 0.0
+        parts["queue"] += member.per_request_ms("queue_us") if member else 0.0
+    parts["server other"] = server_ms - parts["queue"] - parts["preprocess"] - parts["classifier"] - \
+        parts["postprocess"]
+    parts["total"] = client_mean_ms
+    return {k: round(v, 3) for k, v in parts.items()}
+
+
+# ---- report ---------------------------------------------------------------------------------------------------
+
+
+def render_markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"# Serving benchmark ({report['started']})", "",
+             f"{m['cores']} cores, {m['platform']}, Python {m['python']}; load average "
+             f"{m['load_average_start'][0]} at start, {m.get('load_average_end', ['?'])[0]} at end. "
+             f"{report['options']['duration_s']:g} s per measurement. Load generator, server and in-process baseline "
+             "share this machine (and any other work on it), so compare ratios within this run only.", "",
+             "## 1. Serving efficiency (Triton gRPC, saturating load / same pipeline in one process)", "",
+             "| model | in-process images/s (batch: value) | Triton images/s (concurrency) | ratio | target |",
+             "|---|---|---:|---:|---:|"]
+    for name, r in report["models"].items():
+        base = ", ".join(f"b{b}: {v['images_per_s']:.0f}" for b, v in r["baseline"].items())
+        e = r["efficiency"]
+        target = f"≥ {r['target']}" if r["target"] else "-"
+        met = "" if not r["target"] or e["ratio"] is None else (" (met)" if e["ratio"] >= r["target"] else " (not met)")
+        lines.append(f"| {name} | {base} | {e['triton_images_per_s']:.0f} (c={e['triton_concurrency']}) | "
+                     f"{e['ratio']}{met} | {target} |")
+    lines += ["", "## 2. Dynamic batching and classifier instances (gRPC, batch 1 per request)", "",
+              "| model | configuration | concurrency | images/s | p50 ms | p99 ms | classifier avg batch | "
+              "client CPU ms/req |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in report["models"].items():
+        for label, config in r["configs"].items():
+            for c, level in config["levels"].items():
+                classifier = level["server"].get(f"{name}_classifier", {})
+                lines.append(f"| {name} | {label} | {c} | {level['images_per_s']:.0f} | {level['p50_ms']:.2f} | "
+                             f"{level['p99_ms']:.2f} | {classifier.get('average_batch', 0):.2f} | "
+                             f"{level['client_cpu_ms_per_request']:.2f} |")
+    lines += ["", "## 3. HTTP vs gRPC at concurrency 1", "",
+              "| model | protocol | requests/s | p50 ms | p99 ms |", "|---|---|---:|---:|---:|"]
+    for name, r in report["models"].items():
+        for protocol, p in r["configs"][DEFAULT_CONFIG].get("protocols", {}).items():
+            lines.append(f"| {name} | {protocol} | {p['requests'] / p['seconds']:.0f} | {p['p50_ms']:.2f} | "
+                         f"{p['p99_ms']:.2f} |")
+    lines += ["", f"## 4. Where a request's time goes (ms per request, gRPC, {DEFAULT_CONFIG})", "",
+              "| model | concurrency | total | client | queue | preprocess | classifier | postprocess | server other |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in report["models"].items():
+        for c, level in r["configs"][DEFAULT_CONFIG]["levels"].items():
+            b = level["breakdown_ms"]
+            if b:
+                lines.append(f"| {name} | {c} | {b['total']:.2f} | {b['client']:.2f} | {b['queue']:.2f} | "
+                             f"{b['preprocess']:.2f} | {b['classifier']:.2f} | {b['postprocess']:.2f} | "
+                             f"{b['server other']:.2f} |")
+    lines += ["", "Client = latency seen by the load generator minus the ensemble's request time in Triton; queue is "
+              "summed over the three steps; compute = input + infer + output of each step (from the statistics API).",
+              ""]
+    return "\n".join(lines)
