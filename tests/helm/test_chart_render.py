@@ -160,3 +160,22 @@ def test_notes_tell_how_to_reach_and_test_the_service():
     assert "port-forward service/prod-triton-classifier 8000:http 8001:grpc 8002:metrics" in notes
     assert "/v2/health/ready" in notes and "/v2/models/digits" in notes
     assert "get secret prod-triton-classifier-admin-key" in notes
+
+
+def test_readme_values_table_lists_every_values_key():
+    readme = (CHART / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Za-z0-9_.]+)` \|", readme, flags=re.M))
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            # Maps with values of their own (resources, behavior, labels) are documented as one row.
+            if isinstance(value, dict) and value and path not in documented:
+                yield from leaves(value, path + ".")
+            else:
+                yield path
+
+    missing = [path for path in leaves(yaml.safe_load((CHART / "values.yaml").read_text())) if path not in documented]
+    assert not missing, f"README values table lacks {missing}"
+    for section in ("helm test", "Promote", "Roll back", "prometheus-adapter", "triton-deploy repo"):
+        assert section in readme, section
