@@ -328,7 +328,8 @@ def _is_zombie(pid: int) -> bool:
 # ---- entry point ----------------------------------------------------------------------------------------------
 
 from .loadtests.cli import add_bench, add_loadtest  # noqa: E402  (the loadtest/bench subcommands)
-SUBCOMMANDS: list[Callable] = [_add_export, _add_repo, _add_serve, add_loadtest, add_bench]
+from .export.optimize_cli import add_optimize, add_tensorrt_check  # noqa: E402
+SUBCOMMANDS: list[Callable] = [_add_export, _add_repo, _add_serve, add_loadtest, add_bench, add_optimize, add_tensorrt_check]
 
 
 def build_parser() -> argparse.ArgumentParser:

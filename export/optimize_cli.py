@@ -1,0 +1,135 @@
+"""The ``optimize`` and ``tensorrt-check`` subcommands: flags -> frozen options -> one core function each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _variants(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the machine-readable report on stdout")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def add_optimize(sub) -> None:
+    from .optimize import DEFAULT_VARIANTS, VARIANTS
+
+    p = sub.add_parser("optimize", help="FP16 / INT8 / distilled variants with accuracy gates and a speed report",
+                       description="Build optimised variants of an export, measure accuracy, agreement, size, "
+                                   "latency and throughput in one run, gate them on accuracy, write the passing ones "
+                                   "as export directories, and optionally publish them to a model repository.")
+    p.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="a directory written by 'export'")
+    p.add_argument("--output", "-o", type=Path, required=True, metavar="DIR", help="where variants and reports go")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    p.add_argument("--variants", type=_variants, default=DEFAULT_VARIANTS, metavar="A,B",
+                   help=f"subset of {','.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)})")
+    p.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
+                   help="largest held-out accuracy loss a published variant may have, in points (default 1)")
+    q = p.add_argument_group("INT8 static calibration")
+    q.add_argument("--calibration", type=Path, metavar="DIR", help="images to calibrate on (default: the digits "
+                                                                   "training split), through the export's transform")
+    q.add_argument("--calibration-count", type=int, default=128, help="calibration images (default 128)")
+    q.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    q.add_argument("--calibration-percentile", type=float, default=99.999, help="for percentile (default 99.999)")
+    q.add_argument("--no-per-channel", dest="per_channel", action="store_false", help="per-tensor weight scales")
+    q.add_argument("--int8-symmetric", action="store_true",
+                   help="INT8 activations with zero point 0 and float biases (what TensorRT needs)")
+    p.add_argument("--no-keep-io-types", dest="keep_io_types", action="store_false",
+                   help="FP16 variant takes and returns FP16 tensors (default: FP32 at the boundary)")
+    d = p.add_argument_group("distillation (variant 'distilled')")
+    d.add_argument("--distill", action="store_true", help="add the distilled student to the variants")
+    d.add_argument("--distill-temperature", type=float, default=4.0)
+    d.add_argument("--distill-alpha", type=float, default=0.7, help="weight of the soft targets (default 0.7)")
+    d.add_argument("--distill-epochs", type=int, default=12)
+    d.add_argument("--student-channels", type=_ints, default=(16, 16, 32, 64), metavar="N,N",
+                   help="conv widths of the student (default 16,16,32,64)")
+    t = p.add_argument_group("timing")
+    t.add_argument("--batch-sizes", type=_ints, default=(8, 32), help="throughput batch sizes (default 8,32)")
+    t.add_argument("--bench-seconds", type=float, default=1.0, help="per variant, batch size and round")
+    t.add_argument("--bench-rounds", type=int, default=3, help="interleaved rounds; the best is kept (default 3)")
+    t.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
+    t.add_argument("--eval-limit", type=int, help="evaluate on the first N held-out images only")
+    pub = p.add_argument_group("publishing")
+    pub.add_argument("--publish", type=Path, metavar="REPO_DIR", help="write passing variants into this repository")
+    pub.add_argument("--publish-as", choices=["versions", "siblings"], default="versions",
+                     help="next classifier versions (default) or sibling models <name>_<variant>")
+    pub.add_argument("--version-policy", default="latest:1", help="latest:N, all, specific:1,2 (default latest:1)")
+    pub.add_argument("--max-batch-size", type=int, default=32, help="of the published models (default 32)")
+    _common(p)
+    p.set_defaults(handler=run_optimize)
+
+
+def run_optimize(args: argparse.Namespace, reporter) -> int:
+    from .distill import DistillOptions
+    from .optimize import OptimizeOptions, optimize
+    from .quantize import Calibration
+
+    variants = args.variants + (("distilled",) if args.distill and "distilled" not in args.variants else ())
+    options = OptimizeOptions(
+        export_dir=args.export_dir, output=args.output, variants=variants, max_accuracy_drop=args.max_accuracy_drop,
+        calibration=Calibration(method=args.calibration_method, percentile=args.calibration_percentile,
+                                per_channel=args.per_channel, symmetric_activations=args.int8_symmetric),
+        calibration_dir=args.calibration, calibration_count=args.calibration_count, keep_io_types=args.keep_io_types,
+        distill=DistillOptions(temperature=args.distill_temperature, alpha=args.distill_alpha,
+                               epochs=args.distill_epochs, channels=args.student_channels, seed=0),
+        batch_sizes=args.batch_sizes, bench_seconds=args.bench_seconds, bench_rounds=args.bench_rounds,
+        threads=args.threads, eval_limit=args.eval_limit, force=args.force, publish=args.publish,
+        publish_as=args.publish_as, version_policy=args.version_policy, publish_max_batch_size=args.max_batch_size,
+    )
+    report = optimize(options, reporter)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    elif not args.quiet:
+        reporter.console.print(report.markdown(), markup=False)
+        if report.published:
+            reporter.info(f"Published: {json.dumps(report.published)}")
+    return 0
+
+
+def add_tensorrt_check(sub) -> None:
+    p = sub.add_parser("tensorrt-check", help="check an export for TensorRT; print the trtexec command and GPU config",
+                       description="Check opset, dynamic batch dimension, static inner dimensions and operators "
+                                   "against TensorRT's ONNX parser; print the trtexec command for the plan and the "
+                                   "Triton onnxruntime-backend config with the TensorRT execution provider.")
+    p.add_argument("export_dir", type=Path, metavar="EXPORT_DIR")
+    p.add_argument("--max-batch-size", type=int, default=32, help="profile max batch (default 32)")
+    p.add_argument("--opt-batch-size", type=int, help="profile opt batch (default: half the max)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
+    p.add_argument("--calibration-cache", metavar="FILE", help="for INT8 without Q/DQ nodes (trtexec --calib)")
+    p.add_argument("--plan", default="model.plan", help="engine file trtexec writes (default model.plan)")
+    _common(p)
+    p.set_defaults(handler=run_tensorrt_check)
+
+
+def run_tensorrt_check(args: argparse.Namespace, reporter) -> int:
+    from .tensorrt import PlanOptions, TensorRTCompatibilityError, check_export
+
+    options = PlanOptions(max_batch_size=args.max_batch_size, opt_batch_size=args.opt_batch_size,
+                          precision=args.precision, onnx_path=str(args.export_dir / "model.onnx"),
+                          plan_path=args.plan, calibration_cache=args.calibration_cache)
+    report, command, config = check_export(args.export_dir, options)
+    if args.json:
+        print(json.dumps(report.to_dict() | {"trtexec": command, "onnxruntime_gpu_config": config}, indent=2))
+    else:
+        print(report.text())
+        print("\n# Build the plan on the target GPU (plans are bound to the GPU model and TensorRT version):")
+        print(command)
+        print("\n# Or let Triton's onnxruntime backend build and cache TensorRT engines (classifier config.pbtxt):")
+        print(config, end="")
+    if not report.compatible:
+        raise TensorRTCompatibilityError(f"{args.export_dir} is not TensorRT-compatible: "
+                                         + "; ".join(report.problems), hint="see the report above")
+    return 0
