@@ -6,16 +6,27 @@
         print(client.classify("digit.png")[0].label)
 
 ``AsyncImageClassifier`` offers the same API as coroutines. Errors are ``triton_deploy.errors.ClientError``
-subclasses from ``triton_deploy.clients.errors``.
+subclasses from ``triton_deploy.clients.errors``. Names are imported on first use, so ``triton-deploy --help`` does
+not pay for tritonclient.
 """
 
-from .aio import AsyncImageClassifier
-from .classifier import ImageClassifier
-from .errors import (ClassificationError, ImageError, InferenceError, InvalidInputError, ModelMismatchError,
-                     ModelNotFoundError, RequestTimeoutError, RequestTooLargeError, ServerUnavailableError)
-from .results import Outcome, Prediction, Rank
-from .transport import TlsOptions
+from __future__ import annotations
 
-__all__ = ["AsyncImageClassifier", "ClassificationError", "ImageClassifier", "ImageError", "InferenceError",
-           "InvalidInputError", "ModelMismatchError", "ModelNotFoundError", "Outcome", "Prediction", "Rank",
-           "RequestTimeoutError", "RequestTooLargeError", "ServerUnavailableError", "TlsOptions"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AsyncImageClassifier": "aio", "ImageClassifier": "classifier", "TlsOptions": "transport",
+    "Outcome": "results", "Prediction": "results", "Rank": "results",
+    **{name: "errors" for name in ("ClassificationError", "ImageError", "InferenceError", "InvalidInputError",
+                                   "ModelMismatchError", "ModelNotFoundError", "RequestTimeoutError",
+                                   "RequestTooLargeError", "ServerUnavailableError")},
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -156,3 +156,9 @@ def _typed(exc: BaseException, url: str, model: str) -> ClientError:
         return RequestTooLargeError(f"'{model}' refused the request as too large: {message}",
                                     hint="lower --batch-size / batch_size=")
     return InferenceError(f"'{model}' at {url} failed: {message}" + (f" [{status}]" if status else ""))
+
+
+class IncompleteRunError(ClientError):
+    """The ``classify`` command classified some images but not all (each failure was reported by name)."""
+
+    exit_code = 27

@@ -329,7 +329,8 @@ def _is_zombie(pid: int) -> bool:
 
 from .loadtests.cli import add_bench, add_loadtest  # noqa: E402  (the loadtest/bench subcommands)
 from .export.optimize_cli import add_optimize, add_tensorrt_check  # noqa: E402
-SUBCOMMANDS: list[Callable] = [_add_export, _add_repo, _add_serve, add_loadtest, add_bench, add_optimize, add_tensorrt_check]
+from .clients.cli import add_classify  # noqa: E402  (the classify subcommand)
+SUBCOMMANDS: list[Callable] = [_add_export, _add_repo, _add_serve, add_loadtest, add_bench, add_optimize, add_tensorrt_check, add_classify]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,26 @@
+"""Command-line PATH arguments -> the image files to classify: files as given, directories searched recursively for
+image files, glob patterns (``**`` included) expanded. Order is stable: arguments in order, each expanded sorted."""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Sequence
+from pathlib import Path
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
+                            ".pbm", ".pnm"})
+
+
+def expand_paths(arguments: Sequence[str]) -> list[str]:
+    """Files named explicitly are kept whatever their suffix (and even when missing, so their error is reported by
+    name); directories and globs contribute image files only."""
+    files: list[str] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            files += sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif not path.exists() and glob.has_magic(argument):
+            files += sorted(m for m in glob.glob(argument, recursive=True) if Path(m).is_file())
+        else:
+            files.append(argument)
+    return files
