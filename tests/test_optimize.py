@@ -1,0 +1,145 @@
+"""``triton-deploy optimize`` on the real digits export: every variant is built, validated, measured and gated; a
+harmful calibration is refused by the gate; the passing variants publish as versions or as siblings, and the sibling
+repository serves FP32 and INT8 side by side through the ensemble on a real Triton server.
+
+Timing figures are only checked for presence (no timing assertions): the machine is shared."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from conftest import encode_digit
+
+from triton_deploy.cli import main
+from triton_deploy.errors import UsageError
+from triton_deploy.export import optimize as opt
+from triton_deploy.export.distill import DistillOptions
+from triton_deploy.export.quantize import Calibration
+from triton_deploy.spec import Manifest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def optimized(digits_export, tmp_path_factory):
+    """All five variants, quick timing, published as sibling models."""
+    root = tmp_path_factory.mktemp("optimize")
+    options = opt.OptimizeOptions(
+        export_dir=digits_export, output=root / "variants", variants=opt.VARIANTS,
+        distill=DistillOptions(epochs=6), bench_seconds=0.05, bench_rounds=1,
+        publish=root / "siblings_repo", publish_as="siblings", publish_max_batch_size=16)
+    return opt.optimize(options), options
+
+
+def test_every_variant_is_built_measured_and_reported(optimized, digits_manifest):
+    report, options = optimized
+    assert [v.name for v in report.variants] == ["fp32", *opt.VARIANTS]
+    base = report.variant("fp32")
+    assert base.accuracy == pytest.approx(digits_manifest.accuracy)
+    for v in report.variants:
+        assert v.size_bytes > 0 and set(v.latency_ms) == {"p50", "p95"} and set(v.throughput) == {8, 32}
+        assert 0.0 <= v.agreement <= 1.0 and v.accuracy is not None
+    assert report.variant("fp32_slim").max_abs_diff <= digits_manifest.parity.atol
+    assert report.variant("fp16").size_bytes < 0.6 * base.size_bytes
+    assert report.variant("int8_static").size_bytes < 0.4 * base.size_bytes
+    assert report.variant("int8_static").details["calibration_images"] == 128
+    assert report.variant("distilled").details["flops_per_image"] < digits_manifest.flops_per_image / 2
+    on_disk = json.loads((options.output / opt.REPORT_JSON).read_text())
+    assert on_disk["recommendation"] == report.recommendation and on_disk["published"]["mode"] == "siblings"
+    table = (options.output / opt.REPORT_MD).read_text()
+    assert all(f"| {name} |" in table for name in ["fp32", *opt.VARIANTS]) and "Recommendation:" in table
+
+
+def test_dynamic_int8_is_never_recommended_for_a_cnn(optimized):
+    report, _ = optimized
+    assert report.recommendation["variant"] != "int8_dynamic"
+    assert "ConvInteger" in report.variant("int8_dynamic").details["note"]
+    assert "ConvInteger" in report.variant("int8_dynamic").tensorrt["unsupported_operators"]
+
+
+def test_passing_variants_are_export_directories_with_their_own_manifest(optimized, digits_manifest):
+    report, options = optimized
+    passing = [v for v in report.variants[1:] if v.passed]
+    assert {"fp32_slim", "fp16", "int8_static"} <= {v.name for v in passing}
+    for v in passing:
+        directory = options.output / v.name
+        manifest = Manifest.read(directory)
+        assert manifest.extra["variant"] == v.name
+        assert manifest.model_sha256 == v.details["sha256"] != digits_manifest.model_sha256
+        assert manifest.accuracy == v.accuracy and (directory / "sample.png").is_file()
+        assert manifest.input == digits_manifest.input and manifest.output == digits_manifest.output  # FP32 I/O kept
+    distilled = report.variant("distilled")
+    assert distilled.details["kind"] == "distilled" and distilled.details["teacher_sha256"] == digits_manifest.model_sha256
+    if distilled.passed:
+        assert Manifest.read(options.output / "distilled").source["kind"] == "distilled"
+
+
+def test_harmful_calibration_is_refused_by_the_gate_and_not_written(digits_export, tmp_path, capsys):
+    out = tmp_path / "harmful"
+    argv = ["optimize", str(digits_export), "--output", str(out), "--variants", "int8_static",
+            "--calibration-count", "1", "--calibration-method", "percentile", "--calibration-percentile", "90",
+            "--bench-seconds", "0.02", "--bench-rounds", "1", "--json", "--quiet"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    int8 = next(v for v in report["variants"] if v["name"] == "int8_static")
+    assert not int8["passed"] and int8["accuracy_drop_points"] > 1.0 and "accuracy drop" in int8["reason"]
+    assert report["recommendation"]["variant"] == "fp32"
+    assert not (out / "int8_static").exists()
+    code = main([*argv, "--force", "--publish", str(tmp_path / "repo")])
+    assert code == opt.GateError.exit_code
+    assert "nothing to publish" in capsys.readouterr().err and not (tmp_path / "repo").exists()
+
+
+def test_bad_options_name_the_flag(digits_export, tmp_path):
+    with pytest.raises(UsageError, match="--max-accuracy-drop"):
+        opt.optimize(opt.OptimizeOptions(digits_export, tmp_path / "o", max_accuracy_drop=-0.5))
+    with pytest.raises(UsageError, match="--variants"):
+        opt.optimize(opt.OptimizeOptions(digits_export, tmp_path / "o", variants=("int4",)))
+    with pytest.raises(UsageError, match="--calibration-method"):
+        opt.optimize(opt.OptimizeOptions(digits_export, tmp_path / "o", calibration=Calibration(method="mse")))
+
+
+def test_publishing_as_versions_puts_the_recommendation_last(optimized, tmp_path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    report, options = optimized
+    repo = tmp_path / "versions_repo"
+    published = opt.publish(report, dataclasses.replace(options, publish=repo, publish_as="versions",
+                                                        version_policy="all"))
+    passing = [v.name for v in report.variants[1:] if v.passed]
+    versions = published["classifier_versions"]
+    assert versions["1"] == "fp32" and sorted(versions.values()) == sorted(["fp32", *passing])
+    if report.recommendation["variant"] != "fp32":  # latest:1 then serves the recommendation
+        assert versions[str(len(versions))] == report.recommendation["variant"]
+    config = text_format.Parse((repo / "digits_classifier" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.version_policy.HasField("all")
+
+
+@pytest.mark.server
+def test_published_siblings_serve_side_by_side_with_the_measured_accuracy(optimized, heldout_digits, tmp_path):
+    import tritonclient.http as httpclient
+
+    from triton_deploy.server import ServerOptions, TritonServer, free_ports
+
+    report, options = optimized
+    assert report.published["ensembles"]["int8_static"] == "digits_int8_static"
+    images, labels = heldout_digits
+    http_port, grpc_port, metrics_port = free_ports(3)
+    server_options = ServerOptions(repository=options.publish, http_port=http_port, grpc_port=grpc_port,
+                                   metrics_port=metrics_port, log_file=tmp_path / "triton.log", exit_timeout_s=5)
+    with TritonServer(server_options) as server:
+        client = httpclient.InferenceServerClient(server.http_url)
+        for variant, model in (("fp32", "digits"), ("int8_static", "digits_int8_static")):
+            predicted = []
+            for start in range(0, len(images), 16):
+                batch = np.array([[encode_digit(image)] for image in images[start:start + 16]], dtype=object)
+                tensor = httpclient.InferInput("IMAGE", list(batch.shape), "BYTES")
+                tensor.set_data_from_numpy(batch)
+                result = client.infer(model, [tensor], outputs=[httpclient.InferRequestedOutput("CLASS_IDS")])
+                predicted.extend(result.as_numpy("CLASS_IDS")[:, 0])
+            accuracy = float(np.mean(np.asarray(predicted) == labels))
+            assert accuracy == pytest.approx(report.variant(variant).accuracy, abs=0.005), variant
