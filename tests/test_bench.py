@@ -1,0 +1,57 @@
+"""``triton-deploy bench`` on a tiny budget: the digits export, 1 s measurements. Checks the report's shape, never
+its figures as timings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from triton_deploy.errors import UsageError
+from triton_deploy.loadtests.bench import DEFAULT_CONFIG, BenchOptions, breakdown, run_bench
+from triton_deploy.loadtests.server_stats import ModelTimes
+
+
+def test_breakdown_splits_the_client_latency_into_client_queue_and_steps():
+    per_model = {
+        "m": ModelTimes("m", requests=10, request_us=30_000),
+        "m_preprocess": ModelTimes("m_preprocess", requests=10, queue_us=5_000, compute_infer_us=4_000),
+        "m_classifier": ModelTimes("m_classifier", requests=10, queue_us=1_000, compute_input_us=1_000,
+                                   compute_infer_us=10_000, compute_output_us=1_000),
+        "m_postprocess": ModelTimes("m_postprocess", requests=10, compute_infer_us=2_000),
+    }
+    parts = breakdown("m", 4.0, per_model)
+    assert parts == {"client": 1.0, "queue": 0.6, "preprocess": 0.4, "classifier": 1.2, "postprocess": 0.2,
+                     "server other": 0.6, "total": 4.0}
+
+
+def test_bench_rejects_an_unknown_model():
+    with pytest.raises(UsageError, match="--models"):
+        run_bench(BenchOptions(models=("resnet9000",)))
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_tiny_bench_run_writes_a_well_formed_table_and_json(digits_export, tmp_path):
+    result = run_bench(BenchOptions(output=tmp_path, exports=(digits_export,), quick=True, concurrencies=(1, 4)))
+    report = json.loads((tmp_path / "report.json").read_text())
+    markdown = (tmp_path / "report.md").read_text()
+    assert result.markdown == markdown
+    digits = report["models"]["digits"]
+    assert set(digits["baseline"]) == {"1", "8"} and digits["target"] == 0.6
+    assert digits["efficiency"]["ratio"] > 0
+    assert set(digits["configs"]) == {DEFAULT_CONFIG, "batching off, 1 instance"}
+    for config in digits["configs"].values():
+        assert set(config["levels"]) == {"1", "4"}
+        for level in config["levels"].values():
+            assert level["failures"] == 0 and level["requests"] > 0
+            assert set(level["server"]) == {"digits", "digits_preprocess", "digits_classifier", "digits_postprocess"}
+    assert set(digits["configs"][DEFAULT_CONFIG]["protocols"]) == {"http", "grpc"}
+    assert set(digits["configs"][DEFAULT_CONFIG]["levels"]["1"]["breakdown_ms"]) == {
+        "client", "queue", "preprocess", "classifier", "postprocess", "server other", "total"}
+    for heading in ("## 1. Serving efficiency", "## 2. Dynamic batching", "## 3. HTTP vs gRPC", "## 4. Where"):
+        assert heading in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| digits |")]
+    assert len(rows) == 1 + 2 * 2 + 2 + 2  # efficiency, configs x levels, protocols, breakdown levels
+    header = next(line for line in markdown.splitlines() if line.startswith("| model | configuration"))
+    assert {line.count("|") for line in rows[1:5]} == {header.count("|")}

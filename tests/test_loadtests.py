@@ -1,0 +1,171 @@
+"""Locust load tests against the real local Triton server: reports, server-side view, SLO gate, shapes, sweeps.
+
+Every run is a real headless Locust subprocess driving the digits ensemble; no figure is asserted as a timing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import urllib.request
+
+import pytest
+from PIL import Image
+
+from triton_deploy.errors import UsageError
+from triton_deploy.loadtests import server_stats
+from triton_deploy.loadtests.payloads import PoolOptions, load_pool, pool_from_digits
+from triton_deploy.loadtests.runner import LoadTestOptions, parse_duration, run_loadtest
+from triton_deploy.loadtests.slo import SLO, SLOViolation
+
+REPORT_FILES = {"report.html", "locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv",
+                "summary.json", "throughput.png", "latency.png", "server.md"}
+MEMBERS = ("digits", "digits_preprocess", "digits_classifier", "digits_postprocess")
+
+
+def _options(server, tmp_path, protocol="http", **overrides) -> LoadTestOptions:
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    values = dict(output=tmp_path, url=url, metrics_url=server.metrics_url, protocol=protocol, users=3,
+                  duration_s=4, image_sizes=(64, 96), image_formats=("PNG", "JPEG"), pool_size=16)
+    return LoadTestOptions(**(values | overrides))
+
+
+# ---- pure parts ----------------------------------------------------------------------------------------------
+
+
+def test_digit_pool_mixes_sizes_and_formats_as_real_encoded_images():
+    pool = pool_from_digits(PoolOptions(count=8, sizes=(32, 224), formats=("PNG", "JPEG")))
+    seen = {(Image.open(io.BytesIO(data)).size, Image.open(io.BytesIO(data)).format) for data in pool.images}
+    assert seen == {((32, 32), "PNG"), ((224, 224), "PNG"), ((32, 32), "JPEG"), ((224, 224), "JPEG")}
+    tensor = pool.tensor(5)
+    assert tensor.shape == (5, 1) and all(isinstance(item, bytes) for item in tensor[:, 0])
+
+
+def test_image_folder_pool_reads_images_and_rejects_an_empty_folder(tmp_path):
+    with pytest.raises(UsageError, match="holds no images.*--image-dir"):
+        load_pool(PoolOptions(image_dir=tmp_path))
+    Image.new("RGB", (10, 12)).save(tmp_path / "a.png")
+    assert len(load_pool(PoolOptions(image_dir=tmp_path))) == 1
+
+
+def test_unknown_image_format_names_the_flag():
+    with pytest.raises(UsageError, match="unknown image format 'TIFFY'.*--image-formats"):
+        pool_from_digits(PoolOptions(formats=("TIFFY",)))
+
+
+def test_slo_names_each_broken_objective():
+    slo = SLO(p95_ms=10, p99_ms=20, error_rate=0.01)
+    assert slo.violations(5, 15, 0.0, requests=100) == []
+    broken = slo.violations(11, 25, 0.5, requests=100)
+    assert [line.split()[0] for line in broken] == ["p95", "p99", "error"]
+    assert "--slo-p99-ms" in broken[1]
+    assert SLO().violations(1e9, 1e9, 1.0, requests=0) == []  # no objectives, nothing to break
+    assert slo.violations(0, 0, 0, requests=0) == ["no requests completed, so no objective can be met"]
+
+
+@pytest.mark.parametrize("bad", [dict(p95_ms=0), dict(error_rate=2.0)])
+def test_slo_rejects_meaningless_thresholds(bad):
+    with pytest.raises(UsageError, match="--slo-"):
+        SLO(**bad)
+
+
+def test_durations_read_like_locust_run_times():
+    assert parse_duration("30s") == 30 and parse_duration("2m") == 120 and parse_duration("1m30s") == 90
+    assert parse_duration("45") == 45
+    with pytest.raises(UsageError, match="--duration"):
+        parse_duration("soon")
+
+
+def test_loadtest_without_a_target_or_with_a_bad_url_names_the_flag(tmp_path):
+    with pytest.raises(UsageError, match="--url HOST:PORT or --repository"):
+        run_loadtest(LoadTestOptions(output=tmp_path))
+    with pytest.raises(UsageError, match="not HOST:PORT"):
+        run_loadtest(LoadTestOptions(output=tmp_path, url="localhost"))
+    with pytest.raises(UsageError, match="--shape or --sweep"):
+        run_loadtest(LoadTestOptions(output=tmp_path, url="127.0.0.1:1", shape="step", sweep=(1, 2)))
+
+
+# ---- against the live server ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_metrics_parser_reads_every_model_of_the_ensemble_from_the_live_server(triton_server):
+    with urllib.request.urlopen(triton_server.metrics_url) as response:
+        text = response.read().decode()
+    parsed = server_stats.parse_metrics(text)
+    assert set(MEMBERS) <= set(parsed)
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_headless_locust_run_has_no_failures_and_writes_every_report(triton_server, tmp_path, protocol):
+    result = run_loadtest(_options(triton_server, tmp_path, protocol, batch_size=2, top_k=3))
+    run = result.summary["runs"][0]
+    assert run["requests"] > 0 and run["failures"] == 0
+    assert REPORT_FILES <= set(result.summary["files"])
+    assert all((result.directory / name).stat().st_size > 0 for name in REPORT_FILES - {"locust_failures.csv"})
+    assert result.directory.name.startswith("loadtest-") and result.directory.parent == tmp_path
+    with open(result.directory / "locust_stats.csv", newline="") as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    assert rows["digits batch 2"]["Type"] == protocol
+    assert int(rows["digits batch 2"]["Request Count"]) == run["requests"]
+    # Triton's view of the same run: every model served it, two images per ensemble request.
+    server = run["server"]
+    assert set(server) == set(MEMBERS)
+    assert server["digits"]["inferences"] == 2 * server["digits"]["requests"]
+    assert server["digits_classifier"]["average_batch"] >= 2
+    assert run["client_cpu_ms_per_request"] > 0
+    assert json.loads((result.directory / "summary.json").read_text())["passed"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_slo_gate_fails_on_an_impossible_threshold_and_says_which(triton_server, tmp_path):
+    from triton_deploy.cli import main
+
+    code = main(["loadtest", "--url", triton_server.grpc_url, "--metrics-url", triton_server.metrics_url,
+                 "--protocol", "grpc", "--users", "2", "--duration", "3s", "--slo-p95-ms", "0.001",
+                 "--slo-error-rate", "0.5", "--output", str(tmp_path), "--quiet"])
+    assert code == SLOViolation.exit_code
+    summary = json.loads(next(tmp_path.glob("loadtest-*/summary.json")).read_text())
+    run = summary["runs"][0]
+    assert summary["passed"] is False
+    assert len(run["slo_violations"]) == 1 and run["slo_violations"][0].startswith("p95 latency")
+    assert run["locust_exit_code"] == 3  # the locustfile's own gate broke the Locust run too
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_slo_gate_passes_on_a_loose_threshold(triton_server, tmp_path):
+    result = run_loadtest(_options(triton_server, tmp_path, users=2, duration_s=3,
+                                   slo=SLO(p95_ms=60_000, p99_ms=60_000, error_rate=0.5)))
+    assert result.summary["passed"] is True and result.violations == []
+    assert result.summary["runs"][0]["locust_exit_code"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_sweep_with_master_and_workers_writes_one_run_per_level_and_a_sweep_plot(triton_server, tmp_path):
+    result = run_loadtest(_options(triton_server, tmp_path, "grpc", sweep=(1, 4), duration_s=3, processes=2))
+    runs = result.summary["runs"]
+    assert [r["users"] for r in runs] == [1, 4]
+    assert all(r["failures"] == 0 and r["requests"] > 0 for r in runs)
+    assert (result.directory / "sweep.png").stat().st_size > 0
+    for users in (1, 4):
+        assert (result.directory / f"users-{users}" / "report.html").exists()
+    command = (result.directory / "users-4" / "command.txt").read_text()
+    assert "--processes 2" in command
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_step_shape_raises_the_user_count_step_by_step(triton_server, tmp_path):
+    result = run_loadtest(_options(triton_server, tmp_path, shape="step",
+                                   shape_args={"step-users": 2, "step-seconds": 2, "steps": 2}))
+    with open(result.directory / "locust_stats_history.csv", newline="") as f:
+        users = {int(row["User Count"]) for row in csv.DictReader(f) if row["Name"] == "Aggregated"}
+    assert {2, 4} <= users and max(users) == 4
+    assert result.summary["runs"][0]["failures"] == 0
