@@ -155,7 +155,9 @@ def _add_repo(sub) -> None:
     p.add_argument("--preferred-batch-sizes", type=_ints, default=(), metavar="N,N",
                    help="dynamic batcher preferred sizes (default: let Triton fill up to the max)")
     p.add_argument("--max-queue-delay-us", type=int, default=d.max_queue_delay_us,
-                   help=f"how long the batcher waits to fill a batch (default {d.max_queue_delay_us})")
+                   help=f"how long the classifier's batcher waits to fill a batch (default {d.max_queue_delay_us})")
+    p.add_argument("--step-queue-delay-us", type=int, default=d.step_queue_delay_us,
+                   help=f"the same for preprocess/postprocess (default {d.step_queue_delay_us}: no waiting)")
     p.add_argument("--preprocess-instances", type=int, default=d.preprocess_instances)
     p.add_argument("--classifier-instances", type=int, default=d.classifier_instances)
     p.add_argument("--postprocess-instances", type=int, default=d.postprocess_instances)
@@ -186,6 +188,7 @@ def _run_repo(args: argparse.Namespace, reporter: Reporter) -> int:
         output=args.output, classifier_backend=args.classifier_backend, prefix=args.prefix,
         max_batch_size=args.max_batch_size, top_k=args.top_k, dynamic_batching=args.dynamic_batching,
         preferred_batch_sizes=args.preferred_batch_sizes, max_queue_delay_us=args.max_queue_delay_us,
+        step_queue_delay_us=args.step_queue_delay_us,
         preprocess_instances=args.preprocess_instances, classifier_instances=args.classifier_instances,
         postprocess_instances=args.postprocess_instances, instance_kind=args.instance_kind,
         version_policy=args.version_policy, keep_versions=args.keep_versions,

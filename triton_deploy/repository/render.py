@@ -35,7 +35,8 @@ class RepositoryOptions:
     top_k: int = 5
     dynamic_batching: bool = True
     preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_us: int = 500
+    max_queue_delay_us: int = 500  # the classifier's; batching pays there
+    step_queue_delay_us: int = 0  # preprocess/postprocess: batch what is already queued, never wait
     preprocess_instances: int = 1
     classifier_instances: int = 1
     postprocess_instances: int = 1
@@ -61,8 +62,8 @@ class RepositoryOptions:
         if bad:
             problems.append((f"preferred batch sizes {bad} must lie in 1..max batch size {self.max_batch_size}",
                              "check --preferred-batch-sizes / --max-batch-size"))
-        if self.max_queue_delay_us < 0:
-            problems.append(("max queue delay must be >= 0", "check --max-queue-delay-us"))
+        if self.max_queue_delay_us < 0 or self.step_queue_delay_us < 0:
+            problems.append(("queue delays must be >= 0", "check --max-queue-delay-us / --step-queue-delay-us"))
         for flag, count in (("--preprocess-instances", self.preprocess_instances),
                             ("--classifier-instances", self.classifier_instances),
                             ("--postprocess-instances", self.postprocess_instances)):
@@ -172,6 +173,9 @@ CLASSIFIER_WARMUP = "sample_input"
 def render_configs(manifest: Manifest, options: RepositoryOptions, names: ModelNames) -> dict[str, str]:
     """Model name -> config.pbtxt text for the four models of one classifier."""
     batching = Batching(options.dynamic_batching, tuple(options.preferred_batch_sizes), options.max_queue_delay_us)
+    # Waiting to fill a batch costs latency at every step it is applied to; only the classifier's compute gains
+    # much from larger batches, so the python steps batch whatever is queued without waiting.
+    step_batching = Batching(options.dynamic_batching, (), options.step_queue_delay_us)
     mbs = options.max_batch_size
     image = Tensor(IMAGE_INPUT, "TYPE_STRING", (1,))
     model_input = Tensor.of(manifest.input, image=True)
@@ -183,7 +187,7 @@ def render_configs(manifest: Manifest, options: RepositoryOptions, names: ModelN
 
     preprocess = ModelContext(
         name=names.preprocess, max_batch_size=mbs, inputs=(image,), outputs=(Tensor.of(manifest.input),),
-        batching=batching, instances=Instances(options.preprocess_instances),
+        batching=step_batching, instances=Instances(options.preprocess_instances),
         parameters=manifest.preprocessing.to_parameters(),
         warmup=(WarmupSample("sample_image", image, PREPROCESS_WARMUP),),
     )
@@ -200,7 +204,7 @@ def render_configs(manifest: Manifest, options: RepositoryOptions, names: ModelN
         warmup=(WarmupSample("sample_input", Tensor.of(manifest.input), CLASSIFIER_WARMUP),),
     )
     postprocess = ModelContext(
-        name=names.postprocess, max_batch_size=mbs, inputs=(scores,), outputs=top, batching=batching,
+        name=names.postprocess, max_batch_size=mbs, inputs=(scores,), outputs=top, batching=step_batching,
         instances=Instances(options.postprocess_instances),
         parameters={"top_k": str(k), "output_kind": manifest.output_kind, "labels_file": "labels.txt"},
         warmup=(WarmupSample("zeros", scores, None),),
