@@ -16,6 +16,7 @@ import asyncio
 import random
 import threading
 import time
+import warnings
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -224,9 +225,13 @@ class SyncTransport:
                 if region.handle is None:
                     region.create()
                 if not region.registered:
-                    self._guard(call.model, lambda r=region: client.register_system_shared_memory(
-                        r.name, r.key, r.size, **self._kw()))
-                    region.registered = True
+                    region.registered = True  # set first: a call that fails late may still have registered it
+                    try:
+                        self._guard(call.model, lambda r=region: client.register_system_shared_memory(
+                            r.name, r.key, r.size, **self._kw()))
+                    except ServerUnavailableError:
+                        region.registered = False  # never reached the server: register again on the retry
+                        raise
             request.bind()
         result = self._guard(call.model, lambda: client.infer(call.model, request.inputs,
                                                               outputs=request.output_objects(), **self._kw()))
@@ -236,9 +241,10 @@ class SyncTransport:
         """Best effort: the region is unlinked locally either way."""
         if region.registered:
             try:
-                self._client().unregister_system_shared_memory(region.name, **self._kw())
-            except Exception:  # noqa: BLE001 - a dead server has nothing registered to remove
-                pass
+                with_retry(lambda: self._guard("", lambda: self._client().unregister_system_shared_memory(
+                    region.name, **self._kw())), RetryPolicy(retries=2, backoff_s=0.05))
+            except ClientError as exc:  # the region is unlinked locally anyway; say what the server may still hold
+                warnings.warn(f"could not unregister shared-memory region {region.name}: {exc}", stacklevel=2)
             region.registered = False
 
     def shm_status(self) -> list[str]:
@@ -396,9 +402,13 @@ class AsyncTransport:
                 if region.handle is None:
                     region.create()
                 if not region.registered:
-                    await self._guard(call.model, self.client.register_system_shared_memory(
-                        region.name, region.key, region.size, **self._kw()))
-                    region.registered = True
+                    region.registered = True  # set first: a cancelled call may still have registered it
+                    try:
+                        await self._guard(call.model, self.client.register_system_shared_memory(
+                            region.name, region.key, region.size, **self._kw()))
+                    except ServerUnavailableError:
+                        region.registered = False  # never reached the server: register again on the retry
+                        raise
             request.bind()
         result = await self._guard(call.model, self.client.infer(call.model, request.inputs,
                                                                  outputs=request.output_objects(), **self._kw()))
@@ -407,9 +417,10 @@ class AsyncTransport:
     async def unregister(self, region: Region) -> None:
         if region.registered:
             try:
-                await self.client.unregister_system_shared_memory(region.name, **self._kw())
-            except Exception:  # noqa: BLE001 - a dead server has nothing registered to remove
-                pass
+                await with_retry_async(lambda: self._guard("", self.client.unregister_system_shared_memory(
+                    region.name, **self._kw())), RetryPolicy(retries=2, backoff_s=0.05))
+            except ClientError as exc:  # the region is unlinked locally anyway; say what the server may still hold
+                warnings.warn(f"could not unregister shared-memory region {region.name}: {exc}", stacklevel=2)
             region.registered = False
 
     async def shm_status(self) -> list[str]:
