@@ -56,7 +56,7 @@ def test_a_bad_file_is_reported_by_name_while_the_others_print(triton_server, di
     code = main(["classify", str(digit_folder), str(missing), "--url", triton_server.http_url, "--json"])
     captured = capsys.readouterr()
     records = [json.loads(line) for line in captured.out.splitlines()]
-    assert code == 27
+    assert code == 37
     assert sum("predictions" in r for r in records) == 24
     assert {r["source"] for r in records if "error" in r} == {str(bad), str(missing)}
     assert f"{bad}:" in captured.err and f"{missing}: cannot read the file" in captured.err
@@ -72,7 +72,7 @@ def test_classify_exit_codes_for_usage_and_connection_errors(triton_server, tmp_
     (port,) = free_ports(1)
     code = main(["classify", str(digit_folder), "--url", f"127.0.0.1:{port}", "--ready-timeout", "1",
                  "--retries", "0", "--quiet"])
-    assert code == 20
+    assert code == 30
     assert f"127.0.0.1:{port}" in capsys.readouterr().err
-    assert main(["classify", str(digit_folder), "--url", triton_server.http_url, "--model", "nope", "-q"]) == 21
-    assert main(["classify", str(digit_folder), "--url", triton_server.http_url, "--top-k", "9", "-q"]) == 23
+    assert main(["classify", str(digit_folder), "--url", triton_server.http_url, "--model", "nope", "-q"]) == 31
+    assert main(["classify", str(digit_folder), "--url", triton_server.http_url, "--top-k", "9", "-q"]) == 33

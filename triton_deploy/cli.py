@@ -17,7 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
+from .clients.cli import add_classify
 from .errors import TritonDeployError
+from .export.optimize_cli import add_optimize, add_tensorrt_check
+from .loadtests.cli import add_bench, add_loadtest
 from .progress import Reporter
 
 PROG = "triton-deploy"
@@ -330,10 +333,9 @@ def _is_zombie(pid: int) -> bool:
 
 # ---- entry point ----------------------------------------------------------------------------------------------
 
-from .loadtests.cli import add_bench, add_loadtest  # noqa: E402  (the loadtest/bench subcommands)
-from .export.optimize_cli import add_optimize, add_tensorrt_check  # noqa: E402
-from .clients.cli import add_classify  # noqa: E402  (the classify subcommand)
-SUBCOMMANDS: list[Callable] = [_add_export, _add_repo, _add_serve, add_loadtest, add_bench, add_optimize, add_tensorrt_check, add_classify]
+# In the order `--help` lists them: the pipeline first, then what builds on it.
+SUBCOMMANDS: list[Callable] = [_add_export, _add_repo, _add_serve, add_classify, add_loadtest, add_bench,
+                               add_optimize, add_tensorrt_check]
 
 
 def build_parser() -> argparse.ArgumentParser:

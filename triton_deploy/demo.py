@@ -4,13 +4,17 @@
 2. generate the Triton model repository       triton-deploy repo build/digits --output model_repository
 3. start the real Triton server               triton-deploy serve --repository model_repository
 4. classify held-out digits written as PNG/JPEG files of several sizes, over HTTP and gRPC
-5. stop the server (SIGTERM: Triton drains in-flight requests first)
+                                              triton-deploy classify build/demo-images --url ... --protocol grpc
+5. a short Locust load test with SLO gates     triton-deploy loadtest --url ... --protocol grpc --users 4
+6. stop the server (SIGTERM: Triton drains in-flight requests first)
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,23 +44,18 @@ def write_demo_images(folder: Path, count: int = 100) -> tuple[list[Path], list[
     return paths, [int(label) for label in labels[:count]]
 
 
-def classify_with_tritonclient(protocol: str, url: str, paths: list[Path], model: str = "digits",
-                               batch: int = 16) -> list[tuple[str, float]]:
-    """Send encoded files to the ensemble with Triton's own client; returns (top label, score) per file."""
-    if protocol == "http":
-        import tritonclient.http as client_module
-    else:
-        import tritonclient.grpc as client_module
-    client = client_module.InferenceServerClient(url)
-    results = []
-    for start in range(0, len(paths), batch):
-        chunk = [p.read_bytes() for p in paths[start:start + batch]]
-        image = client_module.InferInput("IMAGE", [len(chunk), 1], "BYTES")
-        image.set_data_from_numpy(np.array(chunk, dtype=np.object_).reshape(-1, 1))
-        response = client.infer(model, [image])
-        labels, scores = response.as_numpy("LABELS"), response.as_numpy("SCORES")
-        results.extend((label.decode(), float(score)) for label, score in zip(labels[:, 0], scores[:, 0]))
-    return results
+def classify_folder(protocol: str, url: str, folder: Path) -> list[dict]:
+    """Run ``triton-deploy classify FOLDER --json`` and return its records (one per image)."""
+    command = [sys.executable, "-m", "triton_deploy.cli", "classify", str(folder), "--url", url,
+               "--protocol", protocol, "--top-k", "3", "--json", "--quiet"]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise DemoError(f"triton-deploy classify exited {completed.returncode}: {completed.stderr.strip()}")
+    return [json.loads(line) for line in completed.stdout.splitlines() if line.strip()]
+
+
+class DemoError(TritonDeployError):
+    """A demo step that should not fail did."""
 
 
 def run(reporter: Reporter) -> None:
@@ -90,16 +89,30 @@ def run(reporter: Reporter) -> None:
         reporter.info(f"   HTTP {server.http_url}   gRPC {server.grpc_url}   metrics {server.metrics_url}")
 
         paths, truth = write_demo_images(BUILD / "demo-images")
-        reporter.info(f"[bold]4. Classify[/]  {len(paths)} held-out digits as PNG/JPEG files of 28-200 px "
-                      f"in {BUILD / 'demo-images'}")
+        reporter.info(f"[bold]4. Classify[/]  {len(paths)} held-out digits as PNG/JPEG files of 28-200 px: "
+                      f"triton-deploy classify {BUILD / 'demo-images'} --protocol grpc|http --json")
+        truth_by_path = {str(path): label for path, label in zip(paths, truth)}
         for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
-            predictions = classify_with_tritonclient(protocol, url, paths)
-            accuracy = np.mean([label == str(t) for (label, _), t in zip(predictions, truth)])
-            reporter.info(f"   {protocol:4s} accuracy {accuracy:.3f} on {len(paths)} images")
-        for path, (label, score), t in list(zip(paths, predictions, truth))[:5]:
-            reporter.info(f"   {path.name:28s} -> {label} ({score:.3f})   true {t}")
+            records = classify_folder(protocol, url, BUILD / "demo-images")
+            correct = [r["predictions"][0]["label"] == str(truth_by_path[r["source"]]) for r in records]
+            reporter.info(f"   {protocol:4s} accuracy {np.mean(correct):.3f} on {len(records)} images")
+        for record in records[:5]:
+            top = ", ".join(f"{p['label']} ({p['score']:.3f})" for p in record["predictions"])
+            source = record["source"]
+            reporter.info(f"   {Path(source).name:28s} -> {top}   true {truth_by_path[source]}")
+
+        reporter.info(f"[bold]5. Load test[/]  triton-deploy loadtest --url {server.grpc_url} --protocol grpc "
+                      "--users 4 --duration 10s --slo-p99-ms 1000 --slo-error-rate 0")
+        from .loadtests.runner import LoadTestOptions, run_loadtest, summary_table
+        from .loadtests.slo import SLO
+
+        result = run_loadtest(LoadTestOptions(
+            output=BUILD / "loadtest", url=server.grpc_url, protocol="grpc", users=4, duration_s=10,
+            metrics_url=server.metrics_url, slo=SLO(p99_ms=1000, error_rate=0.0)), reporter)
+        reporter.info(summary_table(result.summary))
+        reporter.info(f"   report, CSVs and plots in {result.directory}")
     finally:
-        reporter.info("[bold]5. Stop[/]  SIGTERM: Triton drains in-flight requests, then exits")
+        reporter.info("[bold]6. Stop[/]  SIGTERM: Triton drains in-flight requests, then exits")
         status = server.stop()
         reporter.info(f"   tritonserver exited with status {status}")
 

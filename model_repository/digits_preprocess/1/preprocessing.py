@@ -125,7 +125,9 @@ class ImageTransform:
             raise ImageDecodeError(f"image is {len(data)} bytes, above the limit of {self.max_bytes} bytes")
         try:
             image = Image.open(io.BytesIO(data))
-        except Exception as exc:  # Pillow raises several types for unreadable headers
+        except Image.UnidentifiedImageError:  # its text only repeats this, with a buffer's repr
+            raise ImageDecodeError("cannot decode image: not a supported image format") from None
+        except Exception as exc:  # Pillow raises several other types for damaged headers
             raise ImageDecodeError(f"cannot decode image: not a supported image format ({_short(exc)})") from None
         width, height = image.size
         if width * height > self.max_pixels:
