@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from triton_deploy.cliargs import add_common_flags
 from triton_deploy.errors import UsageError
 
 from .paths import expand_paths
@@ -72,9 +73,7 @@ def add_classify(sub) -> None:
                    help="lets the client read model configs (default: $TRITON_ADMIN_KEY)")
     p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", type=_header,
                    help="extra header on every request, e.g. for a gateway (repeatable)")
-    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_common_flags(p, json_help="one JSON object per image on stdout")
     p.set_defaults(handler=_run_classify)
 
 

@@ -6,22 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-
-def _variants(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
+from triton_deploy.cliargs import add_common_flags, int_list, word_list
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print the machine-readable report on stdout")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def add_optimize(sub) -> None:
@@ -34,7 +22,7 @@ def add_optimize(sub) -> None:
     p.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="a directory written by 'export'")
     p.add_argument("--output", "-o", type=Path, required=True, metavar="DIR", help="where variants and reports go")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
-    p.add_argument("--variants", type=_variants, default=DEFAULT_VARIANTS, metavar="A,B",
+    p.add_argument("--variants", type=word_list, default=DEFAULT_VARIANTS, metavar="A,B",
                    help=f"subset of {','.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)})")
     p.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
                    help="largest held-out accuracy loss a published variant may have, in points (default 1)")
@@ -54,10 +42,10 @@ def add_optimize(sub) -> None:
     d.add_argument("--distill-temperature", type=float, default=4.0)
     d.add_argument("--distill-alpha", type=float, default=0.7, help="weight of the soft targets (default 0.7)")
     d.add_argument("--distill-epochs", type=int, default=12)
-    d.add_argument("--student-channels", type=_ints, default=(16, 16, 32, 64), metavar="N,N",
+    d.add_argument("--student-channels", type=int_list, default=(16, 16, 32, 64), metavar="N,N",
                    help="conv widths of the student (default 16,16,32,64)")
     t = p.add_argument_group("timing")
-    t.add_argument("--batch-sizes", type=_ints, default=(8, 32), help="throughput batch sizes (default 8,32)")
+    t.add_argument("--batch-sizes", type=int_list, default=(8, 32), help="throughput batch sizes (default 8,32)")
     t.add_argument("--bench-seconds", type=float, default=1.0, help="per variant, batch size and round")
     t.add_argument("--bench-rounds", type=int, default=3, help="interleaved rounds; the best is kept (default 3)")
     t.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
@@ -68,7 +56,7 @@ def add_optimize(sub) -> None:
                      help="next classifier versions (default) or sibling models <name>_<variant>")
     pub.add_argument("--version-policy", default="latest:1", help="latest:N, all, specific:1,2 (default latest:1)")
     pub.add_argument("--max-batch-size", type=int, default=32, help="of the published models (default 32)")
-    _common(p)
+    add_common_flags(p, "print the machine-readable report on stdout")
     p.set_defaults(handler=run_optimize)
 
 
@@ -110,7 +98,7 @@ def add_tensorrt_check(sub) -> None:
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
     p.add_argument("--calibration-cache", metavar="FILE", help="for INT8 without Q/DQ nodes (trtexec --calib)")
     p.add_argument("--plan", default="model.plan", help="engine file trtexec writes (default model.plan)")
-    _common(p)
+    add_common_flags(p, "print the machine-readable report on stdout")
     p.set_defaults(handler=run_tensorrt_check)
 
 

@@ -9,24 +9,11 @@ import argparse
 import json
 from pathlib import Path
 
+from triton_deploy.cliargs import add_common_flags, int_list, word_list
 from triton_deploy.progress import Reporter
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
-
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 # ---- loadtest -------------------------------------------------------------------------------------------------
@@ -49,7 +36,7 @@ def add_loadtest(sub) -> None:
     p.add_argument("--users", "-u", type=int, default=d.users, help=f"concurrent users (default {d.users})")
     p.add_argument("--spawn-rate", type=float, help="users started per second (default: all within a second)")
     p.add_argument("--duration", "-t", default="30s", help="run time per level, e.g. 30s, 2m (default 30s)")
-    p.add_argument("--sweep", type=_ints, default=(), metavar="N,N,...",
+    p.add_argument("--sweep", type=int_list, default=(), metavar="N,N,...",
                    help="one run per user count, e.g. 1,4,16, plotted against users (replaces --users)")
     p.add_argument("--processes", type=int, default=d.processes,
                    help="Locust processes (master + workers when > 1) so the generator is not the bottleneck")
@@ -60,9 +47,9 @@ def add_loadtest(sub) -> None:
     payload.add_argument("--batch-size", type=int, default=d.batch_size, help="images per request (default 1)")
     payload.add_argument("--top-k", type=int, default=d.top_k, help="class ids each image must get (default 1)")
     payload.add_argument("--image-dir", type=Path, help="send these images (default: rendered digits)")
-    payload.add_argument("--image-sizes", type=_ints, default=d.image_sizes, metavar="N,N",
+    payload.add_argument("--image-sizes", type=int_list, default=d.image_sizes, metavar="N,N",
                          help="digit image sizes (default 64,128)")
-    payload.add_argument("--image-formats", type=_words, default=d.image_formats, metavar="FMT,FMT",
+    payload.add_argument("--image-formats", type=word_list, default=d.image_formats, metavar="FMT,FMT",
                          help="digit image formats (default PNG,JPEG)")
     payload.add_argument("--pool-size", type=int, default=d.pool_size, help="digit images in the pool (default 64)")
     slo = p.add_argument_group("SLO gate")
@@ -70,7 +57,7 @@ def add_loadtest(sub) -> None:
     slo.add_argument("--slo-p99-ms", type=float, help="max p99 response time (ms)")
     slo.add_argument("--slo-error-rate", type=float, help="max failed fraction, e.g. 0.01")
     p.add_argument("--output", "-o", type=Path, default=d.output, help=f"results folder (default {d.output})")
-    _common(p)
+    add_common_flags(p)
     p.set_defaults(handler=run_loadtest_command)
 
 
@@ -124,19 +111,19 @@ def add_bench(sub) -> None:
                        description="Measure, in one run: Triton ensemble throughput vs the in-process pipeline, "
                                    "dynamic batching on/off and 1 vs 2 classifier instances, HTTP vs gRPC latency, "
                                    "and where each request's time goes. Writes report.md and report.json.")
-    p.add_argument("--models", type=_words, default=d.models, metavar="NAME,NAME",
+    p.add_argument("--models", type=word_list, default=d.models, metavar="NAME,NAME",
                    help=f"built-in models to export and bench (default {','.join(BUILT_IN)})")
     p.add_argument("--exports", type=Path, nargs="+", default=(), metavar="EXPORT_DIR",
                    help="bench these export directories instead of --models")
     p.add_argument("--duration", default=f"{d.duration_s:g}s", help="seconds per measurement (default 8s)")
-    p.add_argument("--concurrency", type=_ints, default=d.concurrencies, metavar="N,N",
+    p.add_argument("--concurrency", type=int_list, default=d.concurrencies, metavar="N,N",
                    help="concurrency levels (default 1,4,16)")
     p.add_argument("--image-size", type=int, default=d.image_size, help="input size of keras.applications models")
     p.add_argument("--quick", action="store_true", help="a tiny run (1 s measurements, fewer configurations)")
     p.add_argument("--work-dir", type=Path, help="exports and repositories, reused between runs "
                                                  "(default OUTPUT/work)")
     p.add_argument("--output", "-o", type=Path, default=d.output, help=f"report folder (default {d.output})")
-    _common(p)
+    add_common_flags(p)
     p.set_defaults(handler=run_bench_command)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from .clients.cli import add_classify
+from .cliargs import add_common_flags, float_list, int_list
 from .errors import TritonDeployError
 from .export.optimize_cli import add_optimize, add_tensorrt_check
 from .loadtests.cli import add_bench, add_loadtest
@@ -51,11 +52,6 @@ def _known_words(parser: argparse.ArgumentParser) -> set[str]:
                 words |= _known_words(subparser)
     return words
 
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 # ---- export ---------------------------------------------------------------------------------------------------
@@ -91,18 +87,12 @@ def _add_export(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     norm = p.add_argument_group("preprocessing overrides (default: from the model source)")
     norm.add_argument("--scale", type=float, help="pixel multiplier, e.g. 0.00392 for 1/255")
-    norm.add_argument("--mean", type=_floats, help="per-channel mean after scaling, e.g. 0.485,0.456,0.406")
-    norm.add_argument("--std", type=_floats, help="per-channel std after scaling")
+    norm.add_argument("--mean", type=float_list, help="per-channel mean after scaling, e.g. 0.485,0.456,0.406")
+    norm.add_argument("--std", type=float_list, help="per-channel std after scaling")
     norm.add_argument("--channel-order", choices=["RGB", "BGR"])
-    _common(p)
+    add_common_flags(p)
     p.set_defaults(handler=_run_export)
 
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _run_export(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -155,7 +145,7 @@ def _add_repo(sub) -> None:
     p.add_argument("--top-k", type=int, default=d.top_k, help=f"labels returned per image (default {d.top_k})")
     p.add_argument("--no-dynamic-batching", dest="dynamic_batching", action="store_false",
                    help="turn Triton's dynamic batcher off")
-    p.add_argument("--preferred-batch-sizes", type=_ints, default=(), metavar="N,N",
+    p.add_argument("--preferred-batch-sizes", type=int_list, default=(), metavar="N,N",
                    help="dynamic batcher preferred sizes (default: let Triton fill up to the max)")
     p.add_argument("--max-queue-delay-us", type=int, default=d.max_queue_delay_us,
                    help=f"how long the classifier's batcher waits to fill a batch (default {d.max_queue_delay_us})")
@@ -172,15 +162,9 @@ def _add_repo(sub) -> None:
     p.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per classifier instance "
                                                         "(default: cores / instances)")
     p.add_argument("--inter-op-threads", type=int, default=d.inter_op_threads)
-    _common(p)
+    add_common_flags(p)
     p.set_defaults(handler=_run_repo)
 
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _run_repo(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -242,13 +226,13 @@ def _add_serve(sub) -> None:
     p.add_argument("--background", action="store_true", help="return once ready; stop with 'triton-deploy stop'")
     p.add_argument("--pid-file", type=Path, default=DEFAULT_PID_FILE, help=f"for --background (default "
                                                                            f"{DEFAULT_PID_FILE})")
-    _common(p)
+    add_common_flags(p)
     p.set_defaults(handler=_run_serve)
 
     s = sub.add_parser("stop", help="stop a server started with 'serve --background'")
     s.add_argument("--pid-file", type=Path, default=DEFAULT_PID_FILE)
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for Triton to drain and exit")
-    _common(s)
+    add_common_flags(s)
     s.set_defaults(handler=_run_stop)
 
 
