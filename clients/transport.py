@@ -33,6 +33,14 @@ from .shm import Region, Slot, place_inputs, place_outputs
 PROTOCOLS = ("http", "grpc")
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 
+# After answering a request with an error, Triton can hold the request's shared-memory regions a moment longer and
+# refuses to unregister them meanwhile ("currently in use"); wait that out rather than leave them registered.
+IN_USE_WAIT_S = 5.0
+
+
+def _in_use(exc: Exception) -> bool:
+    return "currently in use" in str(exc)
+
 
 @dataclass(frozen=True)
 class TlsOptions:
@@ -239,13 +247,22 @@ class SyncTransport:
 
     def unregister(self, region: Region) -> None:
         """Best effort: the region is unlinked locally either way."""
-        if region.registered:
+        if not region.registered:
+            return
+        deadline = time.monotonic() + IN_USE_WAIT_S
+        while True:
             try:
                 with_retry(lambda: self._guard("", lambda: self._client().unregister_system_shared_memory(
                     region.name, **self._kw())), RetryPolicy(retries=2, backoff_s=0.05))
-            except ClientError as exc:  # the region is unlinked locally anyway; say what the server may still hold
+                break
+            except ClientError as exc:
+                if _in_use(exc) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
+                # The region is unlinked locally anyway; say what the server may still hold.
                 warnings.warn(f"could not unregister shared-memory region {region.name}: {exc}", stacklevel=2)
-            region.registered = False
+                break
+        region.registered = False
 
     def shm_status(self) -> list[str]:
         status = self._guard("", lambda: self._client().get_system_shared_memory_status(**self._kw()))
@@ -415,13 +432,21 @@ class AsyncTransport:
         return request.answer(result)
 
     async def unregister(self, region: Region) -> None:
-        if region.registered:
+        if not region.registered:
+            return
+        deadline = time.monotonic() + IN_USE_WAIT_S
+        while True:
             try:
                 await with_retry_async(lambda: self._guard("", self.client.unregister_system_shared_memory(
                     region.name, **self._kw())), RetryPolicy(retries=2, backoff_s=0.05))
-            except ClientError as exc:  # the region is unlinked locally anyway; say what the server may still hold
+                break
+            except ClientError as exc:
+                if _in_use(exc) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                    continue
                 warnings.warn(f"could not unregister shared-memory region {region.name}: {exc}", stacklevel=2)
-            region.registered = False
+                break
+        region.registered = False
 
     async def shm_status(self) -> list[str]:
         kw = self._kw() | ({"as_json": True} if self.connection.protocol == "grpc" else {})

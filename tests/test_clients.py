@@ -149,6 +149,7 @@ def test_a_bad_image_fails_alone_and_is_named(triton_server, heldout_digits, tmp
         alone = client.classify(good)
         with pytest.raises(ClassificationError) as raised:
             client.classify(batch)
+        assert [n for n in client.shared_memory_regions() if n.startswith(NAME_PREFIX)] == []
     assert [o.ok for o in outcomes] == [True, True, False, True, False, False, True, True, True]
     assert [o.prediction.ranks for o in outcomes if o.ok] == [p.ranks for p in alone]
     assert outcomes[2].error.source == str(text_file) and "not a supported image format" in outcomes[2].error.reason
