@@ -223,6 +223,13 @@ def _add_serve(sub) -> None:
                         "(default: $TRITON_ADMIN_KEY or a random key)")
     p.add_argument("--unrestricted-apis", dest="restrict_apis", action="store_false",
                    help="leave the admin APIs open (not recommended)")
+    p.add_argument("--keep-healthy-models", action="store_true",
+                   help="serve the models that load even if others fail (readiness stays false and the failures "
+                        "are listed); default: fail fast with the model's own error")
+    p.add_argument("--stub-failure", choices=["restart", "exit"], default="restart",
+                   help="when a python-backend stub dies: restart Triton (default) or exit with an error")
+    p.add_argument("--max-restarts", type=int, default=3, metavar="N",
+                   help="stub failures survived by restarting before serve gives up (default 3)")
     p.add_argument("--background", action="store_true", help="return once ready; stop with 'triton-deploy stop'")
     p.add_argument("--pid-file", type=Path, default=DEFAULT_PID_FILE, help=f"for --background (default "
                                                                            f"{DEFAULT_PID_FILE})")
@@ -239,6 +246,7 @@ def _add_serve(sub) -> None:
 def _run_serve(args: argparse.Namespace, reporter: Reporter) -> int:
     import signal
 
+    from .errors import ServerError
     from .server import ServerOptions, TritonServer
 
     options = ServerOptions(
@@ -246,7 +254,7 @@ def _run_serve(args: argparse.Namespace, reporter: Reporter) -> int:
         metrics_port=args.metrics_port, exit_timeout_s=args.exit_timeout, model_control_mode=args.model_control_mode,
         log_verbose=args.log_verbose, shm_default_bytes=args.shm_default_bytes, shm_growth_bytes=args.shm_growth_bytes,
         restrict_apis=args.restrict_apis, admin_key=args.admin_key, ready_timeout_s=args.ready_timeout,
-        log_file=args.log_file,
+        log_file=args.log_file, keep_healthy_models=args.keep_healthy_models,
     )
     server = TritonServer(options)
     server.start()
@@ -257,11 +265,15 @@ def _run_serve(args: argparse.Namespace, reporter: Reporter) -> int:
         server.stop()
         raise
     endpoints = {"pid": server.process.pid, "http": server.http_url, "grpc": server.grpc_url,
-                 "metrics": server.metrics_url, "log": str(server.log_path), "repository": str(args.repository)}
+                 "metrics": server.metrics_url, "log": str(server.log_path), "repository": str(args.repository),
+                 "failed_models": server.failed_models}
     if args.json:
         print(json.dumps(endpoints), flush=True)
     else:
         reporter.info(f"Triton is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}")
+    for name, reason in server.failed_models.items():
+        print(f"{PROG} serve: model '{name}' failed to load and is not served (readiness stays false): "
+              f"{reason.splitlines()[0] if reason else 'unknown reason'}", file=sys.stderr, flush=True)
     if args.background:
         args.pid_file.parent.mkdir(parents=True, exist_ok=True)
         args.pid_file.write_text(json.dumps(endpoints | {"admin_key": server.admin_key}) + "\n")
@@ -269,12 +281,36 @@ def _run_serve(args: argparse.Namespace, reporter: Reporter) -> int:
         reporter.info(f"Running in the background (pid {server.process.pid}); stop it with 'triton-deploy stop'")
         return 0
 
+    stopping = False
+
     def forward(signum, _frame):
-        server.process.send_signal(signum)  # Triton drains in-flight requests, then exits
+        nonlocal stopping
+        stopping = True  # stubs exit while Triton unloads: not a failure to restart for
+        if server.process.poll() is None:
+            server.process.send_signal(signum)  # Triton drains in-flight requests, then exits
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
-    status = server.wait()
+    restarts = 0
+    while (status := server.poll(1.0)) is None:
+        dead = {} if stopping else server.dead_stubs()
+        if not dead or stopping:
+            continue
+        what = ", ".join(f"'{name}' (pid {pid})" for pid, name in dead.items())
+        # Triton 2.51 would answer "Stub process ... is not healthy" for that model forever while still ready.
+        if args.stub_failure == "exit" or restarts >= args.max_restarts:
+            server.stop()
+            raise ServerError(f"python-backend stub {what} died; Triton stopped after {restarts} restart(s)",
+                              hint="see the log; --stub-failure restart and --max-restarts N restart it")
+        restarts += 1
+        print(f"{PROG} serve: python-backend stub {what} died; restarting Triton ({restarts}/{args.max_restarts})",
+              file=sys.stderr, flush=True)
+        server.restart()
+        if stopping:  # a signal arrived during the restart
+            server.stop()
+        else:
+            print(f"{PROG} serve: Triton is ready again (pid {server.process.pid})", file=sys.stderr, flush=True)
+    server.stop()  # already exited: unlinks shared memory a dead stub left behind
     reporter.info(f"Triton exited with status {status}")
     return status
 

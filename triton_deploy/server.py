@@ -5,6 +5,13 @@ The wheel carries the server binary, its shared libraries and the python backend
 hardened defaults (loopback bind, model-control ``none``, strict readiness, restricted admin APIs), waits for
 ``/v2/health/ready``, and turns the usual failures (port in use, a model that fails to load, a missing library)
 into one clear ``ServerError`` that quotes Triton's own message.
+
+Two things Triton 2.51 does not do by itself are done here. With ``keep_healthy_models`` a model that fails to load
+no longer stops the server: the healthy ones serve, readiness stays false (strict readiness) and the failures are
+read from the repository index. And a python-backend stub that dies (killed, out of memory) leaves Triton answering
+"Stub process ... is not healthy" forever while it still reports ready; ``dead_stubs()`` finds such stubs so a
+supervisor (``triton-deploy serve``) can restart the server, and ``stop()`` unlinks the shared-memory regions a dead
+stub leaves in ``/dev/shm``.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -91,6 +99,7 @@ class ServerOptions:
     admin_key: str | None = None  # default: a random key per start
     ready_timeout_s: float = 120.0
     log_file: Path | None = None
+    keep_healthy_models: bool = False  # serve what loads; readiness stays false while a model failed
     extra_args: tuple[str, ...] = ()
 
     @property
@@ -111,6 +120,7 @@ def server_command(options: ServerOptions, installation: ServerInstallation, adm
         f"--model-control-mode={options.model_control_mode}",
         f"--strict-readiness={str(options.strict_readiness).lower()}",
         f"--exit-timeout-secs={options.exit_timeout_s}",
+        f"--exit-on-error={str(not options.keep_healthy_models).lower()}",
         f"--log-verbose={options.log_verbose}",
         "--allow-gpu-metrics=false",
         f"--backend-config=python,shm-default-byte-size={options.shm_default_bytes}",
@@ -147,6 +157,10 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 
 _LOAD_FAILURE = re.compile(r"failed to load '([^']+)' version (\d+): (.*)")
+# A config.pbtxt Triton cannot parse never reaches "failed to load": it is reported while polling the repository.
+_POLL_FAILURE = re.compile(r"Poll failed for model directory '([^']+)': (.*)")
+STUB_BINARY = "triton_python_backend_stub"
+SHM_REGION_PREFIX = "/dev/shm/triton_python_backend_shm_region_"
 
 
 @dataclass
@@ -158,6 +172,9 @@ class TritonServer:
     process: subprocess.Popen | None = field(default=None, init=False)
     admin_key: str = field(default="", init=False)
     log_path: Path | None = field(default=None, init=False)
+    failed_models: dict[str, str] = field(default_factory=dict, init=False)  # keep_healthy_models: name -> reason
+    stubs: dict[int, str] = field(default_factory=dict, init=False)  # python-backend stub pid -> model instance
+    shm_regions: set[str] = field(default_factory=set, init=False)  # /dev/shm files the server has mapped
 
     @property
     def http_url(self) -> str:
@@ -195,7 +212,8 @@ class TritonServer:
                 raise ServerError(f"port {port} on {options.host} is already in use", hint=f"choose another {flag}")
         installation = self.installation or ServerInstallation.discover()
         self.installation = installation
-        self.admin_key = options.admin_key or secrets.token_urlsafe(24)
+        self.admin_key = options.admin_key or self.admin_key or secrets.token_urlsafe(24)  # kept over restarts
+        self.failed_models, self.stubs = {}, {}
         command = server_command(options, installation, self.admin_key)
         # Triton writes to a log file rather than a pipe, so a server started with --background outlives us and
         # start-up failures can still be read back and quoted.
@@ -222,6 +240,10 @@ class TritonServer:
             match = _LOAD_FAILURE.search(line)
             if match:
                 failures.append(f"model '{match.group(1)}' version {match.group(2)}: {match.group(3).strip()}")
+                continue
+            match = _POLL_FAILURE.search(line)
+            if match:
+                failures.append(f"model '{match.group(1)}': {match.group(2).strip().rstrip(chr(34))}")
         return failures
 
     def is_ready(self) -> bool:
@@ -231,13 +253,51 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
+    def is_live(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/live", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def model_states(self) -> list[dict]:
+        """Triton's repository index: one entry per model version with ``state`` and, when it failed, ``reason``.
+        (A model whose config could not be parsed has a name only.) Uses the admin key: the API is restricted."""
+        request = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST",
+                                         headers={ADMIN_HEADER: self.admin_key, "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
+
+    def _healthy_models_ready(self) -> bool:
+        """keep_healthy_models: true once loading is over (the HTTP endpoint only opens after the initial load)
+        and at least one model serves; failures are recorded in ``failed_models``, all failing is an error."""
+        if not self.is_live():
+            return False
+        try:
+            states = self.model_states()
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+        if any(entry.get("state") in ("LOADING", "UNLOADING") for entry in states):
+            return False
+        polled = {m.group(1): m.group(2).strip().rstrip('"') for m in map(_POLL_FAILURE.search, self.log_tail(2000))
+                  if m}
+        self.failed_models = {entry["name"]: entry.get("reason") or polled.get(entry["name"]) or
+                              "configuration could not be read (see the log)"
+                              for entry in states if entry.get("state") != "READY"}
+        if not any(entry.get("state") == "READY" for entry in states):
+            raise ServerError(self._failure_message("has no model that loaded"), hint="fix the models named above")
+        return True
+
     def wait_ready(self, timeout_s: float | None = None, on_tick=None) -> None:
-        """Block until ``/v2/health/ready`` answers 200; the server exiting first is a ``ServerError``."""
+        """Block until ``/v2/health/ready`` answers 200 (with ``keep_healthy_models``: until loading is over and a
+        model serves); the server exiting first is a ``ServerError``."""
         deadline = time.monotonic() + (timeout_s or self.options.ready_timeout_s)
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 raise ServerError(self._failure_message("exited during start-up"))
-            if self.is_ready():
+            if self.is_ready() or (self.options.keep_healthy_models and self._healthy_models_ready()):
+                self.stubs = self._stub_processes()
+                self._note_shm_regions()
                 return
             if on_tick is not None:
                 on_tick()
@@ -258,17 +318,117 @@ class TritonServer:
             detail += " (the python-backend stub needs the system package libpython3.11: run 'make setup')"
         return f"tritonserver {what}{status}: {detail} (log: {self.log_path})"
 
+    # ---- python-backend stubs and their shared memory -------------------------------------------------------
+
+    def _stub_processes(self) -> dict[int, str]:
+        """pid -> model instance name (e.g. ``digits_preprocess_0_0``) of every python-backend stub."""
+        import psutil
+
+        stubs = {}
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.Error:
+            return {}
+        for child in children:
+            try:
+                command = child.cmdline()
+            except psutil.Error:
+                continue
+            if command and command[0].endswith(STUB_BINARY):
+                # argv: stub, model.py path, shm region name, sizes..., instance name, ...
+                model_dir = Path(command[1]).parent.parent.name if len(command) > 1 else "?"
+                stubs[child.pid] = next((a for a in command[2:] if a.startswith(model_dir + "_")), model_dir)
+        return stubs
+
+    def dead_stubs(self) -> dict[int, str]:
+        """Stubs seen at start-up that have since exited (Triton 2.51 neither restarts them nor turns unready)."""
+        import psutil
+
+        dead = {}
+        for pid, name in self.stubs.items():
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    continue
+            except psutil.NoSuchProcess:
+                pass
+            dead[pid] = name
+        return dead
+
+    def _note_shm_regions(self) -> None:
+        """Remember the python backend's /dev/shm regions this server has mapped (they grow with large inputs)."""
+        if self.process is None:
+            return
+        try:
+            maps = Path(f"/proc/{self.process.pid}/maps").read_text()
+        except OSError:
+            return
+        self.shm_regions |= {line.split(None, 5)[5].removesuffix(" (deleted)") for line in maps.splitlines()
+                             if SHM_REGION_PREFIX in line}
+
+    def _unlink_leftover_regions(self) -> list[str]:
+        """After the server exited: regions it had mapped that nobody unlinked (a dead stub's, a killed server's)."""
+        removed = []
+        for path in sorted(self.shm_regions):
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+        self.shm_regions = set()
+        return removed
+
+    def resource_usage(self) -> dict[str, int]:
+        """Resident memory (bytes) of the server and each of its stubs, and the size of its /dev/shm regions."""
+        import psutil
+
+        usage = {}
+        try:
+            root = psutil.Process(self.process.pid)
+            for process in (root, *root.children(recursive=True)):
+                try:
+                    usage[f"{process.pid}"] = process.memory_info().rss
+                except psutil.Error:
+                    continue
+        except psutil.Error:
+            return {}
+        self._note_shm_regions()
+        usage["shm"] = sum(os.path.getsize(p) for p in self.shm_regions if os.path.exists(p))
+        return usage
+
+    def poll(self, timeout_s: float) -> int | None:
+        """Wait up to ``timeout_s`` for the server to exit; its status, or None while it runs."""
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._note_shm_regions()
+            return None
+
+    def restart(self) -> None:
+        """Stop (draining) and start again on the same ports with the same admin key; wait until ready."""
+        self.stop()
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float | None = None) -> int | None:
-        """Ask Triton to drain and exit (SIGTERM); kill it if it outlives the exit timeout plus a margin."""
+        """Ask Triton to drain and exit (SIGTERM); kill it if it outlives the exit timeout plus a margin. Then
+        unlink any python-backend shared-memory region it left behind."""
         if self.process is None:
             return None
         if self.process.poll() is None:
+            self._note_shm_regions()
             self.process.send_signal(sig)
             try:
                 self.process.wait(timeout=timeout_s or self.options.exit_timeout_s + 15)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        self._unlink_leftover_regions()
         return self.process.returncode
 
     def wait(self) -> int:
