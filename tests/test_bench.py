@@ -47,6 +47,9 @@ def test_tiny_bench_run_writes_a_well_formed_table_and_json(digits_export, tmp_p
             assert level["failures"] == 0 and level["requests"] > 0
             assert set(level["server"]) == {"digits", "digits_preprocess", "digits_classifier", "digits_postprocess"}
     assert set(digits["configs"][DEFAULT_CONFIG]["protocols"]) == {"http", "grpc"}
+    batched = digits["configs"][DEFAULT_CONFIG]["batched_requests"]["8"]  # like the baseline's batch-8 passes
+    assert batched["failures"] == 0 and batched["images"] == 8 * batched["requests"]
+    assert digits["efficiency"]["triton_images_per_request"] in (1, 8) and digits["efficiency"]["single_image_ratio"] > 0
     assert set(digits["configs"][DEFAULT_CONFIG]["levels"]["1"]["breakdown_ms"]) == {
         "client", "queue", "preprocess", "classifier", "postprocess", "server other", "total"}
     for heading in ("## 1. Serving efficiency", "## 2. Dynamic batching", "## 3. HTTP vs gRPC", "## 4. Where"):
