@@ -128,15 +128,23 @@ def _bench_model(export_dir: Path, work: Path, options: BenchOptions, reporter: 
     result: dict = {"export": str(export_dir), "input": list(manifest.input.shape), "pool": pool.description,
                     "target": TARGETS.get(name), "baseline_threads": threads, "baseline": {}, "configs": {}}
 
-    for batch in options.baseline_batches:
-        with reporter.step(f"{name}: in-process pipeline, batch {batch}"):
-            m = driver.in_process(export_dir / manifest.model_file, manifest, pool, threads=threads,
-                                  batch_size=batch, duration_s=options.measure_s)
-        result["baseline"][str(batch)] = m.summary()
+    def measure_baseline(when: str) -> None:
+        for batch in options.baseline_batches:
+            with reporter.step(f"{name}: in-process pipeline, batch {batch} ({when})"):
+                m = driver.in_process(export_dir / manifest.model_file, manifest, pool, threads=threads,
+                                      batch_size=batch, duration_s=options.measure_s).summary()
+            # The baseline runs before and after the server measurements and keeps its better figure: on a shared
+            # machine a burst of other work must not flatter the ratio by slowing the baseline.
+            previous = result["baseline"].get(str(batch))
+            if previous is None or m["images_per_s"] > previous["images_per_s"]:
+                result["baseline"][str(batch)] = m
 
+    measure_baseline("before the server runs")
     for label, repo_options in _configs(options, work, name).items():
         generate_repository([export_dir], repo_options)
         result["configs"][label] = _bench_server(name, repo_options.output, label, options, pool, reporter)
+    if not options.quick:
+        measure_baseline("after the server runs")
 
     default = result["configs"][DEFAULT_CONFIG]
     best_baseline = max(result["baseline"].values(), key=lambda m: m["images_per_s"])
