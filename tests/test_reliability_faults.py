@@ -20,7 +20,6 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import encode_digit
-from tritonclient.utils import InferenceServerException
 
 from triton_deploy.clients import ImageClassifier, ServerUnavailableError
 from triton_deploy.errors import ServerError
