@@ -122,9 +122,12 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             source=model.source,
             accuracy=accuracy,
             dataset=model.dataset.record() if model.dataset is not None and options.samples is None else None,
-            flops_per_image=model.extra.get("flops_per_image"),
+            flops_per_image=2 * model.extra["multiply_adds_per_image"] if "multiply_adds_per_image" in model.extra
+            else None,
             created_by=f"triton-deploy {__version__}",
-            extra={"sample_image": SAMPLE_IMAGE},
+            extra={"sample_image": SAMPLE_IMAGE}
+            | ({"multiply_adds_per_image": model.extra["multiply_adds_per_image"]}
+               if "multiply_adds_per_image" in model.extra else {}),
         )
         manifest.write(staging)
     return ExportResult(Path(options.output), manifest)

@@ -66,7 +66,7 @@ def from_digits(*, seed: int, epochs: int, progress=None) -> LoadedModel:
         output_kind="logits",
         keras_model=model,
         dataset=data,
-        extra={"flops_per_image": digits.count_conv_dense_flops(model)},
+        extra={"multiply_adds_per_image": digits.count_multiply_adds(model)},
     )
 
 

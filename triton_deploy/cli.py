@@ -121,7 +121,8 @@ def _run_export(args: argparse.Namespace, reporter: Reporter) -> int:
             f"  parity     max |TF - ORT| = {m.parity.max_abs_diff:.2e} (atol {m.parity.atol:g}), "
             f"top-1 agreement {m.parity.top1_agreement:.1%} on {m.parity.samples} samples\n"
             f"  accuracy   {accuracy}"
-            + (f"\n  compute    {m.flops_per_image / 1e6:.1f} MFLOPs per image" if m.flops_per_image else "")
+            + (f"\n  compute    {m.flops_per_image / 2e6:.1f}M multiply-adds ({m.flops_per_image / 1e6:.0f} MFLOPs) per image"
+               if m.flops_per_image else "")
         )
     return 0
 

@@ -69,7 +69,7 @@ def run(reporter: Reporter) -> None:
     m = result.manifest
     reporter.info(f"   held-out accuracy {m.accuracy:.4f} on {m.dataset['heldout_size']} images; parity max |TF - ORT| "
                   f"{m.parity.max_abs_diff:.1e}, top-1 agreement {m.parity.top1_agreement:.0%}; "
-                  f"{m.flops_per_image / 1e6:.0f} MFLOPs/image")
+                  f"{m.flops_per_image / 2e6:.0f}M multiply-adds/image")
 
     reporter.info("[bold]2. Repository[/]  triton-deploy repo build/digits --output model_repository")
     repo = generate_repository([BUILD / "digits"], RepositoryOptions(output=Path("model_repository")))
