@@ -126,9 +126,14 @@ def is_connection_failure(exc: BaseException) -> bool:
         aiohttp_errors: tuple = (aiohttp.ClientConnectionError,)
     except ImportError:  # pragma: no cover - aiohttp comes with tritonclient[http]
         aiohttp_errors = ()
+    try:  # what a sync HTTP client sees when a stopping server closes its connection
+        from geventhttpclient.response import HTTPConnectionClosed
+        closed: tuple = (HTTPConnectionClosed,)
+    except ImportError:  # pragma: no cover - geventhttpclient comes with tritonclient[http]
+        closed = ()
     if is_timeout(exc):
         return False
-    return isinstance(exc, (ConnectionError, OSError, *aiohttp_errors)) or \
+    return isinstance(exc, (ConnectionError, OSError, *aiohttp_errors, *closed)) or \
         (status_of(exc) == "UNAVAILABLE" and not is_restricted(exc))
 
 

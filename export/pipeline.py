@@ -198,6 +198,10 @@ def _labels(options: ExportOptions, model: sources.LoadedModel) -> tuple[str, ..
     if len(labels) != model.num_classes:
         raise ModelSourceError(f"{options.labels_file} has {len(labels)} labels but the model has "
                                f"{model.num_classes} classes", hint="check --labels")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ModelSourceError(f"{options.labels_file} repeats labels {duplicates}; each class needs its own",
+                               hint="check --labels")
     return labels
 
 

@@ -126,7 +126,9 @@ class TritonUser(User):
         try:
             length = self.infer(images)
         except Exception as exc:  # every failure is a failed request in Locust's statistics, none stops the user
-            exception = exc
+            # tritonclient's InferenceServerException has an empty repr, and Locust's failure report shows the repr:
+            # carry the server's message instead.
+            exception = exc if exc.args else RuntimeError(str(exc))
         self.environment.events.request.fire(
             request_type=self.protocol, name=f"{self.model} batch {self.batch_size}",
             response_time=(time.perf_counter() - start) * 1000.0, response_length=length, exception=exception,

@@ -214,3 +214,12 @@ def test_mobilenet_v2_exports_with_parity_at_224(tmp_path, capsys):
     assert manifest.output_kind == "probabilities" and manifest.parity.top1_agreement == 1.0
     assert manifest.parity.max_abs_diff <= 1e-4
     assert manifest.preprocessing.mean == (0.5,) and manifest.preprocessing.std == (0.5,)  # x / 127.5 - 1
+
+
+def test_duplicate_labels_are_refused(model_files, tmp_path, capsys):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\ncat\n")
+    status, _, err = run(["export", "--keras-model", str(model_files["keras"]), "--labels", str(labels),
+                          "--output", str(tmp_path / "out"), "-q"], capsys)
+    assert status == 4 and "repeats labels ['cat']" in err and "--labels" in err
+    assert not (tmp_path / "out").exists()

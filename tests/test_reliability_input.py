@@ -215,9 +215,6 @@ def test_the_python_client_reports_each_bad_image_by_name_and_classifies_the_res
             assert not outcome.ok and message in outcome.error.reason, f"{name}: {outcome.error}"
 
 
-@pytest.mark.xfail(strict=True, reason="loadtests/locustfile.py fires Locust's request event with tritonclient's "
-                   "InferenceServerException, whose repr is empty, so locust_failures.csv says only "
-                   "'InferenceServerException()'; fix: fire `exc if exc.args else RuntimeError(str(exc))`")
 def test_locust_payloads_with_bad_images_count_them_as_failures_naming_the_reason(stable_server, tmp_path):
     from triton_deploy.loadtests.runner import LoadTestOptions, run_loadtest
 

@@ -196,6 +196,8 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"{path} is malformed: {type(exc).__name__}: {exc}") from None
+        if any(not label.strip() for label in labels) or len(set(labels)) != len(labels):
+            raise ManifestError(f"{labels_path}: labels must be non-empty and unique, one per line")
         if manifest.output.shape[-1] != manifest.num_classes:
             raise ManifestError(
                 f"{labels_path} has {manifest.num_classes} labels but output {manifest.output.name!r} "
