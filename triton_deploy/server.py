@@ -247,15 +247,14 @@ class TritonServer:
         return failures
 
     def is_ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return self._health("ready")
 
     def is_live(self) -> bool:
+        return self._health("live")
+
+    def _health(self, which: str) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/live", timeout=2) as response:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/{which}", timeout=2) as response:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
