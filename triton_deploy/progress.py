@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Iterator
 
@@ -56,6 +55,3 @@ class _Bar:
             fields = {"status": status} if status is not None else {}
             self._progress.update(self._task, advance=amount, **fields)
 
-
-def stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()

@@ -189,13 +189,17 @@ class TritonServer:
         return f"http://{self.options.host}:{self.options.metrics_port}/metrics"
 
     def __enter__(self) -> TritonServer:
+        self._start_until_ready()
+        return self
+
+    def _start_until_ready(self) -> None:
+        """Start and wait for readiness; a server that never gets ready is stopped, not left behind."""
         self.start()
         try:
             self.wait_ready()
         except BaseException:
             self.stop()
             raise
-        return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -407,12 +411,7 @@ class TritonServer:
     def restart(self) -> None:
         """Stop (draining) and start again on the same ports with the same admin key; wait until ready."""
         self.stop()
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+        self._start_until_ready()
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float | None = None) -> int | None:
         """Ask Triton to drain and exit (SIGTERM); kill it if it outlives the exit timeout plus a margin. Then

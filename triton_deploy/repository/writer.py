@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from triton_deploy.errors import RepositoryError, UsageError
@@ -172,6 +172,3 @@ def _read_all_configs(repo: Path) -> dict:
                                                                  str(config_path.relative_to(repo)))
     return configs
 
-
-def with_output(options: render.RepositoryOptions, output: Path) -> render.RepositoryOptions:
-    return replace(options, output=output)
