@@ -22,7 +22,7 @@ from triton_deploy.preprocessing import ImageDecodeError, ImageTransform
 from triton_deploy.progress import Reporter
 from triton_deploy.spec import Manifest, TensorSpec
 
-from . import convert, digits, sources, validate
+from . import convert, digits, graph, sources, validate
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 SAMPLE_IMAGE = "sample.png"
@@ -125,7 +125,8 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             flops_per_image=2 * model.extra["multiply_adds_per_image"] if "multiply_adds_per_image" in model.extra
             else None,
             created_by=f"triton-deploy {__version__}",
-            extra={"sample_image": SAMPLE_IMAGE}
+            extra={"sample_image": SAMPLE_IMAGE,
+                   "largest_activation_bytes_per_image": graph.largest_activation_bytes(model_path)}
             | ({"multiply_adds_per_image": model.extra["multiply_adds_per_image"]}
                if "multiply_adds_per_image" in model.extra else {}),
         )

@@ -112,32 +112,56 @@ def statistics(url: str) -> dict:
 
 
 def in_process(model_path: Path, manifest, pool: ImagePool, *, threads: int, batch_size: int,
-               duration_s: float, top_k: int = 5) -> Measurement:
-    """The same pipeline with no server: ``ImageTransform.preprocess`` -> ONNX Runtime with ``threads`` intra-op
-    threads -> ``classify`` (softmax when the model gives logits, then top-k), ``batch_size`` images per pass."""
+               duration_s: float, top_k: int = 5, workers: int = 1) -> Measurement:
+    """The same pipeline with no server: ``ImageTransform.preprocess`` -> ONNX Runtime -> ``classify`` (softmax
+    when the model gives logits, then top-k), ``batch_size`` images per pass.
+
+    ``workers`` Python threads each run the pipeline with their own session of ``threads // workers`` intra-op
+    threads (ONNX Runtime and Pillow release the GIL), the in-process counterpart of several model instances."""
+    import threading
+
     import onnxruntime as ort
 
     from triton_deploy.postprocessing import classify
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     transform = manifest.preprocessing
     logits = manifest.output_kind == "logits"
     input_name, output_name = manifest.input.name, manifest.output.name
     batches = [pool.batch(batch_size) for _ in range(16)]
-    session.run([output_name], {input_name: transform.preprocess(batches[0])[0]})  # warm-up
-    latencies, n = [], 0
+
+    def session():
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads // workers)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        s = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        s.run([output_name], {input_name: transform.preprocess(batches[0])[0]})  # warm-up
+        return s
+
+    sessions = [session() for _ in range(workers)]
+    latencies: list[float] = []  # list.append is atomic under the GIL
+    start_line = threading.Barrier(workers + 1)
+
+    def loop(index: int) -> None:
+        run, n = sessions[index].run, index
+        start_line.wait()
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            tensor, _, _ = transform.preprocess(batches[n % len(batches)])
+            scores = run([output_name], {input_name: tensor})[0]
+            classify(scores, top_k, logits=logits)
+            latencies.append((time.perf_counter() - start) * 1000.0)
+            n += workers
+
+    deadline = time.perf_counter() + 3600.0  # set for real once every worker is at the start line
+    pool_threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(workers)]
+    for thread in pool_threads:
+        thread.start()
     cpu0, t0 = time.process_time(), time.perf_counter()
     deadline = t0 + duration_s
-    while time.perf_counter() < deadline:
-        start = time.perf_counter()
-        tensor, _, _ = transform.preprocess(batches[n % len(batches)])
-        scores = session.run([output_name], {input_name: tensor})[0]
-        classify(scores, top_k, logits=logits)
-        latencies.append((time.perf_counter() - start) * 1000.0)
-        n += 1
+    start_line.wait()
+    for thread in pool_threads:
+        thread.join()
     seconds = time.perf_counter() - t0
-    return Measurement(n * batch_size, n, 0, seconds, tuple(latencies), time.process_time() - cpu0)
+    return Measurement(len(latencies) * batch_size, len(latencies), 0, seconds, tuple(latencies),
+                       time.process_time() - cpu0)

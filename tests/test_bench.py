@@ -4,11 +4,12 @@ its figures as timings."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from triton_deploy.errors import UsageError
-from triton_deploy.loadtests.bench import DEFAULT_CONFIG, BenchOptions, breakdown, run_bench
+from triton_deploy.loadtests.bench import DEFAULT_CONFIG, BenchOptions, baseline_key, breakdown, run_bench
 from triton_deploy.loadtests.server_stats import ModelTimes
 
 
@@ -38,9 +39,14 @@ def test_tiny_bench_run_writes_a_well_formed_table_and_json(digits_export, tmp_p
     markdown = (tmp_path / "report.md").read_text()
     assert result.markdown == markdown
     digits = report["models"]["digits"]
-    assert set(digits["baseline"]) == {"1", "8"} and digits["target"] == 0.6
+    cores = os.cpu_count()
+    # One session with every thread, and (on a multi-core machine) one single-thread session per worker thread.
+    arrangements = {(1, cores)} | ({(cores, 1)} if cores > 1 else set())
+    assert set(digits["baseline"]) == {baseline_key(w, t, b) for w, t in arrangements for b in (1, 8)}
+    assert all(m["images"] > 0 and m["failures"] == 0 for m in digits["baseline"].values())
+    assert digits["efficiency"]["in_process_arrangement"] in digits["baseline"] and digits["target"] == 0.6
     assert digits["efficiency"]["ratio"] > 0
-    assert set(digits["configs"]) == {DEFAULT_CONFIG, "batching off, 1 instance"}
+    assert set(digits["configs"]) == {DEFAULT_CONFIG, "batching off, 2 instances"}
     for config in digits["configs"].values():
         assert set(config["levels"]) == {"1", "4"}
         for level in config["levels"].values():

@@ -145,6 +145,50 @@ def test_a_new_export_with_other_outputs_cannot_join_old_versions(export, tmp_pa
     assert not list(tmp_path.glob(".repo.tmp-*"))
 
 
+# ---- classifier execution defaults -----------------------------------------------------------------------------
+
+
+def classifier_config(manifest: Manifest, options: RepositoryOptions):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    text = render_configs(manifest, options, ModelNames.for_prefix("tiny"))["tiny_classifier"]
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    return config, {key: value.string_value for key, value in config.parameters.items()}
+
+
+@pytest.mark.parametrize("largest, expected", [
+    (112 * 112 * 96 * 4, "1"),  # MobileNetV2-224: one image's activations already exceed the budget
+    (64 * 64 * 32 * 4, "8"),  # the digits CNN: 8 images per call
+    (1024, "0"),  # a budget above max_batch_size: no split
+    (None, "0"),  # an export that does not record it: one call per batch, as before
+])
+def test_dynamic_batches_are_split_into_cache_sized_onnx_runtime_calls(export, largest, expected):
+    from dataclasses import replace
+
+    manifest = Manifest.read(export)
+    manifest = replace(manifest, extra=manifest.extra | {"largest_activation_bytes_per_image": largest})
+    _, parameters = classifier_config(manifest, RepositoryOptions())
+    assert parameters["session_batch_size"] == expected
+    _, parameters = classifier_config(manifest, RepositoryOptions(session_batch_size=3))
+    assert parameters["session_batch_size"] == "3"  # an explicit --session-batch-size wins
+
+
+def test_cpu_classifiers_default_to_two_instances_sharing_the_servers_cpus(export):
+    manifest = Manifest.read(export)
+    config, parameters = classifier_config(manifest, RepositoryOptions())
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, config.instance_group[0].KIND_CPU)]
+    assert parameters["intra_op_thread_count"] == "auto"  # resolved by the model from the CPUs it may use
+    config, parameters = classifier_config(manifest, RepositoryOptions(classifier_instances=1, intra_op_threads=3))
+    assert config.instance_group[0].count == 1 and parameters["intra_op_thread_count"] == "3"
+    config, _ = classifier_config(manifest, RepositoryOptions(instance_kind="gpu", classifier_backend="onnxruntime"))
+    assert config.instance_group[0].count == 1
+    # The native onnxruntime backend takes numbers only: this machine's cores shared among the instances.
+    _, parameters = classifier_config(manifest, RepositoryOptions(classifier_backend="onnxruntime"))
+    assert parameters["intra_op_thread_count"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert "session_batch_size" not in parameters
+
+
 # ---- errors ------------------------------------------------------------------------------------------------------
 
 
@@ -154,6 +198,8 @@ def test_a_new_export_with_other_outputs_cannot_join_old_versions(export, tmp_pa
     (RepositoryOptions(max_batch_size=0), "max batch size 0"),
     (RepositoryOptions(preferred_batch_sizes=(64,)), "preferred batch sizes [64]"),
     (RepositoryOptions(version_policy="newest"), "version policy 'newest'"),
+    (RepositoryOptions(session_batch_size=-1), "session batch size must be >= 0"),
+    (RepositoryOptions(classifier_instances=0), "--classifier-instances must be at least 1"),
 ])
 def test_invalid_options_are_refused_before_writing(options, message, export, tmp_path):
     from dataclasses import replace

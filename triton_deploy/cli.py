@@ -153,7 +153,8 @@ def _add_repo(sub) -> None:
     p.add_argument("--step-queue-delay-us", type=int, default=d.step_queue_delay_us,
                    help=f"the same for preprocess/postprocess (default {d.step_queue_delay_us}: no waiting)")
     p.add_argument("--preprocess-instances", type=int, default=d.preprocess_instances)
-    p.add_argument("--classifier-instances", type=int, default=d.classifier_instances)
+    p.add_argument("--classifier-instances", type=int, default=d.classifier_instances,
+                   help="classifier instances (default: 2 on CPU, each with half the cores; 1 on GPU)")
     p.add_argument("--postprocess-instances", type=int, default=d.postprocess_instances)
     p.add_argument("--instance-kind", choices=["cpu", "gpu"], default=d.instance_kind,
                    help="where classifier instances run (default cpu)")
@@ -161,8 +162,11 @@ def _add_repo(sub) -> None:
                    help="classifier versions served: latest:N, all, specific:1,2 (default latest:1)")
     p.add_argument("--keep-versions", type=int, help="delete all but the newest N classifier versions")
     p.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per classifier instance "
-                                                        "(default: cores / instances)")
+                                                        "(default: the server's CPUs / instances)")
     p.add_argument("--inter-op-threads", type=int, default=d.inter_op_threads)
+    p.add_argument("--session-batch-size", type=int, default=d.session_batch_size, metavar="N",
+                   help="images per ONNX Runtime call: a larger dynamic batch is split (default: sized so one "
+                        "call's activations fit the CPU caches; 0: the whole batch in one call)")
     add_common_flags(p)
     p.set_defaults(handler=_run_repo)
 
@@ -181,6 +185,7 @@ def _run_repo(args: argparse.Namespace, reporter: Reporter) -> int:
         postprocess_instances=args.postprocess_instances, instance_kind=args.instance_kind,
         version_policy=args.version_policy, keep_versions=args.keep_versions,
         intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads,
+        session_batch_size=args.session_batch_size,
     )
     with reporter.step(f"Generating the model repository in {args.output}"):
         result = generate_repository(args.exports, options)
