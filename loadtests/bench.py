@@ -200,9 +200,14 @@ def _bench_server(name: str, repository: Path, label: str, options: BenchOptions
             out["batched_requests"] = {}
             for batch in (b for b in options.baseline_batches if b > 1):
                 with reporter.step(f"{name}: {batch} images per request, concurrency {max(options.concurrencies)}"):
+                    before = cpu_seconds(server)
                     m = driver.drive(server.grpc_url, name, pool, concurrency=max(options.concurrencies),
                                      duration_s=options.measure_s, batch_size=batch)
-                out["batched_requests"][str(batch)] = m.summary() | {"concurrency": max(options.concurrencies)}
+                    cpu = {k: v - before.get(k, 0.0) for k, v in cpu_seconds(server).items()}
+                cpu["load generator"] = m.client_cpu_s
+                out["batched_requests"][str(batch)] = m.summary() | {
+                    "concurrency": max(options.concurrencies),
+                    "cpu_ms_per_image": {k: round(1000 * v / m.images, 4) for k, v in cpu.items()}}
             out["protocols"] = {}
             for protocol in ("http", "grpc"):
                 url = server.http_url if protocol == "http" else server.grpc_url
@@ -212,6 +217,24 @@ def _bench_server(name: str, repository: Path, label: str, options: BenchOptions
     finally:
         server.stop()
     return out
+
+
+def cpu_seconds(server) -> dict[str, float]:
+    """CPU seconds used so far by Triton's own process ("triton core") and by each model's python-backend stubs
+    (instances summed under the model's name)."""
+    import psutil
+
+    totals: dict[str, float] = {}
+    pids = {server.process.pid: "triton core"} | {
+        pid: instance.rsplit("_", 2)[0] if instance.count("_") >= 2 else instance
+        for pid, instance in server.stubs.items()}
+    for pid, name in pids.items():
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        totals[name] = totals.get(name, 0.0) + times.user + times.system
+    return totals
 
 
 def baseline_key(workers: int, threads_each: int, batch: int) -> str:
@@ -290,5 +313,20 @@ def render_markdown(report: dict) -> str:
                              f"{b['server other']:.2f} |")
     lines += ["", "Client = latency seen by the load generator minus the ensemble's request time in Triton; queue is "
               "summed over the three steps; compute = input + infer + output of each step (from the statistics API).",
-              ""]
+              "", "## 5. CPU per image at saturation, by process (multi-image requests, default configuration)", "",
+              "What each process burnt per image answered: with every core busy, images/s is at most cores x 1000 / "
+              "total, so the column that dominates is where to optimise.", "",
+              "| model | images per request | images/s | triton core | preprocess | classifier | postprocess | "
+              "load generator | total ms | ceiling images/s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in report["models"].items():
+        for batch, b in r["configs"][DEFAULT_CONFIG].get("batched_requests", {}).items():
+            cpu = b.get("cpu_ms_per_image", {})
+            steps = [cpu.get("triton core", 0.0), cpu.get(f"{name}_preprocess", 0.0),
+                     cpu.get(f"{name}_classifier", 0.0), cpu.get(f"{name}_postprocess", 0.0),
+                     cpu.get("load generator", 0.0)]
+            total = sum(steps)
+            ceiling = f"{m['cores'] * 1000 / total:.0f}" if total else "-"
+            lines.append(f"| {name} | {batch} | {b['images_per_s']:.0f} | " + " | ".join(f"{v:.3f}" for v in steps)
+                         + f" | {total:.2f} | {ceiling} |")
+    lines.append("")
     return "\n".join(lines)

@@ -55,12 +55,16 @@ def test_tiny_bench_run_writes_a_well_formed_table_and_json(digits_export, tmp_p
     assert set(digits["configs"][DEFAULT_CONFIG]["protocols"]) == {"http", "grpc"}
     batched = digits["configs"][DEFAULT_CONFIG]["batched_requests"]["8"]  # like the baseline's batch-8 passes
     assert batched["failures"] == 0 and batched["images"] == 8 * batched["requests"]
+    cpu = batched["cpu_ms_per_image"]  # every process of the pipeline, measured while it served
+    assert set(cpu) == {"triton core", "digits_preprocess", "digits_classifier", "digits_postprocess", "load generator"}
+    assert cpu["digits_classifier"] > 0 and cpu["triton core"] > 0 and cpu["load generator"] > 0
     assert digits["efficiency"]["triton_images_per_request"] in (1, 8) and digits["efficiency"]["single_image_ratio"] > 0
     assert set(digits["configs"][DEFAULT_CONFIG]["levels"]["1"]["breakdown_ms"]) == {
         "client", "queue", "preprocess", "classifier", "postprocess", "server other", "total"}
-    for heading in ("## 1. Serving efficiency", "## 2. Dynamic batching", "## 3. HTTP vs gRPC", "## 4. Where"):
+    for heading in ("## 1. Serving efficiency", "## 2. Dynamic batching", "## 3. HTTP vs gRPC", "## 4. Where",
+                    "## 5. CPU per image"):
         assert heading in markdown
     rows = [line for line in markdown.splitlines() if line.startswith("| digits |")]
-    assert len(rows) == 1 + 2 * 2 + 2 + 2  # efficiency, configs x levels, protocols, breakdown levels
+    assert len(rows) == 1 + 2 * 2 + 2 + 2 + 1  # efficiency, configs x levels, protocols, breakdown levels, CPU
     header = next(line for line in markdown.splitlines() if line.startswith("| model | configuration"))
     assert {line.count("|") for line in rows[1:5]} == {header.count("|")}
