@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from conftest import encode_digit
 from tritonclient.utils import InferenceServerException
 
 from triton_deploy.errors import ServerError
-from triton_deploy.server import ServerOptions, TritonServer, free_ports
+from triton_deploy.server import ServerInstallation, ServerOptions, TritonServer, free_ports, server_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -143,12 +144,75 @@ def test_serve_command_drains_on_sigterm_and_exits_zero(digits_repository, tmp_p
         assert endpoints["http"] == f"127.0.0.1:{http}"
         assert httpclient.InferenceServerClient(endpoints["http"]).is_server_ready()
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
+        _out, err = process.communicate(timeout=60)
+        assert process.returncode == 0
     finally:
         if process.poll() is None:
             process.kill()
     time.sleep(0.2)
     assert not _listening(http)
+    # The wheel's Triton cannot cap HTTP request bodies: --json says so with null, and serve says it in one line.
+    assert endpoints["http_max_input_size"] is None
+    (warning,) = [line for line in err.splitlines() if "cap HTTP request bodies" in line]
+    assert warning.startswith("triton-deploy serve: warning: this Triton (2.51.0) cannot cap HTTP request bodies")
+    assert "the Helm chart's image does" in warning and "proxy that caps request bodies" in warning
+
+
+# ---- the HTTP request-body cap: passed only to a binary that has the flag -------------------------------------
+
+
+def stand_in_binary(tmp_path: Path, real: ServerInstallation, extra_help: str) -> tuple[Path, Path]:
+    """A 'tritonserver' that prints the real 2.51 --help text plus ``extra_help`` and counts how often it ran."""
+    result = subprocess.run([str(real.binary), "--help"], env=real.environment(), capture_output=True, text=True,
+                            timeout=60)
+    help_file, runs = tmp_path / "help.txt", tmp_path / "runs"
+    help_file.write_text(result.stdout + result.stderr + extra_help)
+    binary = tmp_path / "tritonserver"
+    binary.write_text(f'#!/bin/sh\necho run >> "{runs}"\ncat "{help_file}"\nexit 1\n')
+    binary.chmod(0o755)
+    return binary, runs
+
+
+def test_the_wheels_triton_lacks_the_http_body_cap_so_serve_does_not_pass_it():
+    real = ServerInstallation.discover()
+    assert real.supports("--http-restricted-api") and real.supports("--exit-timeout-secs")  # --help was read
+    assert not real.supports("--http-max-input-size")
+    command = server_command(ServerOptions(repository=Path("repo")), real, admin_key="KEY")
+    assert not [arg for arg in command if arg.startswith("--http-max-input-size")]
+    server = TritonServer(ServerOptions(repository=Path("repo")), installation=real)
+    assert server.http_max_input_size is None
+
+
+def test_a_triton_with_the_flag_gets_the_cap_and_its_help_is_read_once(tmp_path):
+    real = ServerInstallation.discover()
+    newer = "  --http-max-input-size <integer>\n\tMaximum allowed HTTP request input size in bytes.\n"
+    binary, runs = stand_in_binary(tmp_path, real, newer)
+    installation = ServerInstallation(binary, real.library_dir, real.backend_dir)
+    default = server_command(ServerOptions(repository=Path("repo")), installation, admin_key="KEY")
+    assert "--http-max-input-size=33554432" in default  # 32 MiB, the preprocess model's per-image max_bytes
+    smaller = server_command(ServerOptions(repository=Path("repo"), http_max_input_size=1 << 20), installation,
+                             admin_key="KEY")
+    assert [arg for arg in smaller if arg.startswith("--http-max-input-size")] == ["--http-max-input-size=1048576"]
+    assert TritonServer(ServerOptions(repository=Path("repo")), installation=installation).http_max_input_size == \
+        32 * 1024 * 1024
+    assert runs.read_text().count("run") == 1, "the binary's --help is read once per installation"
+    # A binary without the flag in its help (the real one's text, run the same way) gets no cap.
+    (tmp_path / "plain").mkdir()
+    plain_binary, _ = stand_in_binary(tmp_path / "plain", real, "")
+    plain = ServerInstallation(plain_binary, real.library_dir, real.backend_dir)
+    assert not [a for a in server_command(ServerOptions(repository=Path("repo")), plain, admin_key="KEY")
+                if a.startswith("--http-max-input-size")]
+
+
+def test_serve_takes_the_cap_as_a_positive_byte_count(capsys):
+    from triton_deploy.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).http_max_input_size == 32 * 1024 * 1024
+    assert build_parser().parse_args(["serve", "--http-max-input-size", "1048576"]).http_max_input_size == 1048576
+    for bad in ("0", "-5", "32MiB"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", "--http-max-input-size", bad])
+    assert "--http-max-input-size" in capsys.readouterr().err
 
 
 def test_background_serve_and_stop(digits_repository, tmp_path, capsys):

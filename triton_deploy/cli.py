@@ -224,6 +224,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--shm-default-bytes", type=int, default=d.shm_default_bytes,
                    help="python-backend shared memory per model instance")
     p.add_argument("--shm-growth-bytes", type=int, default=d.shm_growth_bytes)
+    p.add_argument("--http-max-input-size", type=_positive_int, default=d.http_max_input_size, metavar="BYTES",
+                   help="largest HTTP request body Triton accepts (default 33554432 = 32 MiB, the per-image limit); "
+                        "only Triton releases with this flag enforce it, the wheel's 2.51 does not")
     p.add_argument("--admin-key", default=os.environ.get("TRITON_ADMIN_KEY"),
                    help="header value that unlocks the model-repository/config/logging/trace APIs "
                         "(default: $TRITON_ADMIN_KEY or a random key)")
@@ -249,11 +252,21 @@ def _add_serve(sub) -> None:
     s.set_defaults(handler=_run_stop)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of bytes, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of bytes, got {text}")
+    return value
+
+
 def _run_serve(args: argparse.Namespace, reporter: Reporter) -> int:
     import signal
 
     from .errors import ServerError
-    from .server import ServerOptions, TritonServer
+    from .server import HTTP_MAX_INPUT_SIZE_FLAG, ServerOptions, TritonServer
 
     options = ServerOptions(
         repository=args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
@@ -261,6 +274,7 @@ def _run_serve(args: argparse.Namespace, reporter: Reporter) -> int:
         log_verbose=args.log_verbose, shm_default_bytes=args.shm_default_bytes, shm_growth_bytes=args.shm_growth_bytes,
         restrict_apis=args.restrict_apis, admin_key=args.admin_key, ready_timeout_s=args.ready_timeout,
         log_file=args.log_file, keep_healthy_models=args.keep_healthy_models,
+        http_max_input_size=args.http_max_input_size,
     )
     server = TritonServer(options)
     server.start()
@@ -272,11 +286,15 @@ def _run_serve(args: argparse.Namespace, reporter: Reporter) -> int:
         raise
     endpoints = {"pid": server.process.pid, "http": server.http_url, "grpc": server.grpc_url,
                  "metrics": server.metrics_url, "log": str(server.log_path), "repository": str(args.repository),
-                 "failed_models": server.failed_models}
+                 "failed_models": server.failed_models, "http_max_input_size": server.http_max_input_size}
     if args.json:
         print(json.dumps(endpoints), flush=True)
     else:
         reporter.info(f"Triton is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}")
+    if server.http_max_input_size is None:
+        print(f"{PROG} serve: warning: this Triton ({server.version() or 'version unknown'}) cannot cap HTTP request "
+              f"bodies (no {HTTP_MAX_INPUT_SIZE_FLAG}); the Helm chart's image does. If you expose this server, put a "
+              f"proxy that caps request bodies in front of it", file=sys.stderr, flush=True)
     for name, reason in server.failed_models.items():
         print(f"{PROG} serve: model '{name}' failed to load and is not served (readiness stays false): "
               f"{reason.splitlines()[0] if reason else 'unknown reason'}", file=sys.stderr, flush=True)

@@ -16,6 +16,7 @@ stub leaves in ``/dev/shm``.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -36,6 +37,9 @@ from .errors import ServerError
 
 RESTRICTED_APIS = ("model-repository", "model-config", "logging", "trace")
 ADMIN_HEADER = "triton-admin-key"
+# Caps the bytes of one HTTP request body. Triton gained it in 2025 (server PR #8174, 64 MiB default); the 2.51
+# binary in the nvidia-pytriton wheel does not have it, so it is passed only to a binary whose --help lists it.
+HTTP_MAX_INPUT_SIZE_FLAG = "--http-max-input-size"
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,19 @@ class ServerInstallation:
             staging.rename(backend_dir)
         return cls(binary, library_dir, backend_dir)
 
+    @functools.cached_property
+    def flags(self) -> frozenset[str]:
+        """Every option this binary's ``--help`` lists (read once per installation; empty if it cannot run)."""
+        try:
+            result = subprocess.run([str(self.binary), "--help"], env=self.environment(), capture_output=True,
+                                    text=True, timeout=60, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            return frozenset()
+        return frozenset(re.findall(r"^\s+(--[a-z0-9][a-z0-9-]*)", result.stdout + result.stderr, flags=re.M))
+
+    def supports(self, flag: str) -> bool:
+        return flag in self.flags
+
     def environment(self) -> dict[str, str]:
         """os.environ plus the library path for the server and this environment's bin/ first on PATH, so the
         python-backend stub imports numpy, Pillow and onnxruntime from here."""
@@ -100,6 +117,9 @@ class ServerOptions:
     ready_timeout_s: float = 120.0
     log_file: Path | None = None
     keep_healthy_models: bool = False  # serve what loads; readiness stays false while a model failed
+    # Largest HTTP request body Triton accepts, in bytes: the preprocess model's per-image max_bytes (32 MiB).
+    # Applied only where the binary has --http-max-input-size (not the 2.51 one in the wheel).
+    http_max_input_size: int = 32 * 1024 * 1024
     extra_args: tuple[str, ...] = ()
 
     @property
@@ -126,11 +146,19 @@ def server_command(options: ServerOptions, installation: ServerInstallation, adm
         f"--backend-config=python,shm-default-byte-size={options.shm_default_bytes}",
         f"--backend-config=python,shm-growth-byte-size={options.shm_growth_bytes}",
     ]
+    if effective_http_max_input_size(options, installation) is not None:
+        command.append(f"{HTTP_MAX_INPUT_SIZE_FLAG}={options.http_max_input_size}")
     if options.restrict_apis:
         apis = ",".join(RESTRICTED_APIS)
         command += [f"--http-restricted-api={apis}:{ADMIN_HEADER}={admin_key}",
                     f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={admin_key}"]
     return command + list(options.extra_args)
+
+
+def effective_http_max_input_size(options: ServerOptions, installation: ServerInstallation) -> int | None:
+    """The HTTP body cap the server will enforce: ``options.http_max_input_size``, or None when the binary cannot
+    cap request bodies."""
+    return options.http_max_input_size if installation.supports(HTTP_MAX_INPUT_SIZE_FLAG) else None
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -187,6 +215,21 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         return f"http://{self.options.host}:{self.options.metrics_port}/metrics"
+
+    @property
+    def http_max_input_size(self) -> int | None:
+        """The HTTP request-body cap in force (bytes), or None when this binary has no such cap."""
+        installation = self.installation or ServerInstallation.discover()
+        self.installation = installation
+        return effective_http_max_input_size(self.options, installation)
+
+    def version(self) -> str | None:
+        """The server's own version from its metadata endpoint (e.g. "2.51.0"), or None if it does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2", timeout=2) as response:
+                return json.loads(response.read()).get("version")
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
 
     def __enter__(self) -> TritonServer:
         self._start_until_ready()
