@@ -147,3 +147,29 @@ def metric_names(promql: str) -> set[str]:
     import re
 
     return set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{", promql))
+
+
+def liveness_probe_command(rendered: Rendered, deployment: dict[str, Any], script_dir: Path, http_port: int,
+                           ) -> list[str]:
+    """The server container's exec liveness probe as a local command: the script path inside the ConfigMap mount
+    becomes a local copy of the rendered ConfigMap's script, and the container's HTTP port a local port. The
+    interpreter stays the system `python3` (the probe must need nothing but Python's standard library)."""
+    container = server_container(deployment)
+    command = list(container["livenessProbe"]["exec"]["command"])
+    spec = deployment["spec"]["template"]["spec"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "liveness-probe"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "liveness-probe"]
+    config_map = rendered.one("ConfigMap", volume["configMap"]["name"])
+    script_dir.mkdir(parents=True, exist_ok=True)
+    for file_name, text in config_map["data"].items():
+        (script_dir / file_name).write_text(text)
+    (container_port,) = [p["containerPort"] for p in container["ports"] if p["name"] == "http"]
+    local = []
+    for arg in command:
+        if arg.startswith(mount["mountPath"] + "/"):
+            arg = str(script_dir / arg.removeprefix(mount["mountPath"] + "/"))
+        elif arg.startswith("--port="):
+            assert int(arg.partition("=")[2]) == container_port, "the probe calls the container's own HTTP port"
+            arg = f"--port={http_port}"
+        local.append(arg)
+    return local

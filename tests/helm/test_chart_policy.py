@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 
 import helm_python
 import pytest
@@ -89,10 +90,10 @@ def test_every_image_is_pinned_and_never_latest(scenario):
 
 
 def test_server_image_defaults_to_the_ngc_triton_release():
-    assert server_container(render().deployment())["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
+    assert server_container(render().deployment())["image"] == "nvcr.io/nvidia/tritonserver:26.11-py3"
     digest = "sha256:" + "a" * 64
     image = server_container(render({"image": {"digest": digest}}).deployment())["image"]
-    assert image == f"nvcr.io/nvidia/tritonserver:24.10-py3@{digest}"
+    assert image == f"nvcr.io/nvidia/tritonserver:26.11-py3@{digest}"
 
 
 # --- probes and shutdown -------------------------------------------------------------------------------------------
@@ -102,12 +103,82 @@ def test_probes_check_readiness_and_liveness_separately(scenario):
         container = server_container(deployment)
         startup, ready, live = (container[k] for k in ("startupProbe", "readinessProbe", "livenessProbe"))
         assert ready["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-        assert live["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+        assert live["exec"]["command"][:3] == ["python3", "-I", "/opt/triton-probe/liveness_inference.py"]
         assert startup["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
         assert ready != live and startup != ready
         # Liveness tolerates more than readiness: a busy server leaves the endpoints before it is restarted.
         assert (live["periodSeconds"] * live["failureThreshold"]
                 > ready["periodSeconds"] * ready["failureThreshold"])
+
+
+def test_liveness_is_one_inference_through_the_ensemble_by_the_packaged_script():
+    import hashlib
+
+    from chart_tools import CHART
+
+    rendered = render({"model": {"name": "flowers"}, "ports": {"http": 9000},
+                       "probes": {"liveness": {"timeoutSeconds": 7}}})
+    deployment = rendered.deployment()
+    container = server_container(deployment)
+    live = container["livenessProbe"]
+    assert "httpGet" not in live
+    assert live["exec"]["command"] == ["python3", "-I", "/opt/triton-probe/liveness_inference.py", "--port=9000",
+                                       "--model=flowers", "--timeout=6"]
+    assert (live["periodSeconds"], live["timeoutSeconds"], live["failureThreshold"]) == (15, 7, 4)
+    script = (CHART / "files" / "liveness_inference.py").read_text()
+    config_map = rendered.one("ConfigMap", "prod-triton-classifier-liveness-probe")
+    assert config_map["data"] == {"liveness_inference.py": script}
+    assert "helm.sh/hook" not in config_map["metadata"].get("annotations", {}), "a release object, not a test hook"
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "liveness-probe"]
+    assert mount == {"name": "liveness-probe", "mountPath": "/opt/triton-probe", "readOnly": True}
+    assert volumes_by_name(deployment)["liveness-probe"] == {
+        "name": "liveness-probe", "configMap": {"name": "prod-triton-classifier-liveness-probe"}}
+    # A new script rolls the pods.
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["checksum/liveness-probe"] == hashlib.sha256(script.encode()).hexdigest()
+
+
+def test_liveness_probe_only_needs_the_python_standard_library():
+    import ast
+    import sys
+
+    from chart_tools import CHART
+
+    tree = ast.parse((CHART / "files" / "liveness_inference.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported - set(sys.stdlib_module_names)
+
+
+def test_liveness_probe_sends_the_admin_key_only_when_inference_is_restricted():
+    def command(http_apis):
+        values = {"security": {"restrictedApi": {"http": http_apis}}}
+        return server_container(render(values).deployment())["livenessProbe"]["exec"]["command"]
+
+    assert not [a for a in command(["model-repository", "model-config"]) if a.startswith("--key-header")]
+    restricted = command(["model-repository", "inference"])
+    assert restricted[-1] == "--key-header=triton-admin-key"  # the script reads $TRITON_ADMIN_KEY, never an arg
+    assert not [a for a in restricted if "TRITON_ADMIN_KEY" in a]
+
+
+def test_canary_pods_are_probed_by_the_same_inference():
+    rendered = render_scenario(next(p for p in SCENARIOS if scenario_id(p) == "canary"))
+    stable, canary = (server_container(rendered.deployment(t)) for t in ("stable", "canary"))
+    assert canary["livenessProbe"] == stable["livenessProbe"] and "exec" in canary["livenessProbe"]
+    assert len([c for c in rendered.of_kind("ConfigMap") if c["metadata"]["name"].endswith("liveness-probe")]) == 1
+
+
+def test_liveness_by_inference_can_be_turned_off_for_the_plain_health_endpoint():
+    rendered = render({"probes": {"liveness": {"inference": {"enabled": False}}}})
+    deployment = rendered.deployment()
+    container = server_container(deployment)
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert "liveness-probe" not in volumes_by_name(deployment)
+    assert not [m for m in container["volumeMounts"] if m["name"] == "liveness-probe"]
+    assert "checksum/liveness-probe" not in deployment["spec"]["template"]["metadata"]["annotations"]
+    assert not [c for c in rendered.of_kind("ConfigMap") if c["metadata"]["name"].endswith("liveness-probe")]
 
 
 @pytest.mark.parametrize("budget,period", [(600, 10), (605, 10), (45, 7)])
@@ -145,13 +216,16 @@ def test_server_args_follow_values():
     assert arg_value(args, "--backend-config") == ["python,shm-default-byte-size=16777216",
                                                    "python,shm-growth-byte-size=8388608"]
     assert arg_value(args, "--log-format") == ["ISO8601"]
+    # HTTP request bodies are capped at the preprocess model's per-image limit (32 MiB).
+    assert arg_value(args, "--http-max-input-size") == ["33554432"]
     changed = server_container(render({"server": {
-        "exitTimeoutSecs": 12, "log": {"verbose": 1, "format": "default"},
+        "exitTimeoutSecs": 12, "log": {"verbose": 1, "format": "default"}, "httpMaxInputSize": 4294967296,
         "pythonBackend": {"shmDefaultByteSize": 67108864, "shmGrowthByteSize": 33554432},
         "extraArgs": ["--model-load-thread-count=2"]}}).deployment())["args"]
     assert arg_value(changed, "--exit-timeout-secs") == ["12"]
     assert arg_value(changed, "--log-verbose") == ["1"]
     assert "--backend-config=python,shm-default-byte-size=67108864" in changed
+    assert arg_value(changed, "--http-max-input-size") == ["4294967296"]  # 4 GiB, printed as an integer
     assert changed[-1] == "--model-load-thread-count=2"
 
 
@@ -252,7 +326,7 @@ def tensorrt_build_container(rendered):
 def test_tensorrt_plan_is_built_at_deploy_time_with_shapes_from_values():
     rendered = render_scenario(next(p for p in SCENARIOS if scenario_id(p) == "tensorrt"))
     build = tensorrt_build_container(rendered)
-    assert build["image"] == "nvcr.io/nvidia/tensorrt:24.10-py3"
+    assert build["image"] == "nvcr.io/nvidia/tensorrt:26.11-py3"
     assert build["args"] == ["--minShapes=image:1x64x64x1", "--optShapes=image:16x64x64x1",
                              "--maxShapes=image:32x64x64x1", "--memPoolSize=workspace:1024M", "--skipInference",
                              "--fp16"]
@@ -323,7 +397,7 @@ def test_inconsistent_values_refuse_to_render(values, message):
 
 @pytest.mark.parametrize("values", [
     {"replicas": 3},                                    # unknown top-level key (replicaCount is meant)
-    {"image": {"tags": "24.10-py3"}},                   # unknown nested key
+    {"image": {"tags": "26.11-py3"}},                   # unknown nested key
     {"server": {"exitTimeoutSecs": "30"}},              # string for an integer
     {"server": {"modelControlMode": "poll"}},           # not an allowed mode
     {"image": {"tag": "latest"}},
@@ -338,10 +412,22 @@ def test_inconsistent_values_refuse_to_render(values, message):
     {"resources": {"requests": {"cpu": "two"}}},
     {"monitoring": {"prometheusRule": {"errorRatio": 5}}},
     {"tensorrt": {"build": {"inputShape": [64, "x", 1]}}},
+    {"probes": {"liveness": {"inference": {"enabled": "yes"}}}},
 ])
 def test_schema_rejects_unknown_keys_and_wrong_types(values):
     with pytest.raises(helm_python.HelmValuesError):
         render(values)
+
+
+@pytest.mark.parametrize("value,message", [
+    (0, "at '/server/httpMaxInputSize': minimum: got 0, want 1"),
+    (-1, "at '/server/httpMaxInputSize': minimum: got -1, want 1"),
+    ("32Mi", "at '/server/httpMaxInputSize': got string, want integer"),
+    (1.5, "at '/server/httpMaxInputSize': got number, want integer"),
+])
+def test_http_body_cap_must_be_a_positive_byte_count(value, message):
+    with pytest.raises(helm_python.HelmValuesError, match=re.escape(message)):
+        render({"server": {"httpMaxInputSize": value}})
 
 
 def test_schema_describes_and_types_every_default_value():
@@ -488,11 +574,11 @@ def test_queue_time_autoscaling_uses_a_per_model_pods_metric_served_by_the_adapt
 
 def test_canary_differs_from_stable_only_where_a_candidate_should():
     rendered = render_scenario(next(p for p in SCENARIOS if scenario_id(p) == "canary"),
-                               {"canary": {"image": {"tag": "24.11-py3"}}})
+                               {"canary": {"image": {"tag": "26.12-py3"}}})
     stable, canary = rendered.deployment("stable"), rendered.deployment("canary")
     assert canary["spec"]["replicas"] == 1
     stable_container, canary_container = server_container(stable), server_container(canary)
-    assert canary_container["image"] == "nvcr.io/nvidia/tritonserver:24.11-py3"
+    assert canary_container["image"] == "nvcr.io/nvidia/tritonserver:26.12-py3"
     assert stable_container["args"] == canary_container["args"]
     subpaths = [next(m for m in c["volumeMounts"] if m["name"] == "model-repository")["subPath"]
                 for c in (stable_container, canary_container)]
@@ -529,4 +615,4 @@ def test_helm_test_pod_runs_the_packaged_script_against_the_ensemble():
     assert script["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert script["data"]["helm_test_inference.py"] == (CHART / "files" / "helm_test_inference.py").read_text()
     same_image = render({"tests": {"image": {"repository": ""}}}).one("Pod")["spec"]["containers"][0]["image"]
-    assert same_image == "nvcr.io/nvidia/tritonserver:24.10-py3"
+    assert same_image == "nvcr.io/nvidia/tritonserver:26.11-py3"

@@ -24,10 +24,26 @@ def test_chart_metadata_pins_the_triton_release():
     meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert meta["apiVersion"] == "v2"
-    assert re.fullmatch(r"\d{2}\.\d{2}", meta["appVersion"]), "appVersion is the Triton release, e.g. 24.10"
+    assert re.fullmatch(r"\d{2}\.\d{2}", meta["appVersion"]), "appVersion is the Triton release, e.g. 26.11"
     assert values["image"]["repository"] == "nvcr.io/nvidia/tritonserver"
     assert values["image"]["tag"] == f"{meta['appVersion']}-py3"
     assert values["tensorrt"]["build"]["image"]["tag"] == f"{meta['appVersion']}-py3"
+    # The images the chart announces for mirroring are the ones its defaults pull.
+    images = {i["name"]: i["image"] for i in yaml.safe_load(meta["annotations"]["images"])}
+    assert images == {"tritonserver": f"nvcr.io/nvidia/tritonserver:{values['image']['tag']}",
+                      "tensorrt": f"nvcr.io/nvidia/tensorrt:{values['tensorrt']['build']['image']['tag']}"}
+
+
+def test_the_default_release_is_one_with_the_http_body_cap():
+    """--http-max-input-size arrived in 2025 (server PR #8174): the default image must be 25.08 or newer, and the
+    README must name that image and no other."""
+    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    year, month = (int(part) for part in meta["appVersion"].split("."))
+    assert (year, month) >= (25, 8)
+    readme = (CHART / "README.md").read_text()
+    assert f"nvcr.io/nvidia/tritonserver:{meta['appVersion']}-py3" in readme
+    stale = sorted(set(re.findall(r"\b2[0-9]\.[01][0-9]-py3", readme)) - {f"{meta['appVersion']}-py3"})
+    assert not stale, f"README names other releases as the image: {stale}"
 
 
 def test_ci_scenarios_cover_the_documented_set():
@@ -63,7 +79,7 @@ def test_every_rendered_object_is_valid_kubernetes(scenario):
 def test_default_release_renders_the_expected_objects():
     kinds = sorted(m.kind for m in render().manifests)
     assert kinds == sorted(["ServiceAccount", "Secret", "Service", "Deployment", "PodDisruptionBudget",
-                            "NetworkPolicy", "ConfigMap", "Pod"])
+                            "NetworkPolicy", "ConfigMap", "ConfigMap", "Pod"])  # liveness probe script, helm test
 
 
 @pytest.mark.parametrize("scenario", SCENARIO_PARAMS, ids=scenario_id)

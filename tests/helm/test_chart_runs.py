@@ -4,7 +4,9 @@ monitoring reads and the `helm test` script all work against it.
 
 Only what cannot exist outside a pod is mapped: the in-cluster repository path becomes a tiny local repository,
 ports become free local ports bound to 127.0.0.1, the backend directory (inside the NGC image) is added, and
-$(VAR) references are expanded from the container's env the way the kubelet does. Every other argument is kept.
+$(VAR) references are expanded from the container's env the way the kubelet does. The chart's image is a newer
+Triton than the local 2.51 binary: the few flags it has that 2.51 lacks are listed in NEWER_THAN_LOCAL_BINARY and
+dropped. Every other argument is kept.
 """
 
 from __future__ import annotations
@@ -23,11 +25,19 @@ from pathlib import Path
 
 import pytest
 
-from chart_tools import CPU_SERVER_METRICS, SCENARIOS, arg_value, metric_names, render, render_scenario, server_container
+from chart_tools import (CPU_SERVER_METRICS, SCENARIOS, arg_value, liveness_probe_command, metric_names, render,
+                         render_scenario, server_container)
 
 pytestmark = pytest.mark.slow
 
 ADMIN_HEADER = "triton-admin-key"
+# Flags the chart renders for its image's Triton (Chart.appVersion) that the local 2.51 binary does not have. Each
+# is dropped when the rendered arguments run locally; nothing else may be. An entry must still be rendered and still
+# be unknown to the local binary (both checked below), so the list cannot go stale or hide a misspelt flag.
+NEWER_THAN_LOCAL_BINARY = {
+    # Caps HTTP request bodies; Triton 25.x+ (server PR #8174, merged 2025). The chart's 26.11 image has it.
+    "--http-max-input-size",
+}
 ECHO_MODEL = textwrap.dedent('''
     """Stands in for preprocess -> classifier -> postprocess: answers the ensemble's output contract with facts
     about the bytes it received, so the caller can tell they arrived intact."""
@@ -123,9 +133,12 @@ class LocalPod:
                 pod_env[entry["name"]] = self.admin_key
         mount = next(m["mountPath"] for m in self.container["volumeMounts"] if m["name"] == "model-repository")
         flag_for_port = {"--http-port": "http", "--grpc-port": "grpc", "--metrics-port": "metrics"}
-        args = []
+        args, self.dropped = [], []
         for arg in self.container["args"]:
             flag, _, value = arg.partition("=")
+            if flag in NEWER_THAN_LOCAL_BINARY:
+                self.dropped.append(arg)
+                continue
             if flag == "--model-repository":
                 assert value == mount
                 arg = f"{flag}={self.repository}"
@@ -200,7 +213,8 @@ def pod(tmp_path_factory):
 
 
 def test_every_rendered_server_flag_is_one_tritonserver_accepts():
-    """All scenarios, not only the one started below: flags are compared with the binary's own --help."""
+    """All scenarios, not only the one started below: flags are compared with the binary's own --help. Only the
+    listed newer flags may be unknown to the local 2.51 binary, and each of them must really be unknown to it."""
     from triton_deploy.server import ServerInstallation
 
     installation = ServerInstallation.discover()
@@ -208,11 +222,15 @@ def test_every_rendered_server_flag_is_one_tritonserver_accepts():
                             capture_output=True, text=True, timeout=30)
     known = set(re.findall(r"^\s+(--[a-z0-9-]+)", result.stdout + result.stderr, flags=re.M))
     assert len(known) > 50, "could not read tritonserver --help"
+    assert not NEWER_THAN_LOCAL_BINARY & known, "the local binary has it now: take it off NEWER_THAN_LOCAL_BINARY"
+    rendered_newer = set()
     for scenario in [None, *SCENARIOS]:
         rendered = render_scenario(scenario)
         for deployment in rendered.of_kind("Deployment"):
             flags = {arg.partition("=")[0] for arg in server_container(deployment)["args"]}
-            assert flags <= known, (scenario, flags - known)
+            assert flags - known <= NEWER_THAN_LOCAL_BINARY, (scenario, flags - known - NEWER_THAN_LOCAL_BINARY)
+            rendered_newer |= flags & NEWER_THAN_LOCAL_BINARY
+    assert rendered_newer == NEWER_THAN_LOCAL_BINARY, "an entry the chart no longer renders"
 
 
 def test_server_starts_from_the_rendered_arguments(pod):
@@ -220,14 +238,26 @@ def test_server_starts_from_the_rendered_arguments(pod):
     # Everything the chart renders reached the binary unchanged apart from the mapped values.
     assert arg_value(pod.args, "--model-control-mode") == ["none"]
     assert any(a.startswith("--http-restricted-api=") and a.endswith(f"={pod.admin_key}") for a in pod.args)
-    assert len(pod.args) == len(pod.container["args"])
+    # Only the flags the local binary is too old for were left out.
+    assert pod.dropped == ["--http-max-input-size=33554432"]
+    assert len(pod.args) + len(pod.dropped) == len(pod.container["args"])
 
 
 def test_probe_paths_answer_on_the_http_port(pod):
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "readinessProbe"):
         get = pod.container[probe]["httpGet"]
         assert get["port"] == "http"
         assert http_status(pod.url("http", get["path"])) == 200, probe
+    assert http_status(pod.url("http", "/v2/health/live")) == 200  # what liveness checks with inference disabled
+
+
+def test_liveness_probe_classifies_through_the_ensemble_of_the_started_pod(pod):
+    """The exec liveness probe as rendered for this scenario (its ConfigMap script, its model and port), run with
+    the system python3 against the started server; the stand-in model answers the output contract."""
+    command = liveness_probe_command(pod.rendered, pod.rendered.deployment(), pod.tmp / "probe", pod.ports["http"])
+    result = subprocess.run(command, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("liveness: OK, digits classified a 2x2 image in ")
 
 
 def test_service_ports_reach_http_grpc_and_metrics(pod):

@@ -19,6 +19,8 @@ Call with (dict "root" $ "track" "stable"|"canary" "name" <object name> "repo" <
 {{- $serverImage := include "triton-classifier.imageRef" .image }}
 {{- $ra := $v.security.restrictedApi }}
 {{- $gcsKeyDir := "/var/run/secrets/triton/gcs" }}
+{{- $live := $v.probes.liveness }}
+{{- $probeDir := "/opt/triton-probe" }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -53,6 +55,10 @@ spec:
         {{- end }}
       annotations:
         kubectl.kubernetes.io/default-container: tritonserver
+        {{- if $live.inference.enabled }}
+        # A changed probe script rolls the pods (they read it from a ConfigMap).
+        checksum/liveness-probe: {{ $root.Files.Get "files/liveness_inference.py" | sha256sum }}
+        {{- end }}
         {{- with $v.podAnnotations }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -230,6 +236,8 @@ spec:
             - --log-format={{ $v.server.log.format }}
             - --backend-config=python,shm-default-byte-size={{ int64 $v.server.pythonBackend.shmDefaultByteSize }}
             - --backend-config=python,shm-growth-byte-size={{ int64 $v.server.pythonBackend.shmGrowthByteSize }}
+            # Refuses HTTP request bodies above this many bytes (Triton 25.x and later; not in 2.51).
+            - --http-max-input-size={{ int64 $v.server.httpMaxInputSize }}
             {{- if $ra.enabled }}
             {{- if $ra.http }}
             - --http-restricted-api={{ join "," $ra.http }}:{{ $ra.header }}=$(TRITON_ADMIN_KEY)
@@ -290,12 +298,28 @@ spec:
             timeoutSeconds: {{ $v.probes.readiness.timeoutSeconds }}
             failureThreshold: {{ $v.probes.readiness.failureThreshold }}
           livenessProbe:
+            {{- if $live.inference.enabled }}
+            # One tiny real inference through the ensemble: /v2/health/live stays true while a dead
+            # python-backend stub fails every request.
+            exec:
+              command:
+                - python3
+                - -I
+                - {{ $probeDir }}/liveness_inference.py
+                - --port={{ $v.ports.http }}
+                - --model={{ $v.model.name }}
+                - --timeout={{ max 1 (sub (int $live.timeoutSeconds) 1) }}
+                {{- if and $ra.enabled (has "inference" $ra.http) }}
+                - --key-header={{ $ra.header }}
+                {{- end }}
+            {{- else }}
             httpGet:
               path: /v2/health/live
               port: http
-            periodSeconds: {{ $v.probes.liveness.periodSeconds }}
-            timeoutSeconds: {{ $v.probes.liveness.timeoutSeconds }}
-            failureThreshold: {{ $v.probes.liveness.failureThreshold }}
+            {{- end }}
+            periodSeconds: {{ $live.periodSeconds }}
+            timeoutSeconds: {{ $live.timeoutSeconds }}
+            failureThreshold: {{ $live.failureThreshold }}
           lifecycle:
             preStop:
               exec:
@@ -316,6 +340,11 @@ spec:
               mountPath: /dev/shm
             - name: tmp
               mountPath: /tmp
+            {{- if $live.inference.enabled }}
+            - name: liveness-probe
+              mountPath: {{ $probeDir }}
+              readOnly: true
+            {{- end }}
             {{- if ne $repo.source "objectStore" }}
             - name: model-repository
               mountPath: {{ $repo.mountPath }}
@@ -337,6 +366,11 @@ spec:
         - name: tmp
           emptyDir:
             sizeLimit: {{ $v.tmp.sizeLimit }}
+        {{- if $live.inference.enabled }}
+        - name: liveness-probe
+          configMap:
+            name: {{ include "triton-classifier.suffixedName" (list $root "liveness-probe") }}
+        {{- end }}
         {{- if $staged }}
         - name: model-repository
           emptyDir:

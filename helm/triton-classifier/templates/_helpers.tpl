@@ -127,7 +127,7 @@ template.
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than lifecycle.preStopSleepSeconds + server.exitTimeoutSecs (%d), or Kubernetes kills Triton while it drains in-flight requests" $grace (int $needed)) }}
 {{- end }}
 {{- if eq (toString $v.image.tag) "latest" }}
-{{- fail "image.tag must be a pinned Triton release such as 24.10-py3, not latest" }}
+{{- fail "image.tag must be a pinned Triton release such as 26.11-py3, not latest" }}
 {{- end }}
 {{- include "triton-classifier.validateRepository" (list $v.modelRepository "modelRepository") }}
 {{- if and (ne $v.server.modelControlMode "none") (not (and $v.security.restrictedApi.enabled (has "model-repository" $v.security.restrictedApi.http) (has "model-repository" $v.security.restrictedApi.grpc))) }}
