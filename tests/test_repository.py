@@ -179,10 +179,11 @@ def test_cpu_classifiers_default_to_two_instances_sharing_the_servers_cpus(expor
     config, parameters = classifier_config(manifest, RepositoryOptions())
     assert [(g.count, g.kind) for g in config.instance_group] == [(2, config.instance_group[0].KIND_CPU)]
     assert parameters["intra_op_thread_count"] == "auto"  # resolved by the model from the CPUs it may use
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0  # on CPU, waiting for a fuller batch only costs
     config, parameters = classifier_config(manifest, RepositoryOptions(classifier_instances=1, intra_op_threads=3))
     assert config.instance_group[0].count == 1 and parameters["intra_op_thread_count"] == "3"
     config, _ = classifier_config(manifest, RepositoryOptions(instance_kind="gpu", classifier_backend="onnxruntime"))
-    assert config.instance_group[0].count == 1
+    assert config.instance_group[0].count == 1 and config.dynamic_batching.max_queue_delay_microseconds == 500
     # The native onnxruntime backend takes numbers only: this machine's cores shared among the instances.
     _, parameters = classifier_config(manifest, RepositoryOptions(classifier_backend="onnxruntime"))
     assert parameters["intra_op_thread_count"] == str(max(1, (os.cpu_count() or 1) // 2))

@@ -149,7 +149,8 @@ def _add_repo(sub) -> None:
     p.add_argument("--preferred-batch-sizes", type=int_list, default=(), metavar="N,N",
                    help="dynamic batcher preferred sizes (default: let Triton fill up to the max)")
     p.add_argument("--max-queue-delay-us", type=int, default=d.max_queue_delay_us,
-                   help=f"how long the classifier's batcher waits to fill a batch (default {d.max_queue_delay_us})")
+                   help="how long the classifier's batcher waits to fill a batch (default: 0 on CPU, where waiting "
+                        "only adds latency; 500 on GPU)")
     p.add_argument("--step-queue-delay-us", type=int, default=d.step_queue_delay_us,
                    help=f"the same for preprocess/postprocess (default {d.step_queue_delay_us}: no waiting)")
     p.add_argument("--preprocess-instances", type=int, default=d.preprocess_instances)
