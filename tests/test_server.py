@@ -233,3 +233,21 @@ def test_background_serve_and_stop(digits_repository, tmp_path, capsys):
 def _listening(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "triton.internal"])
+def test_an_exposed_serve_without_a_body_cap_is_refused_before_starting(digits_repository, host, capsys):
+    from triton_deploy.cli import main
+
+    code = main(["serve", "--repository", str(digits_repository), "--host", host])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"--host {host} exposes the server, but this Triton cannot cap HTTP request bodies" in err
+    assert "--allow-uncapped-http" in err  # the way out, named
+
+
+def test_loopback_hosts_count_as_not_exposed():
+    from triton_deploy.cli import _is_loopback
+
+    assert all(_is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    assert not any(_is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.1", "example.com"))

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import __version__
 from .clients.cli import add_classify
 from .cliargs import add_common_flags, float_list, int_list
-from .errors import TritonDeployError
+from .errors import TritonDeployError, UsageError
 from .export.optimize_cli import add_optimize, add_tensorrt_check
 from .loadtests.cli import add_bench, add_loadtest
 from .progress import Reporter
@@ -228,6 +228,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--http-max-input-size", type=_positive_int, default=d.http_max_input_size, metavar="BYTES",
                    help="largest HTTP request body Triton accepts (default 33554432 = 32 MiB, the per-image limit); "
                         "only Triton releases with this flag enforce it, the wheel's 2.51 does not")
+    p.add_argument("--allow-uncapped-http", action="store_true",
+                   help="serve on a non-loopback --host even though this Triton cannot cap HTTP request bodies "
+                        "(a proxy in front caps them)")
     p.add_argument("--admin-key", default=os.environ.get("TRITON_ADMIN_KEY"),
                    help="header value that unlocks the model-repository/config/logging/trace APIs "
                         "(default: $TRITON_ADMIN_KEY or a random key)")
@@ -251,6 +254,17 @@ def _add_serve(sub) -> None:
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for Triton to drain and exit")
     add_common_flags(s)
     s.set_defaults(handler=_run_stop)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname: it may resolve to anything
 
 
 def _positive_int(text: str) -> int:
@@ -278,6 +292,12 @@ def _run_serve(args: argparse.Namespace, reporter: Reporter) -> int:
         http_max_input_size=args.http_max_input_size,
     )
     server = TritonServer(options)
+    if not _is_loopback(args.host) and server.http_max_input_size is None and not args.allow_uncapped_http:
+        # Fail closed: an exposed Triton 2.51 reads any HTTP body whole (400 MB measured), growing shared memory.
+        raise UsageError(f"--host {args.host} exposes the server, but this Triton cannot cap HTTP request bodies "
+                         f"(no {HTTP_MAX_INPUT_SIZE_FLAG})",
+                         hint="bind to 127.0.0.1, or put a proxy that caps request bodies in front and add "
+                              "--allow-uncapped-http")
     server.start()
     try:
         with reporter.step(f"Starting Triton on {args.repository} (log: {server.log_path})"):
