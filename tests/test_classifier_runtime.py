@@ -46,3 +46,26 @@ def test_a_batch_split_into_several_calls_answers_as_one_call_would(triton_serve
     ids, scores = classify(logits, 5, logits=True)
     np.testing.assert_array_equal(result.as_numpy("CLASS_IDS"), ids)
     np.testing.assert_allclose(result.as_numpy("SCORES"), scores, rtol=1e-5, atol=1e-6)
+
+
+def test_a_server_confined_to_one_cpu_gives_each_instance_one_thread(digits_repository, tmp_path):
+    """What a container's cpuset does: the classifier counts the CPUs it may use, not the machine's."""
+    from triton_deploy.server import ServerOptions, TritonServer, free_ports
+
+    http_port, grpc_port, metrics_port = free_ports(3)
+    options = ServerOptions(repository=digits_repository, http_port=http_port, grpc_port=grpc_port,
+                            metrics_port=metrics_port, log_file=tmp_path / "triton.log", exit_timeout_s=5)
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})  # the server started now inherits a one-CPU mask
+    try:
+        server = TritonServer(options)
+        server.start()
+    finally:
+        os.sched_setaffinity(0, allowed)
+    try:
+        server.wait_ready()
+        lines = [line for line in server.log_tail(400) if "intra-op thread" in line]
+    finally:
+        server.stop()
+    assert len(lines) == 2 and all("1 intra-op thread(s) (2 instance(s), 1 CPU(s) available)" in line
+                                   for line in lines), lines

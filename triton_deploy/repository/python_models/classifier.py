@@ -68,17 +68,33 @@ def intra_op_threads(setting, instances):
 
 
 def available_cpus():
-    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a Kubernetes CPU limit).
-    ONNX Runtime's own default counts the node's cores and oversubscribes a pod with a lower limit."""
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (a Kubernetes CPU limit; cgroup v2
+    ``cpu.max`` or v1 ``cpu.cfs_quota_us``). ONNX Runtime's own default counts the node's cores and oversubscribes a
+    pod with a lower limit."""
     try:
         count = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         count = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    quota = cgroup_cpu_quota()
+    return min(count, max(1, math.ceil(quota))) if quota else count
+
+
+def cgroup_cpu_quota():
+    """CPUs' worth of time per period the cgroup allows, or None when unlimited or unknown."""
+    try:  # cgroup v2: "<quota> <period>" or "max <period>"
+        quota, period = _read("/sys/fs/cgroup/cpu.max").split()[:2]
     except (OSError, ValueError):
-        pass
-    return count
+        try:  # cgroup v1: quota -1 when unlimited
+            quota = _read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").strip()
+            period = _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us").strip()
+        except OSError:
+            return None
+    try:
+        return int(quota) / int(period) if int(quota) > 0 else None
+    except (ValueError, ZeroDivisionError):  # "max"
+        return None
+
+
+def _read(path):
+    with open(path, encoding="ascii") as f:
+        return f.read()
