@@ -3,7 +3,8 @@
 For each model: (1) serving efficiency = ensemble images/s under saturating gRPC load / images/s of the same
 pipeline in one Python process with the same ONNX Runtime threads; (2) dynamic batching on/off and 1 vs 2 classifier
 instances at each concurrency; (3) HTTP vs gRPC latency at concurrency 1; (4) where a request's time goes (client,
-queue, preprocess, classifier, postprocess), from Triton's statistics API. Writes ``report.md`` and ``report.json``.
+queue, preprocess, classifier, postprocess), from Triton's statistics API. Writes ``report.md``, ``report.json`` and
+``bench.png`` (images/s against concurrency per configuration, beside the in-process baseline and the target).
 Figures are measured, never adjusted; on a shared machine only ratios from the same run mean much.
 """
 
@@ -17,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from triton_deploy.errors import UsageError
-from triton_deploy.loadtests import driver, server_stats
+from triton_deploy.loadtests import driver, plots, server_stats
 from triton_deploy.loadtests.payloads import ImagePool, PoolOptions, pool_from_digits
 from triton_deploy.progress import Reporter
 
@@ -78,6 +79,7 @@ def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchR
     markdown = render_markdown(report)
     (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (output / "report.md").write_text(markdown)
+    plots.plot_bench(report, output / "bench.png")
     return BenchResult(output, report, markdown)
 
 
@@ -272,6 +274,7 @@ def render_markdown(report: dict) -> str:
              f"{report['options']['duration_s']:g} s per measurement. Load generator, server and in-process baseline "
              "share this machine (and any other work on it), so compare ratios within this run only.", "",
              "## 1. Serving efficiency (Triton gRPC, saturating load / same pipeline in one process)", "",
+             "![images/s against concurrency](bench.png)", "",
              "Ratio = Triton's best images/s (single-image or multi-image requests) / the in-process pipeline's best. "
              "In-process arrangements: `WxT bB` = W worker threads, each with its own ONNX Runtime session of T "
              "intra-op threads, B images per pass; the single-image ratio is beside the ratio.", "",

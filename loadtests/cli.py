@@ -110,7 +110,7 @@ def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="serving-efficiency benchmark: Triton vs the same pipeline in-process",
                        description="Measure, in one run: Triton ensemble throughput vs the in-process pipeline, "
                                    "dynamic batching on/off and 1 vs 2 classifier instances, HTTP vs gRPC latency, "
-                                   "and where each request's time goes. Writes report.md and report.json.")
+                                   "and where each request's time goes. Writes report.md, report.json and bench.png.")
     p.add_argument("--models", type=word_list, default=d.models, metavar="NAME,NAME",
                    help=f"built-in models to export and bench (default {','.join(BUILT_IN)})")
     p.add_argument("--exports", type=Path, nargs="+", default=(), metavar="EXPORT_DIR",
@@ -139,5 +139,5 @@ def run_bench_command(args: argparse.Namespace, reporter: Reporter) -> int:
         print(json.dumps(result.report, indent=2))
     else:
         reporter.info(result.markdown)
-        reporter.info(f"Wrote {result.directory / 'report.md'} and report.json")
+        reporter.info(f"Wrote {result.directory / 'report.md'}, report.json and bench.png")
     return 0

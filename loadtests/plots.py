@@ -97,3 +97,39 @@ def plot_sweep(runs: list[dict], path: Path, title: str) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_bench(report: dict, path: Path) -> Path:
+    """``bench.png``: per model, images/s against concurrency for each server configuration, with the in-process
+    baseline's best and the target's share of it as horizontal lines, so the efficiency gap is seen at a glance."""
+    models = list(report["models"].items())
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
+    for ax, (name, r) in zip(axes[0], models):
+        for label, config in r["configs"].items():
+            levels = sorted(config["levels"].values(), key=lambda level: level["concurrency"])
+            ax.plot([level["concurrency"] for level in levels], [level["images_per_s"] for level in levels],
+                    marker="o", label=f"Triton, {label}")
+        e = r["efficiency"]
+        concurrency = e["triton_concurrency"]
+        if e["triton_images_per_request"] > 1:
+            ax.plot([concurrency], [e["triton_images_per_s"]], marker="*", markersize=12, linestyle="none",
+                    color="black", label=f"Triton, {e['triton_images_per_request']} images per request")
+        ax.axhline(e["in_process_images_per_s"], color="tab:green", linestyle="--",
+                   label=f"in-process best ({e['in_process_arrangement']})")
+        if r.get("target"):
+            ax.axhline(r["target"] * e["in_process_images_per_s"], color="tab:red", linestyle=":",
+                       label=f"target: {r['target']:g} x in-process")
+        concurrencies = sorted(int(c) for c in next(iter(r["configs"].values()))["levels"])
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(concurrencies, [str(c) for c in concurrencies])
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("concurrent gRPC requests (1 image each)")
+        ax.set_ylabel("images/s")
+        ax.set_title(f"{name}: efficiency {e['ratio']} (single-image {e['single_image_ratio']})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"Serving benchmark, {report['machine']['cores']} cores ({report['started']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -210,22 +212,27 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
     with open(run_dir / "locust.out", "wb") as out, reporter.bar(
             int(planned) if planned else None, f"Locust: {users} {options.protocol} users" if not options.shape
             else f"Locust: {options.shape} shape") as bar:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        cpu = _TreeCPU(process.pid)
-        started = time.monotonic()
-        shown = 0
-        deadline = started + (planned or 3600) + 120  # Locust stops itself; this only guards against a hang
-        while process.poll() is None:
-            time.sleep(0.5)
-            cpu.sample()
-            elapsed = int(time.monotonic() - started)
-            if planned and elapsed > shown:
-                bar.advance(min(elapsed, int(planned)) - shown)
-                shown = min(elapsed, int(planned))
-            if time.monotonic() > deadline:
-                process.kill()
-                raise LoadTestError(f"Locust did not finish within {deadline - started:.0f} s",
-                                    hint=f"see {run_dir / 'locust.log'}")
+        # Its own process group: the forked workers of --processes are ended with it (see _end_process_group).
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+        try:
+            cpu = _TreeCPU(process.pid)
+            started = time.monotonic()
+            shown = 0
+            deadline = started + (planned or 3600) + 120  # Locust stops itself; this only guards against a hang
+            while process.poll() is None:
+                time.sleep(0.5)
+                cpu.sample()
+                elapsed = int(time.monotonic() - started)
+                if planned and elapsed > shown:
+                    bar.advance(min(elapsed, int(planned)) - shown)
+                    shown = min(elapsed, int(planned))
+                if time.monotonic() > deadline:
+                    process.kill()
+                    raise LoadTestError(f"Locust did not finish within {deadline - started:.0f} s",
+                                        hint=f"see {run_dir / 'locust.log'}")
+        finally:
+            _end_process_group(process)
     rusage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     waited_cpu = (rusage_after.ru_utime - rusage_before.ru_utime) + (rusage_after.ru_stime - rusage_before.ru_stime)
     client_cpu_s = max(cpu.total(), waited_cpu)
@@ -242,7 +249,16 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
     if before is not None and after is not None:
         per_model = server_stats.delta(before, after, prefix=options.model)
         run["server"] = {model: times.summary() for model, times in per_model.items()}
-        (run_dir / "server.md").write_text(server_stats.markdown_table(per_model) + "\n")
+        table = server_stats.markdown_table(per_model) + "\n"
+        answered = run["requests"] - run["failures"]
+        counted = per_model[options.model].requests if options.model in per_model else 0
+        if server_stats.counters_reset(before, after) or counted < answered:
+            # Triton's counters start at zero with the process: fewer requests than the client had answered means
+            # the server restarted during the run (or --metrics-url points at another server).
+            run["server_note"] = (f"the server restarted during the run (Triton counted {counted:.0f} of the "
+                                  f"{answered} requests answered): its figures cover only the time since")
+            table = f"Note: {run['server_note']}.\n\n{table}"
+        (run_dir / "server.md").write_text(table)
     else:
         run["server"] = None
         run["server_error"] = scrape_error
@@ -281,6 +297,28 @@ def _read_stats(path: Path, users: int, batch_size: int) -> dict:
         "p50_ms": ms("50%"), "p95_ms": ms("95%"), "p99_ms": ms("99%"), "average_ms": round(ms("Average Response Time"), 3),
         "max_ms": ms("Max Response Time"),
     }
+
+
+def _end_process_group(process: subprocess.Popen, grace_s: float = 3.0) -> None:
+    """Stop Locust and everything it forked. The master normally exits by itself; its workers can outlive it (a
+    gRPC worker was seen hanging for good at interpreter exit, closing a channel under gevent), so what is left of
+    the group after a short grace is killed. On an error or Ctrl-C the master is asked to stop first."""
+    if process.poll() is None:
+        process.terminate()  # Locust stops on SIGTERM and still writes its reports
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    deadline = time.monotonic() + grace_s
+    while True:
+        try:
+            os.killpg(process.pid, 0 if time.monotonic() < deadline else signal.SIGKILL)
+        except ProcessLookupError:
+            return  # nothing left in the group
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.1)
 
 
 class _TreeCPU:

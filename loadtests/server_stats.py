@@ -121,14 +121,22 @@ def from_statistics(stats: dict) -> dict[str, ModelTimes]:
     return {model: ModelTimes(model, **values) for model, values in result.items()}
 
 
+def counters_reset(before: dict[str, ModelTimes], after: dict[str, ModelTimes]) -> list[str]:
+    """Models whose counters went backwards: the server restarted in between (a killed process, a restarted pod)."""
+    return sorted(model for model, times in after.items()
+                  if model in before and times.requests + times.failures < before[model].requests + before[model].failures)
+
+
 def delta(before: dict[str, ModelTimes], after: dict[str, ModelTimes], prefix: str | None = None) -> dict[str, ModelTimes]:
     """``after - before`` for the models that served requests in between (only ``prefix`` and ``prefix_*`` when
-    given), ensemble first, then members in name order."""
+    given), ensemble first, then members in name order. A model whose counters were reset by a restart counts from
+    zero, as Prometheus' ``increase()`` does: what it served since the restart, never a negative figure."""
     changed = {}
+    reset = set(counters_reset(before, after))
     for model, times in after.items():
         if prefix and model != prefix and not model.startswith(prefix + "_"):
             continue
-        diff = times - before.get(model, ModelTimes(model))
+        diff = times if model in reset else times - before.get(model, ModelTimes(model))
         if diff.requests > 0 or diff.failures > 0:
             changed[model] = diff
     return dict(sorted(changed.items(), key=lambda kv: (kv[0] != prefix, kv[0])))

@@ -68,3 +68,6 @@ def test_tiny_bench_run_writes_a_well_formed_table_and_json(digits_export, tmp_p
     assert len(rows) == 1 + 2 * 2 + 2 + 2 + 1  # efficiency, configs x levels, protocols, breakdown levels, CPU
     header = next(line for line in markdown.splitlines() if line.startswith("| model | configuration"))
     assert {line.count("|") for line in rows[1:5]} == {header.count("|")}
+    plot = tmp_path / "bench.png"  # the picture of section 1-2, linked from the markdown
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+    assert "](bench.png)" in markdown

@@ -10,6 +10,7 @@ import io
 import json
 import urllib.request
 
+import psutil
 import pytest
 from PIL import Image
 
@@ -91,6 +92,19 @@ def test_loadtest_without_a_target_or_with_a_bad_url_names_the_flag(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.server
+def test_server_view_counts_from_zero_after_a_restart_reset_the_counters():
+    before = {"m": server_stats.ModelTimes("m", requests=1000, inferences=1000, executions=500, queue_us=9000),
+              "m_classifier": server_stats.ModelTimes("m_classifier", requests=1000)}
+    after = {"m": server_stats.ModelTimes("m", requests=40, inferences=40, executions=20, queue_us=300),
+             "m_classifier": server_stats.ModelTimes("m_classifier", requests=1040)}
+    assert server_stats.counters_reset(before, after) == ["m"]
+    per_model = server_stats.delta(before, after, prefix="m")
+    # The restarted model counts what it served since the restart; the other one the plain difference.
+    assert per_model["m"] == after["m"] and per_model["m_classifier"].requests == 40
+    assert all(value >= 0 for t in per_model.values() for value in t.summary().values() if isinstance(value, float))
+    assert server_stats.counters_reset(before, before) == []
+
+
 def test_metrics_parser_reads_every_model_of_the_ensemble_from_the_live_server(triton_server):
     with urllib.request.urlopen(triton_server.metrics_url) as response:
         text = response.read().decode()
@@ -158,6 +172,9 @@ def test_sweep_with_master_and_workers_writes_one_run_per_level_and_a_sweep_plot
         assert (result.directory / f"users-{users}" / "report.html").exists()
     command = (result.directory / "users-4" / "command.txt").read_text()
     assert "--processes 2" in command
+    # Master and workers are all gone: none outlives the run (a gRPC worker can hang at exit; the runner ends it).
+    leftovers = [p.pid for p in psutil.process_iter(["cmdline"]) if str(result.directory) in " ".join(p.info["cmdline"] or [])]
+    assert leftovers == []
 
 
 @pytest.mark.slow

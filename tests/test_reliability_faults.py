@@ -3,6 +3,7 @@ stub that dies. Every request is accounted for: answered, or refused with a clea
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -117,6 +118,60 @@ def test_clients_report_a_killed_server_retry_and_recover_once_it_is_back(digits
             client.close()
     # The killed server's python-backend regions were unlinked by stop(), not left in /dev/shm.
     assert regions and not [r for r in regions if os.path.exists(r)]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_locust_run_counts_a_killed_server_as_failures_and_recovers_once_it_is_back(digits_repository, tmp_path,
+                                                                                        protocol):
+    from triton_deploy.loadtests.runner import LoadTestOptions, run_loadtest
+
+    http, grpc, metrics = free_ports(3)
+    options = ServerOptions(digits_repository, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                            log_file=tmp_path / "triton.log", exit_timeout_s=5)
+    first, restarted = TritonServer(options), TritonServer(options)
+    outcome: dict = {}
+
+    def load():
+        try:
+            outcome["result"] = run_loadtest(LoadTestOptions(
+                output=tmp_path / "lt", url=first.grpc_url if protocol == "grpc" else first.http_url,
+                metrics_url=first.metrics_url, protocol=protocol, users=2, duration_s=16, pool_size=16))
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            outcome["error"] = exc
+
+    with first:
+        runner = threading.Thread(target=load)
+        runner.start()
+        time.sleep(5)  # Locust starts and loads for a few seconds
+        os.killpg(first.process.pid, signal.SIGKILL)
+        first.process.wait()
+        killed_at = time.time()
+        time.sleep(2)
+    with restarted:  # same ports, while Locust keeps sending
+        back_at = time.time()
+        runner.join(timeout=120)
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    run = result.summary["runs"][0]
+    assert 0 < run["failures"] < run["requests"]
+    # Each failure says what happened, in Locust's failure report.
+    with open(result.directory / "locust_failures.csv", newline="") as f:
+        errors = [row["Error"] for row in csv.DictReader(f)]
+    assert errors and all(REFUSALS.search(error) for error in errors), errors
+    # Locust's per-second history: requests succeed again after the restart, and the last seconds have no failures.
+    with open(result.directory / "locust_stats_history.csv", newline="") as f:
+        rows = [(int(r["Timestamp"]), int(r["Total Request Count"]), int(r["Total Failure Count"]))
+                for r in csv.DictReader(f) if r["Name"] == "Aggregated"]
+    succeeded = {t: total - failed for t, total, failed in rows}
+    print(f"{protocol} Locust run with the server killed for 2 s:", json.dumps(
+        {k: run[k] for k in ("requests", "failures")} | {"errors": sorted(set(errors))}))
+    before_kill = max(n for t, n in succeeded.items() if t <= killed_at)
+    at_restart = max(n for t, n in succeeded.items() if t <= back_at)
+    assert before_kill > 0 and succeeded[rows[-1][0]] > at_restart, rows
+    assert rows[-1][2] == rows[-3][2] and rows[-1][1] > rows[-3][1], rows  # recovered: new requests, no new failures
+    # Triton's counters restarted with the server: the report says so instead of showing negative figures.
+    assert run.get("server_note", "").startswith("the server restarted")
+    assert all(t["requests"] >= 0 for t in run["server"].values())
 
 
 # ---- SIGTERM during load ------------------------------------------------------------------------------------

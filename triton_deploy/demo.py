@@ -96,7 +96,11 @@ def run(reporter: Reporter) -> None:
             records = classify_folder(protocol, url, BUILD / "demo-images")
             correct = [r["predictions"][0]["label"] == str(truth_by_path[r["source"]]) for r in records]
             reporter.info(f"   {protocol:4s} accuracy {np.mean(correct):.3f} on {len(records)} images")
-        for record in records[:5]:
+        shown: set[int] = set()
+        for record in records:  # a few rows, each of another digit
+            if truth_by_path[record["source"]] in shown or len(shown) == 5:
+                continue
+            shown.add(truth_by_path[record["source"]])
             top = ", ".join(f"{p['label']} ({p['score']:.3f})" for p in record["predictions"])
             source = record["source"]
             reporter.info(f"   {Path(source).name:28s} -> {top}   true {truth_by_path[source]}")
@@ -110,6 +114,10 @@ def run(reporter: Reporter) -> None:
             output=BUILD / "loadtest", url=server.grpc_url, protocol="grpc", users=4, duration_s=10,
             metrics_url=server.metrics_url, slo=SLO(p99_ms=1000, error_rate=0.0)), reporter)
         reporter.info(summary_table(result.summary))
+        server_view = result.directory / "server.md"
+        if server_view.exists():  # Triton's own view of the same requests: per-step queue, compute and batch size
+            reporter.info("   Triton's view of the same requests (from its metrics):")
+            reporter.info(server_view.read_text().rstrip())
         reporter.info(f"   report, CSVs and plots in {result.directory}")
     finally:
         reporter.info("[bold]6. Stop[/]  SIGTERM: Triton drains in-flight requests, then exits")
