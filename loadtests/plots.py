@@ -103,7 +103,7 @@ def plot_bench(report: dict, path: Path) -> Path:
     """``bench.png``: per model, images/s against concurrency for each server configuration, with the in-process
     baseline's best and the target's share of it as horizontal lines, so the efficiency gap is seen at a glance."""
     models = list(report["models"].items())
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 5.4), squeeze=False)
     for ax, (name, r) in zip(axes[0], models):
         for label, config in r["configs"].items():
             levels = sorted(config["levels"].values(), key=lambda level: level["concurrency"])
@@ -127,7 +127,7 @@ def plot_bench(report: dict, path: Path) -> Path:
         ax.set_ylabel("images/s")
         ax.set_title(f"{name}: efficiency {e['ratio']} (single-image {e['single_image_ratio']})")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)  # below: never over data
     fig.suptitle(f"Serving benchmark, {report['machine']['cores']} cores ({report['started']})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
