@@ -315,7 +315,9 @@ def render_markdown(report: dict) -> str:
                              f"{b['preprocess']:.2f} | {b['classifier']:.2f} | {b['postprocess']:.2f} | "
                              f"{b['server other']:.2f} |")
     lines += ["", "Client = latency seen by the load generator minus the ensemble's request time in Triton; queue is "
-              "summed over the three steps; compute = input + infer + output of each step (from the statistics API).",
+              "summed over the three steps; compute = input + infer + output of each step (from the statistics API). "
+              "Server other = the ensemble's request time minus its steps' queue and compute; the steps' timers "
+              "overlap the ensemble's a little, so a small negative value means none.",
               "", "## 5. CPU per image at saturation, by process (multi-image requests, default configuration)", "",
               "What each process burnt per image answered: with every core busy, images/s is at most cores x 1000 / "
               "total, so the column that dominates is where to optimise.", "",

@@ -135,7 +135,7 @@ def test_a_locust_run_counts_a_killed_server_as_failures_and_recovers_once_it_is
         try:
             outcome["result"] = run_loadtest(LoadTestOptions(
                 output=tmp_path / "lt", url=first.grpc_url if protocol == "grpc" else first.http_url,
-                metrics_url=first.metrics_url, protocol=protocol, users=2, duration_s=16, pool_size=16))
+                metrics_url=first.metrics_url, protocol=protocol, users=2, duration_s=20, pool_size=16))
         except Exception as exc:  # noqa: BLE001 - asserted below
             outcome["error"] = exc
 
@@ -163,8 +163,12 @@ def test_a_locust_run_counts_a_killed_server_as_failures_and_recovers_once_it_is
         rows = [(int(r["Timestamp"]), int(r["Total Request Count"]), int(r["Total Failure Count"]))
                 for r in csv.DictReader(f) if r["Name"] == "Aggregated"]
     succeeded = {t: total - failed for t, total, failed in rows}
+    # The first second in which a request failed no more: how long after the restart the users recovered.
+    recovered = next((t for (t, _n, failed), (_t, _n2, later) in zip(rows, rows[1:]) if t >= back_at and failed == later),
+                     None)
     print(f"{protocol} Locust run with the server killed for 2 s:", json.dumps(
-        {k: run[k] for k in ("requests", "failures")} | {"errors": sorted(set(errors))}))
+        {k: run[k] for k in ("requests", "failures")} | {"errors": sorted(set(errors)),
+                                                           "recovered_s_after_ready": recovered and recovered - back_at}))
     before_kill = max(n for t, n in succeeded.items() if t <= killed_at)
     at_restart = max(n for t, n in succeeded.items() if t <= back_at)
     assert before_kill > 0 and succeeded[rows[-1][0]] > at_restart, rows
