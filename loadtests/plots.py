@@ -13,8 +13,13 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 PERCENTILES = ("50%", "95%", "99%")
 
 
-def read_history(path: Path) -> list[dict]:
-    """Rows of ``*_stats_history.csv`` for all requests together ("Aggregated"), seconds from the start in ``t``."""
+def read_history(path: Path, window_s: int = 1) -> list[dict]:
+    """Rows of ``*_stats_history.csv`` for all requests together ("Aggregated"), seconds from the start in ``t``.
+
+    Requests/s and failures/s are computed from the cumulative counts over the last ``window_s`` seconds, not taken
+    from Locust's own columns: those average over a window lagging 2-12 s behind, which draws a steady load as a
+    slow ramp and hides a short outage. With workers (``--processes``) counts arrive every few seconds, so use a
+    window of that length."""
     rows = []
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
@@ -24,10 +29,19 @@ def read_history(path: Path) -> list[dict]:
     if not rows:
         return []
     start = int(rows[0]["Timestamp"])
-    return [{"t": int(r["Timestamp"]) - start, "users": _number(r["User Count"]),
-             "rps": _number(r["Requests/s"]), "fps": _number(r["Failures/s"]),
-             # 0 before the first response is "no data", not a 0 ms latency
-             **{p: (_number(r[p]) or None) for p in PERCENTILES}} for r in rows]
+    history = [{"t": int(r["Timestamp"]) - start, "users": _number(r["User Count"]),
+                "total": _number(r["Total Request Count"]) or 0.0, "failed": _number(r["Total Failure Count"]) or 0.0,
+                # 0 before the first response is "no data", not a 0 ms latency
+                **{p: (_number(r[p]) or None) for p in PERCENTILES}} for r in rows]
+    for i, row in enumerate(history):
+        earlier = next((h for h in reversed(history[:i]) if row["t"] - h["t"] >= window_s), None)
+        if earlier is None:
+            row["rps"] = row["fps"] = 0.0 if i == 0 else None
+            continue
+        seconds = row["t"] - earlier["t"]
+        row["rps"] = (row["total"] - earlier["total"]) / seconds
+        row["fps"] = (row["failed"] - earlier["failed"]) / seconds
+    return history
 
 
 def _number(text: str) -> float | None:
@@ -44,7 +58,7 @@ def plot_timeline(history: list[dict], directory: Path, title: str) -> list[Path
     ax.plot(t, [r["rps"] for r in history], label="requests/s", color="tab:blue")
     ax.plot(t, [r["fps"] for r in history], label="failures/s", color="tab:red")
     ax.set_xlabel("seconds")
-    ax.set_ylabel("per second")
+    ax.set_ylabel("per second (from Locust's counts)")
     users = ax.twinx()
     users.step(t, [r["users"] for r in history], where="post", color="tab:gray", linestyle="--", label="users")
     users.set_ylabel("users")
@@ -61,7 +75,7 @@ def plot_timeline(history: list[dict], directory: Path, title: str) -> list[Path
     for p in PERCENTILES:
         ax.plot(t, [r[p] for r in history], label=f"p{p.rstrip('%')}")
     ax.set_xlabel("seconds")
-    ax.set_ylabel("response time (ms)")
+    ax.set_ylabel("response time (ms), last 3 s")  # the locustfile's percentile window
     ax.set_title(f"Latency: {title}")
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)

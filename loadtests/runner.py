@@ -262,7 +262,8 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
     else:
         run["server"] = None
         run["server_error"] = scrape_error
-    history = plots.read_history(run_dir / "locust_stats_history.csv")
+    # Workers send their counts to the master every few seconds (Locust's WORKER_REPORT_INTERVAL, 3 s).
+    history = plots.read_history(run_dir / "locust_stats_history.csv", window_s=3 if options.processes > 1 else 1)
     if history:
         plots.plot_timeline(history, run_dir, f"{options.model} over {options.protocol}, {users} users")
     return run

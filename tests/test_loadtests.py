@@ -92,6 +92,25 @@ def test_loadtest_without_a_target_or_with_a_bad_url_names_the_flag(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.server
+def test_throughput_over_time_comes_from_the_counts_not_locusts_lagging_average(tmp_path):
+    from triton_deploy.loadtests import plots
+
+    header = ("Timestamp,User Count,Type,Name,Requests/s,Failures/s,50%,95%,99%,Total Request Count,"
+              "Total Failure Count\n")
+    # Steady 100 requests/s from the first second, an outage (all failures) at t=3, while Locust's own
+    # Requests/s column still ramps up slowly.
+    counts = [(0, 0), (100, 0), (200, 0), (300, 100), (400, 100)]
+    rows = [f"{1000 + t},4,,Aggregated,{10 * t},0,5,9,12,{total},{failed}\n" for t, (total, failed) in enumerate(counts)]
+    rows.insert(2, "1001,4,grpc,digits batch 1,0,0,5,9,12,100,0\n")  # per-name rows are not the total
+    path = tmp_path / "history.csv"
+    path.write_text(header + "".join(rows))
+    history = plots.read_history(path)
+    assert [h["rps"] for h in history] == [0.0, 100.0, 100.0, 100.0, 100.0]
+    assert [h["fps"] for h in history] == [0.0, 0.0, 0.0, 100.0, 0.0]
+    assert [h["rps"] for h in plots.read_history(path, window_s=3)] == [0.0, None, None, 100.0, 100.0]
+    assert all(p.stat().st_size > 0 for p in plots.plot_timeline(history, tmp_path, "test"))
+
+
 def test_server_view_counts_from_zero_after_a_restart_reset_the_counters():
     before = {"m": server_stats.ModelTimes("m", requests=1000, inferences=1000, executions=500, queue_us=9000),
               "m_classifier": server_stats.ModelTimes("m_classifier", requests=1000)}
