@@ -58,6 +58,8 @@ def test_tiny_bench_run_writes_a_well_formed_table_and_json(digits_export, tmp_p
     cpu = batched["cpu_ms_per_image"]  # every process of the pipeline, measured while it served
     assert set(cpu) == {"triton core", "digits_preprocess", "digits_classifier", "digits_postprocess", "load generator"}
     assert cpu["digits_classifier"] > 0 and cpu["triton core"] > 0 and cpu["load generator"] > 0
+    single = digits["configs"][DEFAULT_CONFIG]["levels"]["4"]["cpu_ms_per_image"]  # single-image requests too
+    assert set(single) == set(cpu) and all(v > 0 for v in single.values())
     assert digits["efficiency"]["triton_images_per_request"] in (1, 8) and digits["efficiency"]["single_image_ratio"] > 0
     assert set(digits["configs"][DEFAULT_CONFIG]["levels"]["1"]["breakdown_ms"]) == {
         "client", "queue", "preprocess", "classifier", "postprocess", "server other", "total"}
@@ -65,7 +67,8 @@ def test_tiny_bench_run_writes_a_well_formed_table_and_json(digits_export, tmp_p
                     "## 5. CPU per image"):
         assert heading in markdown
     rows = [line for line in markdown.splitlines() if line.startswith("| digits |")]
-    assert len(rows) == 1 + 2 * 2 + 2 + 2 + 1  # efficiency, configs x levels, protocols, breakdown levels, CPU
+    # efficiency, configs x levels, protocols, breakdown levels, CPU at 1 and 8 images per request
+    assert len(rows) == 1 + 2 * 2 + 2 + 2 + 2
     header = next(line for line in markdown.splitlines() if line.startswith("| model | configuration"))
     assert {line.count("|") for line in rows[1:5]} == {header.count("|")}
     plot = tmp_path / "bench.png"  # the picture of section 1-2, linked from the markdown
