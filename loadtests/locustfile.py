@@ -33,8 +33,7 @@ _pool: ImagePool | None = None  # one per process, built in on_init
 
 # Locust's "current" percentiles (the history CSV, latency.png, the web UI) look back 10 s by default, which smooths
 # a latency spike away; 3 s still holds enough samples and matches how often workers report to the master.
-locust.stats.CURRENT_RESPONSE_TIME_PERCENTILE_WINDOW = 3
-PERCENTILE_WINDOW_S = locust.stats.CURRENT_RESPONSE_TIME_PERCENTILE_WINDOW
+locust.stats.CURRENT_RESPONSE_TIME_PERCENTILE_WINDOW = 3  # plots.py labels latency.png with it
 
 
 class ResponseError(Exception):

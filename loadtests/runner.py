@@ -312,14 +312,18 @@ def _end_process_group(process: subprocess.Popen, grace_s: float = 3.0) -> None:
             process.kill()
             process.wait()
     deadline = time.monotonic() + grace_s
-    while True:
-        try:
-            os.killpg(process.pid, 0 if time.monotonic() < deadline else signal.SIGKILL)
-        except ProcessLookupError:
-            return  # nothing left in the group
-        if time.monotonic() >= deadline:
-            return
+    while _signal_group(process.pid, 0) and time.monotonic() < deadline:
         time.sleep(0.1)
+    _signal_group(process.pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, signum: int) -> bool:
+    """Send ``signum`` (0: only look) to a process group; False when nothing is left in it."""
+    try:
+        os.killpg(pgid, signum)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 class _TreeCPU:

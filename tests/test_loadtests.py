@@ -90,8 +90,6 @@ def test_loadtest_without_a_target_or_with_a_bad_url_names_the_flag(tmp_path):
 # ---- against the live server ---------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.server
 def test_throughput_over_time_comes_from_the_counts_not_locusts_lagging_average(tmp_path):
     from triton_deploy.loadtests import plots
 
@@ -124,6 +122,8 @@ def test_server_view_counts_from_zero_after_a_restart_reset_the_counters():
     assert server_stats.counters_reset(before, before) == []
 
 
+@pytest.mark.slow
+@pytest.mark.server
 def test_metrics_parser_reads_every_model_of_the_ensemble_from_the_live_server(triton_server):
     with urllib.request.urlopen(triton_server.metrics_url) as response:
         text = response.read().decode()

@@ -96,11 +96,10 @@ def run(reporter: Reporter) -> None:
             records = classify_folder(protocol, url, BUILD / "demo-images")
             correct = [r["predictions"][0]["label"] == str(truth_by_path[r["source"]]) for r in records]
             reporter.info(f"   {protocol:4s} accuracy {np.mean(correct):.3f} on {len(records)} images")
-        shown: set[int] = set()
-        for record in records:  # a few rows, each of another digit
-            if truth_by_path[record["source"]] in shown or len(shown) == 5:
-                continue
-            shown.add(truth_by_path[record["source"]])
+        first_of_each: dict[int, dict] = {}
+        for record in records:
+            first_of_each.setdefault(truth_by_path[record["source"]], record)
+        for record in list(first_of_each.values())[:5]:  # a few rows, each of another digit
             top = ", ".join(f"{p['label']} ({p['score']:.3f})" for p in record["predictions"])
             source = record["source"]
             reporter.info(f"   {Path(source).name:28s} -> {top}   true {truth_by_path[source]}")
