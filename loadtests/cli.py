@@ -21,12 +21,15 @@ from triton_deploy.progress import Reporter
 
 def add_loadtest(sub) -> None:
     from triton_deploy.loadtests.runner import LoadTestOptions
+    from triton_deploy.loadtests.slo import DEFAULT_MAX_ERROR_RATE
 
     d = LoadTestOptions()
     p = sub.add_parser("loadtest", help="headless Locust load test with SLO gates, reports and plots",
                        description="Run Locust (Triton's own client library, HTTP or gRPC users) against a server, "
                                    "scrape Triton's metrics before and after, and write CSV, HTML, JSON and PNG "
-                                   "results into a timestamped folder. Exits 11 when an SLO is broken.")
+                                   "results into a timestamped folder. Exits 11 when an SLO is broken, "
+                                   f"including by default when more than {DEFAULT_MAX_ERROR_RATE:.0%} of requests "
+                                   "failed; throughput counts only answered requests.")
     target = p.add_argument_group("target (one of)")
     target.add_argument("--url", metavar="HOST:PORT", help="a running server (the port of --protocol)")
     target.add_argument("--repository", type=Path, metavar="DIR", help="start a local server on this repository")
@@ -55,7 +58,9 @@ def add_loadtest(sub) -> None:
     slo = p.add_argument_group("SLO gate")
     slo.add_argument("--slo-p95-ms", type=float, help="max p95 response time (ms)")
     slo.add_argument("--slo-p99-ms", type=float, help="max p99 response time (ms)")
-    slo.add_argument("--slo-error-rate", type=float, help="max failed fraction, e.g. 0.01")
+    slo.add_argument("--slo-error-rate", type=float, default=DEFAULT_MAX_ERROR_RATE,
+                     help=f"max failed fraction (default {DEFAULT_MAX_ERROR_RATE:g}: a run with more failed requests "
+                          "fails even without other SLO flags; 1 only reports errors)")
     p.add_argument("--output", "-o", type=Path, default=d.output, help=f"results folder (default {d.output})")
     add_common_flags(p)
     p.set_defaults(handler=run_loadtest_command)

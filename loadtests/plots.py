@@ -16,9 +16,9 @@ PERCENTILES = ("50%", "95%", "99%")
 def read_history(path: Path, window_s: int = 1) -> list[dict]:
     """Rows of ``*_stats_history.csv`` for all requests together ("Aggregated"), seconds from the start in ``t``.
 
-    Requests/s and failures/s are computed from the cumulative counts over the last ``window_s`` seconds, not taken
-    from Locust's own columns: those average over a window lagging 2-12 s behind, which draws a steady load as a
-    slow ramp and hides a short outage. With workers (``--processes``) counts arrive every few seconds, so use a
+    ``rps`` counts answered requests only, ``fps`` the failed ones. Both are computed from the cumulative counts
+    over the last ``window_s`` seconds, not taken from Locust's own columns: those average over a window lagging
+    2-12 s behind, which draws a steady load as a slow ramp and hides a short outage. With workers (``--processes``) counts arrive every few seconds, so use a
     window of that length."""
     rows = []
     with open(path, newline="") as f:
@@ -39,8 +39,8 @@ def read_history(path: Path, window_s: int = 1) -> list[dict]:
             row["rps"] = row["fps"] = 0.0 if i == 0 else None
             continue
         seconds = row["t"] - earlier["t"]
-        row["rps"] = (row["total"] - earlier["total"]) / seconds
         row["fps"] = (row["failed"] - earlier["failed"]) / seconds
+        row["rps"] = (row["total"] - earlier["total"]) / seconds - row["fps"]  # answered only: a failure is no throughput
     return history
 
 
@@ -55,7 +55,7 @@ def plot_timeline(history: list[dict], directory: Path, title: str) -> list[Path
     """``throughput.png`` (requests/s and users over time) and ``latency.png`` (p50/p95/p99 over time)."""
     t = [r["t"] for r in history]
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot(t, [r["rps"] for r in history], label="requests/s", color="tab:blue")
+    ax.plot(t, [r["rps"] for r in history], label="answered requests/s", color="tab:blue")
     ax.plot(t, [r["fps"] for r in history], label="failures/s", color="tab:red")
     ax.set_xlabel("seconds")
     ax.set_ylabel("per second (from Locust's counts)")
@@ -90,7 +90,7 @@ def plot_sweep(runs: list[dict], path: Path, title: str) -> Path:
     """Throughput and p50/p95/p99 against the user count, one point per sweep level."""
     users = [r["users"] for r in runs]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(users, [r["requests_per_s"] for r in runs], marker="o", label="requests/s")
+    left.plot(users, [r["requests_per_s"] for r in runs], marker="o", label="answered requests/s")
     left.plot(users, [r["images_per_s"] for r in runs], marker="s", linestyle="--", label="images/s")
     left.set_xlabel("users")
     left.set_ylabel("per second")

@@ -141,7 +141,9 @@ def run_loadtest(options: LoadTestOptions, reporter: Reporter | None = None) -> 
     (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     result = LoadTestResult(directory, summary)
     if result.violations:
-        error = SLOViolation("SLO broken: " + "; ".join(result.violations), hint=f"results in {directory}")
+        failure = next((r["top_failure"] for r in runs if r["top_failure"]), None)
+        cause = f"; most frequent failure: {failure}" if failure else ""
+        error = SLOViolation("SLO broken: " + "; ".join(result.violations) + cause, hint=f"results in {directory}")
         error.result = result  # the CLI still prints the table and the folder
         raise error
     return result
@@ -246,6 +248,7 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
     run["client_cpu_ms_per_request"] = round(1000 * client_cpu_s / run["requests"], 4) if run["requests"] else None
     run["locust_exit_code"] = process.returncode
     run["slo_violations"] = options.slo.violations(run["p95_ms"], run["p99_ms"], run["error_rate"], run["requests"])
+    run["top_failure"] = _top_failure(run_dir / "locust_failures.csv") if run["failures"] else None
     if before is not None and after is not None:
         per_model = server_stats.delta(before, after, prefix=options.model)
         run["server"] = {model: times.summary() for model, times in per_model.items()}
@@ -290,14 +293,29 @@ def _read_stats(path: Path, users: int, batch_size: int) -> dict:
         except (ValueError, TypeError):
             return 0.0
 
+    # Locust's Requests/s counts failed requests too; a failed request is no throughput, so only the answered share
+    # of that rate is reported (a dead server answers "connection refused" very fast).
     rps = ms("Requests/s")
+    answered_rps = rps * (requests - failures) / requests if requests else 0.0
     return {
         "users": users, "requests": requests, "failures": failures,
         "error_rate": round(failures / requests, 6) if requests else 0.0,
-        "requests_per_s": round(rps, 3), "images_per_s": round(rps * batch_size, 3),
+        "requests_per_s": round(answered_rps, 3), "images_per_s": round(answered_rps * batch_size, 3),
+        "failures_per_s": round(rps - answered_rps, 3),
         "p50_ms": ms("50%"), "p95_ms": ms("95%"), "p99_ms": ms("99%"), "average_ms": round(ms("Average Response Time"), 3),
         "max_ms": ms("Max Response Time"),
     }
+
+
+def _top_failure(path: Path) -> str | None:
+    """The error Locust counted most often, so a failed run says why (e.g. connection refused, unknown model)."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return None
+    top = max(rows, key=lambda row: int(row.get("Occurrences") or 0), default=None)
+    return f"{top['Error']} ({top['Occurrences']}x)" if top else None
 
 
 def _end_process_group(process: subprocess.Popen, grace_s: float = 3.0) -> None:
@@ -352,7 +370,8 @@ class _TreeCPU:
 
 
 def summary_table(summary: dict) -> str:
-    lines = ["| users | requests | failures | req/s | images/s | p50 ms | p95 ms | p99 ms | client CPU ms/req | SLO |",
+    lines = ["| users | requests | failures | answered req/s | images/s | p50 ms | p95 ms | p99 ms | client CPU ms/req "
+             "| SLO |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in summary["runs"]:
         cpu = f"{r['client_cpu_ms_per_request']:.2f}" if r["client_cpu_ms_per_request"] is not None else "n/a"

@@ -10,6 +10,10 @@ from dataclasses import asdict, dataclass
 
 from triton_deploy.errors import TritonDeployError, UsageError
 
+# Without any SLO flag a run still fails when more than this fraction of its requests failed: a load test against a
+# dead server or a misspelt model must not report "ok". ``--slo-error-rate 1`` only reports errors.
+DEFAULT_MAX_ERROR_RATE = 0.01
+
 
 class SLOViolation(TritonDeployError):
     """A load test finished but broke one or more service-level objectives."""
@@ -19,11 +23,12 @@ class SLOViolation(TritonDeployError):
 
 @dataclass(frozen=True)
 class SLO:
-    """Thresholds; ``None`` means not checked. Latencies in milliseconds, ``error_rate`` as a fraction (0.01 = 1%)."""
+    """Thresholds; ``None`` means not checked. Latencies in milliseconds, ``error_rate`` as a fraction (0.01 = 1%),
+    checked at ``DEFAULT_MAX_ERROR_RATE`` unless set otherwise."""
 
     p95_ms: float | None = None
     p99_ms: float | None = None
-    error_rate: float | None = None
+    error_rate: float | None = DEFAULT_MAX_ERROR_RATE
 
     def __post_init__(self) -> None:
         for flag, value in (("--slo-p95-ms", self.p95_ms), ("--slo-p99-ms", self.p99_ms)):

@@ -19,6 +19,7 @@ from triton_deploy.loadtests import server_stats
 from triton_deploy.loadtests.payloads import PoolOptions, load_pool, pool_from_digits
 from triton_deploy.loadtests.runner import LoadTestOptions, parse_duration, run_loadtest
 from triton_deploy.loadtests.slo import SLO, SLOViolation
+from triton_deploy.server import free_ports
 
 REPORT_FILES = {"report.html", "locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv",
                 "summary.json", "throughput.png", "latency.png", "server.md"}
@@ -61,7 +62,10 @@ def test_slo_names_each_broken_objective():
     broken = slo.violations(11, 25, 0.5, requests=100)
     assert [line.split()[0] for line in broken] == ["p95", "p99", "error"]
     assert "--slo-p99-ms" in broken[1]
-    assert SLO().violations(1e9, 1e9, 1.0, requests=0) == []  # no objectives, nothing to break
+    assert SLO(error_rate=None).violations(1e9, 1e9, 1.0, requests=0) == []  # no objectives, nothing to break
+    # Without flags, a run whose requests mostly failed still breaks the default error-rate objective.
+    assert SLO().violations(1e9, 1e9, 0.9, requests=100) == ["error rate 90.00% > 1.00% (--slo-error-rate)"]
+    assert SLO().violations(1e9, 1e9, 0.005, requests=1000) == []
     assert slo.violations(0, 0, 0, requests=0) == ["no requests completed, so no objective can be met"]
 
 
@@ -103,9 +107,11 @@ def test_throughput_over_time_comes_from_the_counts_not_locusts_lagging_average(
     path = tmp_path / "history.csv"
     path.write_text(header + "".join(rows))
     history = plots.read_history(path)
-    assert [h["rps"] for h in history] == [0.0, 100.0, 100.0, 100.0, 100.0]
+    # Failed requests are not throughput: the outage second answers nothing.
+    assert [h["rps"] for h in history] == [0.0, 100.0, 100.0, 0.0, 100.0]
     assert [h["fps"] for h in history] == [0.0, 0.0, 0.0, 100.0, 0.0]
-    assert [h["rps"] for h in plots.read_history(path, window_s=3)] == [0.0, None, None, 100.0, 100.0]
+    assert [h["rps"] for h in plots.read_history(path, window_s=3)] == [0.0, None, None, pytest.approx(200 / 3),
+                                                                        pytest.approx(200 / 3)]
     assert all(p.stat().st_size > 0 for p in plots.plot_timeline(history, tmp_path, "test"))
 
 
@@ -168,6 +174,27 @@ def test_slo_gate_fails_on_an_impossible_threshold_and_says_which(triton_server,
     assert summary["passed"] is False
     assert len(run["slo_violations"]) == 1 and run["slo_violations"][0].startswith("p95 latency")
     assert run["locust_exit_code"] == 3  # the locustfile's own gate broke the Locust run too
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.parametrize("target", ["nothing listening", "unknown model"])
+def test_a_run_whose_requests_fail_fails_without_slo_flags_and_counts_no_throughput(triton_server, tmp_path, target,
+                                                                                   capsys):
+    from triton_deploy.cli import main
+
+    (closed_port,) = free_ports(1)
+    url, model = (f"127.0.0.1:{closed_port}", "digits") if target == "nothing listening" else \
+        (triton_server.http_url, "nope")
+    code = main(["loadtest", "--url", url, "--model", model, "--metrics-url", triton_server.metrics_url,
+                 "--users", "2", "--duration", "2s", "--output", str(tmp_path), "--quiet"])
+    assert code == SLOViolation.exit_code
+    assert "error rate 100.00% > 1.00% (--slo-error-rate); most frequent failure:" in capsys.readouterr().err
+    summary = json.loads(next(tmp_path.glob("loadtest-*/summary.json")).read_text())
+    run = summary["runs"][0]
+    assert summary["passed"] is False and run["requests"] == run["failures"] > 0
+    assert run["requests_per_s"] == run["images_per_s"] == 0 and run["failures_per_s"] > 0
+    assert ("Connection refused" if target == "nothing listening" else "unknown model") in run["top_failure"]
 
 
 @pytest.mark.slow

@@ -217,6 +217,7 @@ def test_the_python_client_reports_each_bad_image_by_name_and_classifies_the_res
 
 def test_locust_payloads_with_bad_images_count_them_as_failures_naming_the_reason(stable_server, tmp_path):
     from triton_deploy.loadtests.runner import LoadTestOptions, run_loadtest
+    from triton_deploy.loadtests.slo import SLO
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -226,7 +227,7 @@ def test_locust_payloads_with_bad_images_count_them_as_failures_naming_the_reaso
     (folder / "bomb.png").write_bytes(IMAGE_CASES["image bomb header"][0])
     result = run_loadtest(LoadTestOptions(output=tmp_path / "lt", url=stable_server.http_url,
                                           metrics_url=stable_server.metrics_url, users=2, duration_s=3,
-                                          image_dir=folder))
+                                          image_dir=folder, slo=SLO(error_rate=None)))  # failures expected
     run = result.summary["runs"][0]
     assert 0 < run["failures"] < run["requests"]
     with open(result.directory / "locust_failures.csv", newline="") as f:
