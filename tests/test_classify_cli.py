@@ -4,6 +4,8 @@ reported by name on stderr while the other files still print."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from conftest import encode_digit
@@ -76,3 +78,14 @@ def test_classify_exit_codes_for_usage_and_connection_errors(triton_server, tmp_
     assert f"127.0.0.1:{port}" in capsys.readouterr().err
     assert main(["classify", str(digit_folder), "--url", triton_server.http_url, "--model", "nope", "-q"]) == 31
     assert main(["classify", str(digit_folder), "--url", triton_server.http_url, "--top-k", "9", "-q"]) == 33
+
+
+def test_classify_into_a_pipe_whose_reader_left_exits_141_without_a_traceback(triton_server, digit_folder):
+    # `triton-deploy classify ... | head`: here the reader leaves before the first line, so the first write fails.
+    process = subprocess.Popen([sys.executable, "-m", "triton_deploy.cli", "classify", str(digit_folder), "--url",
+                                triton_server.http_url, "--batch-size", "1", "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 141, err  # 128 + SIGPIPE, as coreutils' tools report it
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err

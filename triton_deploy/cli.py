@@ -12,6 +12,7 @@ import difflib
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -427,6 +428,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _stdout_closed_by_reader()
+
+
+def _stdout_closed_by_reader() -> int:
+    """The reader of stdout went away (``classify ... | head``): stop quietly, as Unix tools do.
+
+    Python ignores SIGPIPE, so the write raised instead of ending the process. stdout now points at /dev/null so
+    the interpreter's final flush cannot raise a second time, and the exit code is the one a process ended by
+    SIGPIPE gets (128 + 13 = 141), as coreutils' tools report in the same place: not 0, because the output was cut
+    short and the remaining images were never printed; a shell without ``pipefail`` shows head's status anyway."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 
