@@ -52,7 +52,7 @@ class AsyncImageClassifier:
             options = self.options
             self._transport = self._transport or AsyncTransport(options.connection)
             try:
-                await wait_ready_async(self._transport, options.model, options.ready_timeout_s)
+                await wait_ready_async(self._transport, options.model, options.ready_timeout_s, options.retry)
                 plan = await drive_async(discover_ensemble(options.model, options.max_batch_size), self._transport,
                                          options.retry)
                 if options.preprocess == "client":

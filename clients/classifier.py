@@ -113,7 +113,7 @@ class ImageClassifier:
         self._transport = SyncTransport(self.options.connection)
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="triton-classify")
         try:
-            wait_ready(self._transport, model, self.options.ready_timeout_s)
+            wait_ready(self._transport, model, self.options.ready_timeout_s, self.options.retry)
             self.plan: EnsemblePlan = drive_sync(discover_ensemble(model, max_batch_size), self._transport,
                                                  self.options.retry)
             self.local: LocalPlan | None = None

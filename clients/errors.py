@@ -8,6 +8,7 @@ into one of these, so callers never have to know which transport they are on.
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 import socket
 
@@ -15,9 +16,21 @@ from triton_deploy.errors import ClientError
 
 
 class ServerUnavailableError(ClientError):
-    """Nothing answers at the URL, the connection broke, or the server said 503/UNAVAILABLE (after retries)."""
+    """Nothing answers at the URL, the connection broke, or the server said 503/UNAVAILABLE (after retries).
+
+    ``no_server`` is set when no server of the client's protocol is at the URL at all (connection refused, or the
+    other protocol answers): waiting for readiness cannot help there, so ``wait_ready`` gives up after the retries
+    instead of the whole ready timeout."""
 
     exit_code = 30
+    no_server = False
+
+
+class ProtocolMismatchError(ServerUnavailableError):
+    """The port answers in the other protocol: an HTTP client on Triton's gRPC port, or a gRPC client on its HTTP
+    port."""
+
+    no_server = True
 
 
 class ModelNotFoundError(ClientError):
@@ -137,6 +150,30 @@ def is_connection_failure(exc: BaseException) -> bool:
         (status_of(exc) == "UNAVAILABLE" and not is_restricted(exc))
 
 
+def is_refused(exc: BaseException) -> bool:
+    """Nothing listens at the address: the operating system refused the connection (any transport)."""
+    return isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == errno.ECONNREFUSED or \
+        "Connection refused" in server_message(exc)
+
+
+# What each client sees on the other protocol's port. HTTP/1 parsers (geventhttpclient, aiohttp) read gRPC's
+# HTTP/2 frames as a bad status line; gRPC cannot set up HTTP/2 with Triton's HTTP server, which closes the socket.
+_HTTP_ON_GRPC_PORT = re.compile(r"Expected HTTP/")
+_GRPC_ON_HTTP_PORT = re.compile(r"failed to connect to all addresses.*(Socket closed|http1\.x server)")
+
+
+def _protocol_mismatch(message: str, url: str) -> ProtocolMismatchError | None:
+    if _HTTP_ON_GRPC_PORT.search(message):
+        return ProtocolMismatchError(f"{url} answered an HTTP/1.1 request with HTTP/2 frames: it looks like Triton's "
+                                     "gRPC port, not its HTTP port",
+                                     hint="use --protocol grpc with this port, or the HTTP port: 8000 by default")
+    if _GRPC_ON_HTTP_PORT.search(message):
+        return ProtocolMismatchError(f"{url} accepts connections but closes them without speaking gRPC: it looks "
+                                     "like Triton's HTTP port, not its gRPC port",
+                                     hint="use --protocol http with this port, or the gRPC port: 8001 by default")
+    return None
+
+
 def translate(exc: BaseException, *, url: str, model: str) -> ClientError:
     """The typed error for a failed call to ``model`` at ``url``; keeps ``server_message`` and ``status``."""
     if isinstance(exc, ClientError):
@@ -152,6 +189,15 @@ def _typed(exc: BaseException, url: str, model: str) -> ClientError:
     if is_timeout(exc):
         return RequestTimeoutError(f"no answer from {url} for '{model}' within the timeout ({message})",
                                    hint="raise --timeout / timeout=")
+    mismatch = _protocol_mismatch(message, url)
+    if mismatch is not None:
+        return mismatch
+    if is_connection_failure(exc) and is_refused(exc):
+        error = ServerUnavailableError(f"nothing listens at {url} (connection refused): {message}",
+                                       hint="check --url and --protocol, and that the server is running; Triton's "
+                                            "default ports are 8000 for HTTP, 8001 for gRPC")
+        error.no_server = True
+        return error
     if is_connection_failure(exc):
         return ServerUnavailableError(f"cannot reach a Triton server at {url}: {message}",
                                       hint="check --url and that the server is running and ready")

@@ -324,25 +324,44 @@ def with_retry(fn: Callable[[], Any], retry: RetryPolicy) -> Any:
             time.sleep(delay)
 
 
-def wait_ready(transport: SyncTransport, model: str, timeout_s: float) -> None:
-    """Poll until the model is ready; an unknown model fails at once, an unreachable server after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    delay, last_error = 0.1, None
+def wait_ready(transport: SyncTransport, model: str, timeout_s: float, retry: RetryPolicy = RetryPolicy()) -> None:
+    """Poll until the model is ready; an unknown model fails at once, a port where no server of this protocol
+    answers after the retries of ``retry``, a server that answers but is not ready after ``timeout_s``."""
+    patience = _ReadyPatience(transport.connection, model, timeout_s, retry)
     while True:
+        error = None
         try:
             if transport.model_ready(model):
                 return
             if transport.server_ready():
                 transport.call(Call("metadata", model))  # raises ModelNotFoundError for an unknown model
-            last_error = None
         except ServerUnavailableError as exc:
-            last_error = exc
-        remaining = deadline - time.monotonic()
+            error = exc
+        time.sleep(patience.pause_after(error))
+
+
+class _ReadyPatience:
+    """How long ``wait_ready`` keeps polling. A server that answers but is not ready yet (models loading) gets the
+    whole ready timeout; a refused connection or the other protocol's port gets only the retries of the retry
+    policy (about a second by default): no server of this protocol is there, and waiting does not open a port."""
+
+    def __init__(self, connection: Connection, model: str, timeout_s: float, retry: RetryPolicy) -> None:
+        self.connection, self.model, self.timeout_s = connection, model, timeout_s
+        self.deadline = time.monotonic() + timeout_s
+        self.delay = 0.1
+        self.no_server_delays = retry.delays()
+
+    def pause_after(self, error: ServerUnavailableError | None) -> float:
+        """Seconds to wait before the next poll; raises the final error when polling should stop."""
+        remaining = self.deadline - time.monotonic()
+        if error is not None and error.no_server:
+            if not self.no_server_delays or remaining <= 0:
+                raise error
+            return min(self.no_server_delays.pop(0), remaining)
         if remaining <= 0:
-            break
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 2, 1.0)
-    raise _not_ready(transport.connection, model, timeout_s, last_error)
+            raise _not_ready(self.connection, self.model, self.timeout_s, error)
+        pause, self.delay = min(self.delay, remaining), min(self.delay * 2, 1.0)
+        return pause
 
 
 def _not_ready(connection: Connection, model: str, timeout_s: float, error: ClientError | None) -> ClientError:
@@ -496,21 +515,16 @@ async def with_retry_async(fn: Callable[[], Any], retry: RetryPolicy) -> Any:
             await asyncio.sleep(delay)
 
 
-async def wait_ready_async(transport: AsyncTransport, model: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    delay, last_error = 0.1, None
+async def wait_ready_async(transport: AsyncTransport, model: str, timeout_s: float,
+                           retry: RetryPolicy = RetryPolicy()) -> None:
+    patience = _ReadyPatience(transport.connection, model, timeout_s, retry)
     while True:
+        error = None
         try:
             if await transport.model_ready(model):
                 return
             if await transport.server_ready():
                 await transport.call(Call("metadata", model))
-            last_error = None
         except ServerUnavailableError as exc:
-            last_error = exc
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        await asyncio.sleep(min(delay, remaining))
-        delay = min(delay * 2, 1.0)
-    raise _not_ready(transport.connection, model, timeout_s, last_error)
+            error = exc
+        await asyncio.sleep(patience.pause_after(error))

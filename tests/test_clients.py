@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import math
+import time
 
 import numpy as np
 import pytest
@@ -14,8 +15,8 @@ from conftest import encode_digit
 from PIL import Image
 
 from triton_deploy.clients import (AsyncImageClassifier, ClassificationError, ImageClassifier, InvalidInputError,
-                                   ModelMismatchError, ModelNotFoundError, RequestTimeoutError, RequestTooLargeError,
-                                   ServerUnavailableError)
+                                   ModelMismatchError, ModelNotFoundError, ProtocolMismatchError, RequestTimeoutError,
+                                   RequestTooLargeError, ServerUnavailableError)
 from triton_deploy.clients.shm import NAME_PREFIX, leftover_regions
 from triton_deploy.server import free_ports
 
@@ -182,6 +183,27 @@ def test_a_server_that_is_not_there_raises_server_unavailable(protocol):
 
     with pytest.raises(ServerUnavailableError):
         asyncio.run(go())
+
+
+@pytest.mark.parametrize("client_kind", ["sync", "async"])
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_closed_port_fails_fast_instead_of_waiting_the_ready_timeout(protocol, client_kind):
+    (port,) = free_ports(1)
+    started = time.monotonic()
+    with pytest.raises(ServerUnavailableError, match=f"nothing listens at 127.0.0.1:{port} .connection refused."):
+        run(client_kind, f"127.0.0.1:{port}", [], protocol=protocol, ready_timeout=30)
+    assert time.monotonic() - started < 10  # the retries (about 1 s), not the 30 s ready timeout
+
+
+@pytest.mark.parametrize("client_kind", ["sync", "async"])
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_client_on_the_other_protocols_port_names_the_mix_up(triton_server, protocol, client_kind):
+    other = "grpc" if protocol == "http" else "http"
+    started = time.monotonic()
+    port_name = {"http": "HTTP", "grpc": "gRPC"}[other]
+    with pytest.raises(ProtocolMismatchError, match=f"looks like Triton's {port_name} port.*--protocol {other} with"):
+        run(client_kind, url_of(triton_server, other), [], protocol=protocol, ready_timeout=30)
+    assert time.monotonic() - started < 10
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
