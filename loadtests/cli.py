@@ -43,9 +43,12 @@ def add_loadtest(sub) -> None:
                    help="one run per user count, e.g. 1,4,16, plotted against users (replaces --users)")
     p.add_argument("--processes", type=int, default=d.processes,
                    help="Locust processes (master + workers when > 1) so the generator is not the bottleneck")
-    p.add_argument("--shape", choices=["step", "spike"], help="drive users by a load shape instead of --users")
+    p.add_argument("--shape", choices=["step", "spike"],
+                   help="drive users by a load shape: step (4 steps) or spike (base, spike, base: thirds), peaking at "
+                        "--users over --duration; --shape-arg values replace those")
     p.add_argument("--shape-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="a shape option, e.g. step-users=4, spike-users=32 (repeatable)")
+                   help="a shape option (repeatable): step-users, step-seconds, steps; spike-base-users, spike-users, "
+                        "spike-at, spike-seconds, spike-total-seconds")
     payload = p.add_argument_group("payload")
     payload.add_argument("--batch-size", type=int, default=d.batch_size, help="images per request (default 1)")
     payload.add_argument("--top-k", type=int, default=d.top_k, help="class ids each image must get (default 1)")

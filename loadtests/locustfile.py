@@ -32,6 +32,7 @@ logger = logging.getLogger("triton-loadtest")
 
 _pool: ImagePool | None = None  # one per process, built in on_init
 _open_clients: list = []  # every user's client until it is closed (see close_every_client)
+_run_window: dict = {}  # when the test started, on the master or a single process (see write_run_window)
 
 # Locust's "current" percentiles (the history CSV, latency.png, the web UI) look back 10 s by default, which smooths
 # a latency spike away; 3 s still holds enough samples and matches how often workers report to the master.
@@ -87,6 +88,25 @@ def on_init(environment, **_kwargs):
         formats=tuple(f for f in str(options.image_formats).split(",") if f.strip()),
     ))
     logger.info("image pool: %s", _pool.description)
+
+
+@events.test_start.add_listener
+def note_start(environment, **_kwargs):
+    _run_window["start"] = time.time()
+
+
+@events.quitting.add_listener
+def write_run_window(environment, **_kwargs):
+    """On the master (or a single process), ``CSV_PREFIX_window.json``: seconds from the start to the last request.
+    Locust's own Requests/s divides by a time counted from before the workers spawned (a 3 s run with two workers
+    read 16 s), so ``triton-deploy loadtest`` takes the run's length from here."""
+    options = environment.parsed_options
+    last = environment.stats.total.last_request_timestamp
+    if options is None or isinstance(environment.runner, WorkerRunner) or not options.csv_prefix or not last:
+        return
+    seconds = last - _run_window.get("start", environment.stats.total.start_time)
+    with open(f"{options.csv_prefix}_window.json", "w") as f:
+        json.dump({"seconds": round(seconds, 3)}, f)
 
 
 @events.quitting.add_listener

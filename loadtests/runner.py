@@ -27,6 +27,7 @@ import psutil
 
 from triton_deploy.errors import TritonDeployError, UsageError
 from triton_deploy.loadtests import plots, server_stats
+from triton_deploy.loadtests.shapes import ShapePlan, plan_shape
 from triton_deploy.loadtests.slo import SLO, SLOViolation
 from triton_deploy.progress import Reporter
 
@@ -61,8 +62,8 @@ class LoadTestOptions:
     image_sizes: tuple[int, ...] = (64, 128)
     image_formats: tuple[str, ...] = ("PNG", "JPEG")
     pool_size: int = 64
-    shape: str | None = None  # step | spike: a LoadTestShape drives the user count instead of users/duration
-    shape_args: dict = field(default_factory=dict)  # e.g. {"step-users": 4} passed as --step-users 4
+    shape: str | None = None  # step | spike: a LoadTestShape drives the user count, peaking at users over duration
+    shape_args: dict = field(default_factory=dict)  # e.g. {"step-users": 4} passed as --step-users 4; overrides those
     slo: SLO = SLO()
     metrics_url: str | None = None  # default: the local server's, or http://HOST:8002/metrics
 
@@ -86,6 +87,12 @@ class LoadTestOptions:
             raise UsageError(f"unknown load shape {self.shape!r}", hint=f"--shape takes {'|'.join(SHAPES)}")
         if self.shape and self.sweep:
             raise UsageError("a load shape and a sweep both set the user count", hint="drop --shape or --sweep")
+        if self.shape:
+            self.shape_plan()
+
+    def shape_plan(self) -> ShapePlan | None:
+        """What the load shape will run (None without one)."""
+        return plan_shape(self.shape, self.shape_args, self.users, self.duration_s) if self.shape else None
 
 
 @dataclass
@@ -116,6 +123,9 @@ def run_loadtest(options: LoadTestOptions, reporter: Reporter | None = None) -> 
     the summary. Raises ``SLOViolation`` (after writing all files) when an objective is broken."""
     reporter = reporter or Reporter(quiet=True)
     options.check()
+    plan = options.shape_plan()
+    if plan is not None:
+        reporter.info(shape_line(plan, options))
     directory = _new_run_directory(Path(options.output))
     with ExitStack() as stack:
         url, metrics_url = _endpoints(options, directory, stack, reporter)
@@ -132,7 +142,8 @@ def run_loadtest(options: LoadTestOptions, reporter: Reporter | None = None) -> 
     summary = {
         "started": directory.name.removeprefix("loadtest-"),
         "url": url, "protocol": options.protocol, "model": options.model, "batch_size": options.batch_size,
-        "duration_s": options.duration_s, "processes": options.processes, "shape": options.shape,
+        "duration_s": plan.duration_s if plan else options.duration_s, "processes": options.processes,
+        "shape": plan.to_dict() | {"note": shape_line(plan, options)} if plan else None,
         "slo": options.slo.to_dict(), "runs": runs,
         "passed": not any(r["slo_violations"] for r in runs),
         "files": sorted({str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()} |
@@ -177,6 +188,24 @@ def _endpoints(options: LoadTestOptions, directory: Path, stack: ExitStack, repo
     return url, options.metrics_url or server.metrics_url
 
 
+def run_label(users: int, plan: ShapePlan | None) -> str:
+    """'8 users', or a shape's users stage by stage: 'step shape, 2 -> 4 -> 6 -> 8 users'."""
+    if plan is None:
+        return f"{users} users"
+    return f"{plan.name} shape, {' -> '.join(map(str, plan.stage_users))} users"
+
+
+def shape_line(plan: ShapePlan, options: LoadTestOptions) -> str:
+    """One line saying what a load shape runs and which of --users/--duration it replaces."""
+    replaced = []
+    if plan.peak_users != options.users:
+        replaced.append(f"--users {options.users}")
+    if plan.duration_s != options.duration_s:
+        replaced.append(f"--duration {options.duration_s:g}s")
+    note = f"it replaces {' and '.join(replaced)}" if replaced else "peak = --users, length = --duration"
+    return f"--shape {plan.name} runs {plan.describe()}; {note}"
+
+
 def locust_command(options: LoadTestOptions, url: str, users: int, run_dir: Path) -> list[str]:
     files = str(LOCUSTFILE) + (f",{SHAPES[options.shape]}" if options.shape else "")
     command = [
@@ -191,8 +220,9 @@ def locust_command(options: LoadTestOptions, url: str, users: int, run_dir: Path
     if not options.shape:
         command += ["--users", str(users), "--spawn-rate", f"{options.spawn_rate or users:g}",
                     "--run-time", f"{math.ceil(options.duration_s)}s"]
-    for key, value in options.shape_args.items():
-        command += [f"--{key}", str(value)]
+    plan = options.shape_plan()
+    for key, value in (plan.args if plan else {}).items():
+        command += [f"--{key}", f"{value:g}"]
     if options.image_dir is not None:
         command += ["--image-dir", str(options.image_dir)]
     if options.processes > 1:
@@ -210,10 +240,11 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
     command = locust_command(options, url, users, run_dir)
     (run_dir / "command.txt").write_text(" ".join(command) + "\n")
     rusage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    planned = options.duration_s if not options.shape else None
+    plan = options.shape_plan()
+    planned = plan.duration_s if plan else options.duration_s
+    label = run_label(users, plan)
     with open(run_dir / "locust.out", "wb") as out, reporter.bar(
-            int(planned) if planned else None, f"Locust: {users} {options.protocol} users" if not options.shape
-            else f"Locust: {options.shape} shape") as bar:
+            math.ceil(planned), f"Locust: {options.protocol}, {label}") as bar:
         # Its own process group: the forked workers of --processes are ended with it (see _end_process_group).
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
@@ -221,14 +252,14 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
             cpu = _TreeCPU(process.pid)
             started = time.monotonic()
             shown = 0
-            deadline = started + (planned or 3600) + 120  # Locust stops itself; this only guards against a hang
+            deadline = started + planned + 120  # Locust stops itself; this only guards against a hang
             while process.poll() is None:
                 time.sleep(0.5)
                 cpu.sample()
                 elapsed = int(time.monotonic() - started)
-                if planned and elapsed > shown:
-                    bar.advance(min(elapsed, int(planned)) - shown)
-                    shown = min(elapsed, int(planned))
+                if elapsed > shown:
+                    bar.advance(min(elapsed, math.ceil(planned)) - shown)
+                    shown = min(elapsed, math.ceil(planned))
                 if time.monotonic() > deadline:
                     process.kill()
                     raise LoadTestError(f"Locust did not finish within {deadline - started:.0f} s",
@@ -243,7 +274,10 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
         raise LoadTestError(f"Locust exited with status {process.returncode}: {' | '.join(tail) or 'no output'}",
                             hint=f"see {run_dir / 'locust.log'}")
     after, scrape_error = _scrape(metrics_url) if scrape_error is None else (None, scrape_error)
-    run = _read_stats(run_dir / "locust_stats.csv", users, options.batch_size)
+    run = _read_stats(run_dir / "locust_stats.csv", plan.peak_users if plan else users, options.batch_size,
+                      _run_seconds(run_dir / "locust_window.json"))
+    if plan is not None:
+        run["stage_users"] = plan.stage_users
     run["client_cpu_s"] = round(client_cpu_s, 3)
     run["client_cpu_ms_per_request"] = round(1000 * client_cpu_s / run["requests"], 4) if run["requests"] else None
     run["locust_exit_code"] = process.returncode
@@ -268,7 +302,8 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
     # Workers send their counts to the master every few seconds (Locust's WORKER_REPORT_INTERVAL, 3 s).
     history = plots.read_history(run_dir / "locust_stats_history.csv", window_s=3 if options.processes > 1 else 1)
     if history:
-        plots.plot_timeline(history, run_dir, f"{options.model} over {options.protocol}, {users} users")
+        plots.plot_timeline(history, run_dir, f"{options.model} over {options.protocol}, {label}, "
+                                              f"{run['duration_s']:g} s")
     return run
 
 
@@ -279,7 +314,15 @@ def _scrape(url: str) -> tuple[dict | None, str | None]:
         return None, str(exc)
 
 
-def _read_stats(path: Path, users: int, batch_size: int) -> dict:
+def _run_seconds(path: Path) -> float | None:
+    """The run's length as the locustfile measured it: from the test's start to its last request."""
+    try:
+        return float(json.loads(path.read_text())["seconds"]) or None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _read_stats(path: Path, users: int, batch_size: int, seconds: float | None = None) -> dict:
     with open(path, newline="") as f:
         rows = {row["Name"]: row for row in csv.DictReader(f)}
     total = rows.get("Aggregated")
@@ -293,13 +336,15 @@ def _read_stats(path: Path, users: int, batch_size: int) -> dict:
         except (ValueError, TypeError):
             return 0.0
 
-    # Locust's Requests/s counts failed requests too; a failed request is no throughput, so only the answered share
-    # of that rate is reported (a dead server answers "connection refused" very fast).
-    rps = ms("Requests/s")
+    # Rates over the run's measured length when there is one (Locust's Requests/s is diluted by the time workers
+    # take to start), else Locust's own. A failed request is no throughput: only answered requests count there (a
+    # dead server answers "connection refused" very fast).
+    seconds = seconds or (requests / ms("Requests/s") if ms("Requests/s") else 0.0)
+    rps = requests / seconds if seconds else 0.0
     answered_rps = rps * (requests - failures) / requests if requests else 0.0
     return {
-        "users": users, "requests": requests, "failures": failures,
-        "error_rate": round(failures / requests, 6) if requests else 0.0,
+        "users": users, "duration_s": round(seconds, 1),
+        "requests": requests, "failures": failures, "error_rate": round(failures / requests, 6) if requests else 0.0,
         "requests_per_s": round(answered_rps, 3), "images_per_s": round(answered_rps * batch_size, 3),
         "failures_per_s": round(rps - answered_rps, 3),
         "p50_ms": ms("50%"), "p95_ms": ms("95%"), "p99_ms": ms("99%"), "average_ms": round(ms("Average Response Time"), 3),
@@ -370,13 +415,14 @@ class _TreeCPU:
 
 
 def summary_table(summary: dict) -> str:
-    lines = ["| users | requests | failures | answered req/s | images/s | p50 ms | p95 ms | p99 ms | client CPU ms/req "
-             "| SLO |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| users | seconds | requests | failures | answered req/s | images/s | p50 ms | p95 ms | p99 ms "
+             "| client CPU ms/req | SLO |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in summary["runs"]:
         cpu = f"{r['client_cpu_ms_per_request']:.2f}" if r["client_cpu_ms_per_request"] is not None else "n/a"
         verdict = "broken: " + "; ".join(r["slo_violations"]) if r["slo_violations"] else "ok"
-        lines.append(f"| {r['users']} | {r['requests']} | {r['failures']} | {r['requests_per_s']:.1f} | "
+        users = " -> ".join(map(str, r["stage_users"])) if r.get("stage_users") else r["users"]  # a shape's stages
+        lines.append(f"| {users} | {r['duration_s']:g} | {r['requests']} | {r['failures']} | {r['requests_per_s']:.1f} | "
                      f"{r['images_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {cpu} | "
                      f"{verdict} |")
     return "\n".join(lines)

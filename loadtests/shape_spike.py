@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from locust import LoadTestShape
 
+from triton_deploy.loadtests.shapes import spike_stages, users_at
+
 
 class SpikeLoadShape(LoadTestShape):
     def tick(self):
         options = self.runner.environment.parsed_options
-        elapsed = self.get_run_time()
-        if elapsed >= options.spike_total_seconds:
+        stages = spike_stages(options.spike_base_users, options.spike_users, options.spike_at, options.spike_seconds,
+                              options.spike_total_seconds)
+        users = users_at(stages, self.get_run_time())
+        if users is None:
             return None
-        in_spike = options.spike_at <= elapsed < options.spike_at + options.spike_seconds
-        users = options.spike_users if in_spike else options.spike_base_users
         return users, float(max(options.spike_users, 1))  # a spike arrives at once

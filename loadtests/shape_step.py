@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from locust import LoadTestShape
 
+from triton_deploy.loadtests.shapes import step_stages, users_at
+
 
 class StepLoadShape(LoadTestShape):
     def tick(self):
         options = self.runner.environment.parsed_options
-        step = int(self.get_run_time() // options.step_seconds)
-        if step >= options.steps:
+        users = users_at(step_stages(options.step_users, options.step_seconds, options.steps), self.get_run_time())
+        if users is None:
             return None
-        users = options.step_users * (step + 1)
         return users, max(1.0, float(options.step_users))  # each step's users arrive within about a second

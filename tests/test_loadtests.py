@@ -17,11 +17,11 @@ from PIL import Image
 from triton_deploy.errors import UsageError
 from triton_deploy.loadtests import server_stats
 from triton_deploy.loadtests.payloads import PoolOptions, load_pool, pool_from_digits
-from triton_deploy.loadtests.runner import LoadTestOptions, parse_duration, run_loadtest
+from triton_deploy.loadtests.runner import LoadTestOptions, parse_duration, run_loadtest, shape_line, summary_table
 from triton_deploy.loadtests.slo import SLO, SLOViolation
 from triton_deploy.server import free_ports
 
-REPORT_FILES = {"report.html", "locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv",
+REPORT_FILES = {"report.html", "locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv", "locust_window.json",
                 "summary.json", "throughput.png", "latency.png", "server.md"}
 MEMBERS = ("digits", "digits_preprocess", "digits_classifier", "digits_postprocess")
 
@@ -213,6 +213,9 @@ def test_sweep_with_master_and_workers_writes_one_run_per_level_and_a_sweep_plot
     runs = result.summary["runs"]
     assert [r["users"] for r in runs] == [1, 4]
     assert all(r["failures"] == 0 and r["requests"] > 0 for r in runs)
+    # Each level's length runs from its start to its last request, not from when the workers were forked (Locust's
+    # own Requests/s divided a 3 s level's requests by 16 s on a busy machine).
+    assert all(2 <= r["duration_s"] <= 5 for r in runs), [r["duration_s"] for r in runs]
     assert (result.directory / "sweep.png").stat().st_size > 0
     for users in (1, 4):
         assert (result.directory / f"users-{users}" / "report.html").exists()
@@ -225,10 +228,34 @@ def test_sweep_with_master_and_workers_writes_one_run_per_level_and_a_sweep_plot
 
 @pytest.mark.slow
 @pytest.mark.server
-def test_step_shape_raises_the_user_count_step_by_step(triton_server, tmp_path):
-    result = run_loadtest(_options(triton_server, tmp_path, shape="step",
-                                   shape_args={"step-users": 2, "step-seconds": 2, "steps": 2}))
+def test_step_shape_raises_the_user_count_step_by_step_and_reports_what_ran(triton_server, tmp_path):
+    result = run_loadtest(_options(triton_server, tmp_path, shape="step", users=4, duration_s=4,
+                                   shape_args={"steps": "2"}))
     with open(result.directory / "locust_stats_history.csv", newline="") as f:
         users = {int(row["User Count"]) for row in csv.DictReader(f) if row["Name"] == "Aggregated"}
     assert {2, 4} <= users and max(users) == 4
-    assert result.summary["runs"][0]["failures"] == 0
+    summary = json.loads((result.directory / "summary.json").read_text())
+    run = summary["runs"][0]
+    assert run["failures"] == 0
+    # The shape fitted --users (its peak) and --duration (its length), and the report says so, stage by stage.
+    assert run["users"] == 4 and run["stage_users"] == [2, 4] and summary["duration_s"] == 4
+    assert 3 <= run["duration_s"] <= 6, run["duration_s"]  # measured by Locust: first to last request
+    assert summary["shape"]["note"] == "--shape step runs 4 s, peak 4 users: 2 (2 s) -> 4 (2 s); peak = --users, " \
+                                       "length = --duration"
+    assert "| 2 -> 4 |" in summary_table(summary)
+
+
+def test_a_shape_fits_users_and_duration_unless_its_own_options_replace_them():
+    plan = LoadTestOptions(url="h:1", shape="step", users=8, duration_s=20).shape_plan()
+    assert (plan.duration_s, plan.stage_users) == (20, [2, 4, 6, 8])  # was 40 s of 4 -> 16 users whatever was asked
+    spike = LoadTestOptions(url="h:1", shape="spike", users=24, duration_s=30).shape_plan()
+    assert [(s.start_s, s.users) for s in spike.stages] == [(0, 3), (10, 24), (20, 3)] and spike.duration_s == 30
+    options = LoadTestOptions(url="h:1", shape="step", users=8, duration_s=20,
+                              shape_args={"step-users": "3", "step-seconds": "10"})
+    plan = options.shape_plan()
+    assert (plan.duration_s, plan.stage_users) == (20, [3, 6])
+    assert shape_line(plan, options).endswith("it replaces --users 8")
+    options = LoadTestOptions(url="h:1", shape="step", shape_args={"steps": "4", "step-seconds": "10"}, duration_s=20)
+    assert shape_line(options.shape_plan(), options).endswith("it replaces --duration 20s")
+    with pytest.raises(UsageError, match="--shape spike has no option steps"):
+        LoadTestOptions(url="h:1", shape="spike", shape_args={"steps": "3"}).check()
