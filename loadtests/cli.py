@@ -71,7 +71,7 @@ def add_loadtest(sub) -> None:
 
 def run_loadtest_command(args: argparse.Namespace, reporter: Reporter) -> int:
     from triton_deploy.errors import UsageError
-    from triton_deploy.loadtests.runner import LoadTestOptions, parse_duration, run_loadtest, summary_table
+    from triton_deploy.loadtests.runner import LoadTestOptions, parse_duration, run_loadtest
     from triton_deploy.loadtests.slo import SLO, SLOViolation
 
     shape_args = {}
@@ -99,13 +99,13 @@ def run_loadtest_command(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 def _print(args, reporter: Reporter, summary: dict, directory: Path) -> None:
-    from triton_deploy.loadtests.runner import summary_table
+    from triton_deploy.loadtests.runner import results_line, summary_table
 
     if args.json:
         print(json.dumps(summary | {"directory": str(directory)}, indent=2))
     else:
         reporter.info(summary_table(summary))
-        reporter.info(f"Results in {directory} (report.html, locust_*.csv, summary.json, *.png)")
+        reporter.info(results_line(summary, directory))
 
 
 # ---- bench ----------------------------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ def run_loadtest(options: LoadTestOptions, reporter: Reporter | None = None) -> 
         levels = options.sweep or (options.users,)
         runs = []
         for users in levels:
-            run_dir = directory if len(levels) == 1 else directory / f"users-{users}"
+            run_dir = directory if len(levels) == 1 else directory / level_folder(users)
             run_dir.mkdir(parents=True, exist_ok=True)
             runs.append(_one_run(options, url, metrics_url, users, run_dir, reporter))
     files = []
@@ -278,6 +278,7 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
                       _run_seconds(run_dir / "locust_window.json"))
     if plan is not None:
         run["stage_users"] = plan.stage_users
+    title = f"{options.model} over {options.protocol}, {label}, {run['duration_s']:g} s"  # of plots and server.md
     run["client_cpu_s"] = round(client_cpu_s, 3)
     run["client_cpu_ms_per_request"] = round(1000 * client_cpu_s / run["requests"], 4) if run["requests"] else None
     run["locust_exit_code"] = process.returncode
@@ -286,7 +287,7 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
     if before is not None and after is not None:
         per_model = server_stats.delta(before, after, prefix=options.model)
         run["server"] = {model: times.summary() for model, times in per_model.items()}
-        table = server_stats.markdown_table(per_model) + "\n"
+        note = None
         answered = run["requests"] - run["failures"]
         counted = per_model[options.model].requests if options.model in per_model else 0
         if server_stats.counters_reset(before, after) or counted < answered:
@@ -294,16 +295,15 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
             # the server restarted during the run (or --metrics-url points at another server).
             run["server_note"] = (f"the server restarted during the run (Triton counted {counted:.0f} of the "
                                   f"{answered} requests answered): its figures cover only the time since")
-            table = f"Note: {run['server_note']}.\n\n{table}"
-        (run_dir / "server.md").write_text(table)
+            note = run["server_note"]
+        (run_dir / "server.md").write_text(server_stats.server_report(per_model, title, note))
     else:
         run["server"] = None
         run["server_error"] = scrape_error
     # Workers send their counts to the master every few seconds (Locust's WORKER_REPORT_INTERVAL, 3 s).
     history = plots.read_history(run_dir / "locust_stats_history.csv", window_s=3 if options.processes > 1 else 1)
     if history:
-        plots.plot_timeline(history, run_dir, f"{options.model} over {options.protocol}, {label}, "
-                                              f"{run['duration_s']:g} s")
+        plots.plot_timeline(history, run_dir, title)
     return run
 
 
@@ -412,6 +412,20 @@ class _TreeCPU:
 
     def total(self) -> float:
         return sum(self.seen.values())
+
+
+def level_folder(users: int) -> str:
+    """The sub-folder of one sweep level."""
+    return f"users-{users}"
+
+
+def results_line(summary: dict, directory: Path) -> str:
+    """Where a run's files are: all in ``directory``, or with a sweep one sub-folder per level."""
+    per_run = "report.html, locust_*.csv, server.md, throughput.png, latency.png"
+    if len(summary["runs"]) == 1:
+        return f"Results in {directory} (summary.json, {per_run})"
+    levels = ", ".join(f"{level_folder(r['users'])}/" for r in summary["runs"])
+    return f"Results in {directory}: summary.json and sweep.png, and per level in {levels} ({per_run})"
 
 
 def summary_table(summary: dict) -> str:

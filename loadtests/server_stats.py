@@ -151,3 +151,23 @@ def markdown_table(per_model: dict[str, ModelTimes]) -> str:
                      f"{t.per_request_ms('compute_input_us'):.2f} | {t.per_request_ms('compute_infer_us'):.2f} | "
                      f"{t.per_request_ms('compute_output_us'):.2f} |")
     return "\n".join(lines)
+
+
+COLUMNS = """Columns, per model over the run (the difference of Triton's Prometheus counters before and after it):
+
+- requests: requests the model answered successfully.
+- images: inferences; a request of 8 images counts 8.
+- batches: executions, how often the model ran; below images when dynamic batching merged requests.
+- avg batch: images per execution, the batch size dynamic batching reached.
+- queue ms: per request, time waiting in the model's scheduler queue for a free instance.
+- input ms, infer ms, output ms: per request, time copying inputs in, running the model, copying outputs out.
+
+The ensemble's row is the whole pipeline as one request; its members' rows show where the time went. A long queue
+with small batches means the server is short of compute."""
+
+
+def server_report(per_model: dict[str, ModelTimes], title: str, note: str | None = None) -> str:
+    """``server.md``: a heading naming the run, an optional note, the table and what each column means."""
+    parts = [f"# Triton's view of the run: {title}", *([f"Note: {note}."] if note else []), markdown_table(per_model),
+             COLUMNS]
+    return "\n\n".join(parts) + "\n"

@@ -17,7 +17,8 @@ from PIL import Image
 from triton_deploy.errors import UsageError
 from triton_deploy.loadtests import server_stats
 from triton_deploy.loadtests.payloads import PoolOptions, load_pool, pool_from_digits
-from triton_deploy.loadtests.runner import LoadTestOptions, parse_duration, run_loadtest, shape_line, summary_table
+from triton_deploy.loadtests.runner import (LoadTestOptions, parse_duration, results_line, run_loadtest,
+                                           shape_line, summary_table)
 from triton_deploy.loadtests.slo import SLO, SLOViolation
 from triton_deploy.server import free_ports
 
@@ -91,6 +92,13 @@ def test_loadtest_without_a_target_or_with_a_bad_url_names_the_flag(tmp_path):
         run_loadtest(LoadTestOptions(output=tmp_path, url="127.0.0.1:1", shape="step", sweep=(1, 2)))
 
 
+def test_results_line_points_into_the_level_folders_of_a_sweep(tmp_path):
+    one = results_line({"runs": [{"users": 8}]}, tmp_path)
+    assert one.startswith(f"Results in {tmp_path} (") and "report.html" in one
+    sweep = results_line({"runs": [{"users": 1}, {"users": 4}]}, tmp_path)
+    assert "summary.json and sweep.png, and per level in users-1/, users-4/ (report.html" in sweep
+
+
 # ---- against the live server ---------------------------------------------------------------------------------
 
 
@@ -158,6 +166,9 @@ def test_headless_locust_run_has_no_failures_and_writes_every_report(triton_serv
     assert server["digits_classifier"]["average_batch"] >= 2
     assert run["client_cpu_ms_per_request"] > 0
     assert json.loads((result.directory / "summary.json").read_text())["passed"] is True
+    report = (result.directory / "server.md").read_text()
+    assert report.startswith(f"# Triton's view of the run: digits over {protocol}, 3 users, ")
+    assert "- avg batch: images per execution" in report and "- queue ms: per request" in report
 
 
 @pytest.mark.slow
