@@ -120,6 +120,19 @@ def test_clients_report_a_killed_server_retry_and_recover_once_it_is_back(digits
     assert regions and not [r for r in regions if os.path.exists(r)]
 
 
+def _wait_for_answered_requests(folder: Path, timeout_s: float = 60.0) -> None:
+    """Until the history of the Locust run under ``folder`` counts answered requests (it is written every second)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for path in folder.glob("loadtest-*/locust_stats_history.csv"):
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r["Name"] == "Aggregated"]
+            if rows and int(rows[-1]["Total Request Count"]) > int(rows[-1]["Total Failure Count"]):
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"no answered request in the Locust history under {folder} within {timeout_s:g} s")
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_a_locust_run_counts_a_killed_server_as_failures_and_recovers_once_it_is_back(digits_repository, tmp_path,
                                                                                         protocol):
@@ -144,7 +157,8 @@ def test_a_locust_run_counts_a_killed_server_as_failures_and_recovers_once_it_is
     with first:
         runner = threading.Thread(target=load)
         runner.start()
-        time.sleep(5)  # Locust starts and loads for a few seconds
+        _wait_for_answered_requests(tmp_path / "lt")  # Locust's start takes 5-15 s on a busy machine
+        time.sleep(2)  # and loads for a few seconds
         os.killpg(first.process.pid, signal.SIGKILL)
         first.process.wait()
         killed_at = time.time()
