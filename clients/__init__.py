@@ -19,8 +19,8 @@ _EXPORTS = {
     "AsyncImageClassifier": "aio", "ImageClassifier": "classifier", "TlsOptions": "transport",
     "Outcome": "results", "Prediction": "results", "Rank": "results",
     **{name: "errors" for name in ("ClassificationError", "ImageError", "InferenceError", "InvalidInputError",
-                                   "ModelMismatchError", "ModelNotFoundError", "ProtocolMismatchError",
-                                   "RequestTimeoutError", "RequestTooLargeError", "ServerUnavailableError")},
+                                   "ModelMismatchError", "ModelNotFoundError", "RequestTimeoutError",
+                                   "RequestTooLargeError", "ServerUnavailableError")},
 }
 
 __all__ = sorted(_EXPORTS)

@@ -19,18 +19,14 @@ class ServerUnavailableError(ClientError):
     """Nothing answers at the URL, the connection broke, or the server said 503/UNAVAILABLE (after retries).
 
     ``no_server`` is set when no server of the client's protocol is at the URL at all (connection refused, or the
-    other protocol answers): waiting for readiness cannot help there, so ``wait_ready`` gives up after the retries
-    instead of the whole ready timeout."""
+    other protocol answers: an HTTP client on Triton's gRPC port or the reverse): waiting for readiness cannot help
+    there, so ``wait_ready`` gives up after the retries instead of the whole ready timeout."""
 
     exit_code = 30
-    no_server = False
 
-
-class ProtocolMismatchError(ServerUnavailableError):
-    """The port answers in the other protocol: an HTTP client on Triton's gRPC port, or a gRPC client on its HTTP
-    port."""
-
-    no_server = True
+    def __init__(self, message: str, *, hint: str | None = None, no_server: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.no_server = no_server
 
 
 class ModelNotFoundError(ClientError):
@@ -162,15 +158,17 @@ _HTTP_ON_GRPC_PORT = re.compile(r"Expected HTTP/")
 _GRPC_ON_HTTP_PORT = re.compile(r"failed to connect to all addresses.*(Socket closed|http1\.x server)")
 
 
-def _protocol_mismatch(message: str, url: str) -> ProtocolMismatchError | None:
+def _protocol_mismatch(message: str, url: str) -> ServerUnavailableError | None:
     if _HTTP_ON_GRPC_PORT.search(message):
-        return ProtocolMismatchError(f"{url} answered an HTTP/1.1 request with HTTP/2 frames: it looks like Triton's "
-                                     "gRPC port, not its HTTP port",
-                                     hint="use --protocol grpc with this port, or the HTTP port: 8000 by default")
+        return ServerUnavailableError(f"{url} answered an HTTP/1.1 request with HTTP/2 frames: it looks like "
+                                      "Triton's gRPC port, not its HTTP port",
+                                      hint="use --protocol grpc with this port, or the HTTP port: 8000 by default",
+                                      no_server=True)
     if _GRPC_ON_HTTP_PORT.search(message):
-        return ProtocolMismatchError(f"{url} accepts connections but closes them without speaking gRPC: it looks "
-                                     "like Triton's HTTP port, not its gRPC port",
-                                     hint="use --protocol http with this port, or the gRPC port: 8001 by default")
+        return ServerUnavailableError(f"{url} accepts connections but closes them without speaking gRPC: it looks "
+                                      "like Triton's HTTP port, not its gRPC port",
+                                      hint="use --protocol http with this port, or the gRPC port: 8001 by default",
+                                      no_server=True)
     return None
 
 
@@ -193,11 +191,9 @@ def _typed(exc: BaseException, url: str, model: str) -> ClientError:
     if mismatch is not None:
         return mismatch
     if is_connection_failure(exc) and is_refused(exc):
-        error = ServerUnavailableError(f"nothing listens at {url} (connection refused): {message}",
-                                       hint="check --url and --protocol, and that the server is running; Triton's "
-                                            "default ports are 8000 for HTTP, 8001 for gRPC")
-        error.no_server = True
-        return error
+        return ServerUnavailableError(f"nothing listens at {url} (connection refused): {message}",
+                                      hint="check --url and --protocol, and that the server is running; Triton's "
+                                           "default ports are 8000 for HTTP, 8001 for gRPC", no_server=True)
     if is_connection_failure(exc):
         return ServerUnavailableError(f"cannot reach a Triton server at {url}: {message}",
                                       hint="check --url and that the server is running and ready")

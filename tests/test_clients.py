@@ -15,8 +15,8 @@ from conftest import encode_digit
 from PIL import Image
 
 from triton_deploy.clients import (AsyncImageClassifier, ClassificationError, ImageClassifier, InvalidInputError,
-                                   ModelMismatchError, ModelNotFoundError, ProtocolMismatchError, RequestTimeoutError,
-                                   RequestTooLargeError, ServerUnavailableError)
+                                   ModelMismatchError, ModelNotFoundError, RequestTimeoutError, RequestTooLargeError,
+                                   ServerUnavailableError)
 from triton_deploy.clients.shm import NAME_PREFIX, leftover_regions
 from triton_deploy.server import free_ports
 
@@ -201,7 +201,7 @@ def test_a_client_on_the_other_protocols_port_names_the_mix_up(triton_server, pr
     other = "grpc" if protocol == "http" else "http"
     started = time.monotonic()
     port_name = {"http": "HTTP", "grpc": "gRPC"}[other]
-    with pytest.raises(ProtocolMismatchError, match=f"looks like Triton's {port_name} port.*--protocol {other} with"):
+    with pytest.raises(ServerUnavailableError, match=f"looks like Triton's {port_name} port.*--protocol {other} with"):
         run(client_kind, url_of(triton_server, other), [], protocol=protocol, ready_timeout=30)
     assert time.monotonic() - started < 10
 
