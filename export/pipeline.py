@@ -125,10 +125,9 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             flops_per_image=2 * model.extra["multiply_adds_per_image"] if "multiply_adds_per_image" in model.extra
             else None,
             created_by=f"triton-deploy {__version__}",
-            extra={"sample_image": SAMPLE_IMAGE,
-                   "largest_activation_bytes_per_image": graph.largest_activation_bytes(model_path)}
-            | ({"multiply_adds_per_image": model.extra["multiply_adds_per_image"]}
-               if "multiply_adds_per_image" in model.extra else {}),
+            sample_image=SAMPLE_IMAGE,
+            largest_activation_bytes_per_image=graph.largest_activation_bytes(model_path),
+            multiply_adds_per_image=model.extra.get("multiply_adds_per_image"),
         )
         manifest.write(staging)
     return ExportResult(Path(options.output), manifest)

@@ -203,7 +203,7 @@ def session_batch_size(manifest: Manifest, options: RepositoryOptions) -> int:
     """Images per ONNX Runtime call in the python classifier; 0 runs the whole dynamic batch in one call."""
     if options.session_batch_size is not None:
         return options.session_batch_size
-    largest = manifest.extra.get("largest_activation_bytes_per_image")
+    largest = manifest.largest_activation_bytes_per_image
     if not largest:
         return 0  # an export from before this was recorded: keep one call per batch
     size = max(1, ACTIVATION_BUDGET_BYTES // int(largest))
