@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from triton_deploy.errors import ClientError
-from triton_deploy.server import ADMIN_HEADER
+from triton_deploy.contract import ADMIN_HEADER
 
 from .discovery import Call
 from .errors import InvalidInputError, ModelNotFoundError, ServerUnavailableError, is_restricted, translate

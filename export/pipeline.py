@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from triton_deploy import __version__
+from triton_deploy.contract import IMAGE_SUFFIXES
 from triton_deploy.errors import ModelSourceError, UsageError
 from triton_deploy.fsutil import atomic_directory, check_output_dir
 from triton_deploy.preprocessing import ImageDecodeError, ImageTransform
@@ -24,7 +25,6 @@ from triton_deploy.spec import Manifest, TensorSpec
 
 from . import convert, digits, graph, sources, validate
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 SAMPLE_IMAGE = "sample.png"
 
 

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from triton_deploy.contract import IMAGE_SUFFIXES
 from triton_deploy.errors import TritonDeployError, UsageError
 from triton_deploy.preprocessing import ImageDecodeError, ImageTransform
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
 class QuantizationError(TritonDeployError):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jinja2
 
+from triton_deploy.contract import CLASS_IDS, IMAGE, LABELS, OUTPUTS, SCORES
 from triton_deploy.errors import UsageError
 from triton_deploy.spec import Manifest, TensorSpec
 
@@ -19,9 +20,6 @@ TEMPLATES = Path(__file__).parent / "templates"
 BACKENDS = ("python", "onnxruntime", "tensorrt")
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
-# Tensor names of the ensemble's public contract: what every client sends and receives.
-IMAGE_INPUT = "IMAGE"
-OUTPUTS = ("CLASS_IDS", "SCORES", "LABELS")
 
 
 @dataclass(frozen=True)
@@ -236,12 +234,12 @@ def render_configs(manifest: Manifest, options: RepositoryOptions, names: ModelN
     # much from larger batches, so the python steps batch whatever is queued without waiting.
     step_batching = Batching(options.dynamic_batching, (), options.step_queue_delay_us)
     mbs = options.max_batch_size
-    image = Tensor(IMAGE_INPUT, "TYPE_STRING", (1,))
+    image = Tensor(IMAGE, "TYPE_STRING", (1,))
     model_input = Tensor.of(manifest.input, image=True)
     scores = Tensor.of(manifest.output)
     k = min(options.top_k, manifest.num_classes)
-    top = (Tensor("CLASS_IDS", "TYPE_INT64", (k,)), Tensor("SCORES", "TYPE_FP32", (k,)),
-           Tensor("LABELS", "TYPE_STRING", (k,)))
+    top = (Tensor(CLASS_IDS, "TYPE_INT64", (k,)), Tensor(SCORES, "TYPE_FP32", (k,)),
+           Tensor(LABELS, "TYPE_STRING", (k,)))
     source = f"export '{manifest.name}'"
 
     preprocess = ModelContext(
@@ -266,7 +264,7 @@ def render_configs(manifest: Manifest, options: RepositoryOptions, names: ModelN
     ensemble = ModelContext(name=names.ensemble, max_batch_size=mbs, inputs=(image,), outputs=top,
                             batching=Batching(False, (), 0), instances=Instances(1))
     steps = [
-        {"model": names.preprocess, "inputs": {IMAGE_INPUT: IMAGE_INPUT},
+        {"model": names.preprocess, "inputs": {IMAGE: IMAGE},
          "outputs": {manifest.input.name: "preprocessed_image"}},
         {"model": names.classifier, "inputs": {manifest.input.name: "preprocessed_image"},
          "outputs": {manifest.output.name: "class_scores"}},

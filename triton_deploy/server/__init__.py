@@ -8,7 +8,9 @@ left running by ``serve --background`` and stops it; ``cli`` holds the ``serve``
 
 from .background import DEFAULT_STATE_FILE, stop_background
 from .install import HTTP_MAX_INPUT_SIZE_FLAG, ServerInstallation
-from .options import (ADMIN_HEADER, RESTRICTED_APIS, ServerOptions, effective_http_max_input_size, is_loopback,
+from triton_deploy.contract import ADMIN_HEADER
+
+from .options import (RESTRICTED_APIS, ServerOptions, effective_http_max_input_size, is_loopback,
                       server_command)
 from .process import TritonServer, free_ports, port_is_free
 from .supervisor import SHM_REGION_PREFIX, STUB_BINARY, SupervisionPolicy, supervise

@@ -11,12 +11,12 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from triton_deploy.contract import ADMIN_HEADER
 from triton_deploy.errors import UsageError
 
 from .install import HTTP_MAX_INPUT_SIZE_FLAG, ServerInstallation
 
 RESTRICTED_APIS = ("model-repository", "model-config", "logging", "trace")
-ADMIN_HEADER = "triton-admin-key"
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from triton_deploy.contract import ADMIN_HEADER
 from triton_deploy.errors import ServerError
 
 from . import supervisor
 from .install import ServerInstallation
-from .options import ADMIN_HEADER, ServerOptions, effective_http_max_input_size, server_command
+from .options import ServerOptions, effective_http_max_input_size, server_command
 
 
 def port_is_free(host: str, port: int) -> bool:
