@@ -40,8 +40,6 @@ LOCUST_OK = {0, 1, 3}  # 1: some requests failed (Locust's --exit-code-on-error)
 class LoadTestError(TritonDeployError):
     """Locust could not run, or the run produced no statistics."""
 
-    exit_code = 12
-
 
 @dataclass(frozen=True)
 class LoadTestOptions:

@@ -14,8 +14,6 @@ from triton_deploy.errors import TritonDeployError, UsageError
 class SLOViolation(TritonDeployError):
     """A load test finished but broke one or more service-level objectives."""
 
-    exit_code = 11
-
 
 @dataclass(frozen=True)
 class SLO:

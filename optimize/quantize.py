@@ -36,8 +36,6 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 class QuantizationError(TritonDeployError):
     """A rewrite (onnxslim, float16, ONNX Runtime quantisation) failed on this model."""
 
-    exit_code = 20
-
 
 def simplify(source: Path, target: Path) -> None:
     """Constant folding, dead-node removal and op fusion with onnxslim; the graph's inputs and outputs are kept."""

@@ -49,8 +49,6 @@ Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
 class TensorRTCompatibilityError(TritonDeployError):
     """The ONNX graph cannot be built into a TensorRT plan as it is; the message lists every problem."""
 
-    exit_code = 21
-
 
 @dataclass(frozen=True)
 class TensorRTReport:
