@@ -10,7 +10,6 @@ from pathlib import Path
 from triton_deploy.contract import IMAGE_SUFFIXES
 
 
-
 def expand_paths(arguments: Sequence[str]) -> list[str]:
     """Files named explicitly are kept whatever their suffix (and even when missing, so their error is reported by
     name); directories and globs contribute image files only."""

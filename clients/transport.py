@@ -13,6 +13,7 @@ unavailable (``None``) when the server refuses it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import threading
 import time
@@ -23,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from triton_deploy.errors import ClientError
 from triton_deploy.contract import ADMIN_HEADER
+from triton_deploy.errors import ClientError
 
 from .discovery import Call
 from .errors import InvalidInputError, ModelNotFoundError, ServerUnavailableError, is_restricted, translate
@@ -125,15 +126,17 @@ class _Request:
 
     def bind(self) -> None:
         """Point the shared-memory tensors at the slot's regions (after they were sized)."""
+        slot = self.slot
+        assert slot is not None  # only calls placed in a slot are bound
         placed_in = {p.name: p for p in self.placed_in}
         for tensor in self.inputs:
             where = placed_in.get(tensor.name())
-            if where is not None:
-                tensor.set_shared_memory(self.slot.input.name, where.nbytes, where.offset)
+            if where is not None and slot.input is not None:
+                tensor.set_shared_memory(slot.input.name, where.nbytes, where.offset)
         for _spec, output, where in self.outputs:
-            if where is not None:
-                output.set_shared_memory(self.slot.output.name, where.nbytes, where.offset)
-        self.slot.write(self.placed_in, self.payloads)
+            if where is not None and slot.output is not None:
+                output.set_shared_memory(slot.output.name, where.nbytes, where.offset)
+        slot.write(self.placed_in, self.payloads)
 
     def answer(self, result: Any) -> dict[str, np.ndarray]:
         specs = {spec.name: spec for spec, _o, _w in self.outputs}
@@ -235,8 +238,8 @@ class SyncTransport:
                 if not region.registered:
                     region.registered = True  # set first: a call that fails late may still have registered it
                     try:
-                        self._guard(call.model, lambda r=region: client.register_system_shared_memory(
-                            r.name, r.key, r.size, **self._kw()))
+                        self._guard(call.model, functools.partial(client.register_system_shared_memory,
+                                                                  region.name, region.key, region.size, **self._kw()))
                     except ServerUnavailableError:
                         region.registered = False  # never reached the server: register again on the retry
                         raise
@@ -305,7 +308,7 @@ def drive_sync(steps: Generator[Call, Any, Any], transport: SyncTransport, retry
         call = next(steps)
         while True:
             try:
-                result = with_retry(lambda: transport.call(call, slot), retry)
+                result = with_retry(functools.partial(transport.call, call, slot), retry)
             except ClientError as exc:
                 call = steps.throw(exc)
             else:
@@ -470,7 +473,7 @@ async def drive_async(steps: Generator[Call, Any, Any], transport: AsyncTranspor
     try:
         while True:
             try:
-                result = await with_retry_async(lambda: transport.call(call, slot), retry)
+                result = await with_retry_async(functools.partial(transport.call, call, slot), retry)
             except ClientError as exc:
                 call = steps.throw(exc)
             else:

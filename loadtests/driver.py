@@ -19,7 +19,6 @@ from triton_deploy.errors import ClientError
 from triton_deploy.loadtests.payloads import ImagePool
 
 
-
 @dataclass(frozen=True)
 class Measurement:
     images: int

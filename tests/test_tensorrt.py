@@ -110,7 +110,7 @@ def test_digits_export_is_compatible_and_its_gpu_config_parses(digits_export):
     report, command, config_text = tensorrt.check_export(digits_export, tensorrt.PlanOptions(max_batch_size=8))
     assert report.compatible, report.problems
     assert report.inputs == {"image": [None, 64, 64, 1]}
-    assert f"--maxShapes=image:8x64x64x1" in command
+    assert "--maxShapes=image:8x64x64x1" in command
     config = text_format.Parse(config_text, model_config_pb2.ModelConfig())
     assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 8
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU

@@ -66,6 +66,19 @@ class UsageError(TritonDeployError):
     """A flag value that cannot work, e.g. an unknown architecture name."""
 
 
+Problem = tuple[str, str]  # (what is wrong, the flag or file to fix)
+
+
+def raise_problems(problems: list[Problem]) -> None:
+    """How every options object validates: collect every problem, then raise one ``UsageError`` (the first problem
+    with its hint, the others after "also:"), so a user fixes all their flags in one go."""
+    if problems:
+        message, hint = problems[0]
+        if len(problems) > 1:
+            message += "; also: " + "; ".join(m for m, _ in problems[1:])
+        raise UsageError(message, hint=hint)
+
+
 class OutputExistsError(TritonDeployError):
     """The output directory exists and ``--force`` was not given."""
 
@@ -96,6 +109,10 @@ class ServerError(TritonDeployError):
 
 class ClientError(TritonDeployError):
     """A request to a Triton server failed; subclasses in ``triton_deploy.clients`` say how."""
+
+    # Set by ``clients.errors.translate`` on errors it makes from a transport's exception (absent otherwise).
+    server_message: str
+    status: str
 
 
 class GateError(TritonDeployError):

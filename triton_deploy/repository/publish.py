@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from triton_deploy.errors import GateError, UsageError
+from triton_deploy.errors import GateError, Problem, raise_problems
 
 if TYPE_CHECKING:
     from triton_deploy.optimize.report import OptimizeReport
@@ -32,17 +32,16 @@ class Publisher:
     def check(self) -> None:
         from .render import version_policy_text
 
-        problems, hints = [], []
+        problems: list[Problem] = []
         if self.mode not in PUBLISH_MODES:
-            problems.append(f"unknown publish mode {self.mode!r}")
-            hints.append("--publish-as takes versions|siblings")
+            problems.append((f"unknown publish mode {self.mode!r}", "--publish-as takes versions|siblings"))
         try:
             version_policy_text(self.version_policy)
         except ValueError as exc:
-            problems.append(str(exc))
-            hints.append("check --version-policy")
-        if problems:
-            raise UsageError("; ".join(problems), hint="; ".join(hints))
+            problems.append((str(exc), "check --version-policy"))
+        if self.max_batch_size < 1:
+            problems.append((f"max batch size {self.max_batch_size} must be at least 1", "check --max-batch-size"))
+        raise_problems(problems)
 
     def __str__(self) -> str:
         return f"{self.repository} as {self.mode}"

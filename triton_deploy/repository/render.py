@@ -13,7 +13,7 @@ from pathlib import Path
 import jinja2
 
 from triton_deploy.contract import CLASS_IDS, IMAGE, LABELS, OUTPUTS, SCORES
-from triton_deploy.errors import UsageError
+from triton_deploy.errors import Problem, raise_problems
 from triton_deploy.spec import Manifest, TensorSpec
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -63,7 +63,7 @@ class RepositoryOptions:
         return 1 if self.instance_kind == "gpu" else 2
 
     def check(self) -> None:
-        problems = []
+        problems: list[Problem] = []
         if self.classifier_backend not in BACKENDS:
             problems.append((f"unknown classifier backend {self.classifier_backend!r}",
                              f"--classifier-backend takes {'|'.join(BACKENDS)}"))
@@ -100,11 +100,7 @@ class RepositoryOptions:
             version_policy_text(self.version_policy)
         except ValueError as exc:
             problems.append((str(exc), "check --version-policy"))
-        if problems:
-            message, hint = problems[0]
-            if len(problems) > 1:
-                message += "; also: " + "; ".join(m for m, _ in problems[1:])
-            raise UsageError(message, hint=hint)
+        raise_problems(problems)
 
 
 def version_policy_text(policy: str) -> str:
