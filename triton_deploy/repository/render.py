@@ -22,6 +22,39 @@ NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
 
 
+TENSORRT_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class TensorRTAccelerator:
+    """ONNX Runtime's TensorRT execution provider for an onnxruntime-backend classifier on GPU, with the engine cache
+    on so instances and restarts reuse built engines (TensorRT otherwise rebuilds an engine per instance)."""
+
+    precision: str = "fp16"
+    engine_cache_path: str = "/tmp/trt_engine_cache"
+    workspace_bytes: int = 2 << 30
+    calibration_table: str | None = None  # INT8 without Q/DQ nodes: a table built by TensorRT on the target
+
+    def problems(self) -> list[Problem]:
+        problems: list[Problem] = []
+        if self.precision not in TENSORRT_PRECISIONS:
+            problems.append((f"unknown precision {self.precision!r}",
+                             f"--precision takes {'|'.join(TENSORRT_PRECISIONS)}"))
+        if self.workspace_bytes < 1:
+            problems.append((f"TensorRT workspace {self.workspace_bytes} bytes must be positive", "check the workspace"))
+        return problems
+
+    @property
+    def parameters(self) -> dict[str, str]:
+        """The execution provider's parameters, in the order the config lists them."""
+        parameters = {"precision_mode": self.precision.upper(), "max_workspace_size_bytes": str(self.workspace_bytes),
+                      "trt_engine_cache_enable": "1", "trt_engine_cache_path": self.engine_cache_path}
+        if self.precision == "int8" and self.calibration_table:
+            parameters |= {"int8_calibration_table_name": self.calibration_table,
+                           "int8_use_native_calibration_table": "1"}
+        return parameters
+
+
 @dataclass(frozen=True)
 class RepositoryOptions:
     """Everything ``triton-deploy repo`` lets a platform team tune. Defaults suit the local CPU server."""
@@ -44,6 +77,7 @@ class RepositoryOptions:
     intra_op_threads: int | None = None  # default: the server's CPUs / classifier instances (classifier_parameters)
     inter_op_threads: int = 1
     session_batch_size: int | None = None  # images per ONNX Runtime call (python backend); None: sized to the cache
+    tensorrt_accelerator: TensorRTAccelerator | None = None  # onnxruntime backend on GPU: run through TensorRT
 
     @property
     def queue_delay_us(self) -> int:
@@ -100,6 +134,11 @@ class RepositoryOptions:
             version_policy_text(self.version_policy)
         except ValueError as exc:
             problems.append((str(exc), "check --version-policy"))
+        if self.tensorrt_accelerator is not None:
+            if self.classifier_backend != "onnxruntime" or self.instance_kind != "gpu":
+                problems.append(("the TensorRT accelerator needs the onnxruntime backend on GPU",
+                                 "use --classifier-backend onnxruntime --instance-kind gpu"))
+            problems += self.tensorrt_accelerator.problems()
         raise_problems(problems)
 
 
@@ -166,6 +205,7 @@ class ModelContext:
     version_policy: str = "{ latest { num_versions: 1 } }"
     parameters: dict[str, str] = field(default_factory=dict)
     warmup: tuple[WarmupSample, ...] = ()
+    accelerator: TensorRTAccelerator | None = None
 
 
 @dataclass(frozen=True)
@@ -250,6 +290,7 @@ def render_configs(manifest: Manifest, options: RepositoryOptions, names: ModelN
         version_policy=version_policy_text(options.version_policy),
         parameters=classifier_parameters(manifest, options),
         warmup=(WarmupSample("sample_input", Tensor.of(manifest.input), CLASSIFIER_WARMUP),),
+        accelerator=options.tensorrt_accelerator,
     )
     postprocess = ModelContext(
         name=names.postprocess, max_batch_size=mbs, inputs=(scores,), outputs=top, batching=step_batching,
@@ -290,6 +331,20 @@ def protobuf_string(value: object) -> str:
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     escaped = "".join(c if c >= " " else f"\\{ord(c):03o}" for c in escaped)
     return f'"{escaped}"'
+
+
+def gpu_classifier_config(manifest: Manifest, accelerator: TensorRTAccelerator, max_batch_size: int = 32) -> str:
+    """The classifier's config.pbtxt for Triton's onnxruntime backend on GPU with the TensorRT accelerator, rendered
+    like every other config and parsed with Triton's ModelConfig protobuf before it is returned."""
+    from .validate import parse_config
+
+    options = RepositoryOptions(classifier_backend="onnxruntime", instance_kind="gpu", max_batch_size=max_batch_size,
+                                tensorrt_accelerator=accelerator)
+    options.check()
+    names = ModelNames.for_prefix(manifest.name)
+    text = tidy(render_configs(manifest, options, names)[names.classifier])
+    parse_config(text, f"{names.classifier}/config.pbtxt")
+    return text
 
 
 def tidy(text: str) -> str:
