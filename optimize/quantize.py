@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from triton_deploy.contract import IMAGE_SUFFIXES
-from triton_deploy.errors import Problem, TritonDeployError, UsageError, raise_problems
+from triton_deploy.errors import Problem, TritonDeployError, UsageError, raise_problems, unknown_choice
 from triton_deploy.preprocessing import ImageDecodeError, ImageTransform
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -87,8 +87,8 @@ class Calibration:
     def problems(self) -> list[Problem]:
         problems: list[Problem] = []
         if self.method not in CALIBRATION_METHODS:
-            problems.append((f"unknown calibration method {self.method!r}",
-                             f"--calibration-method takes {'|'.join(CALIBRATION_METHODS)}"))
+            problems.append(unknown_choice("calibration method", self.method, "--calibration-method",
+                                           CALIBRATION_METHODS))
         if not 50.0 < self.percentile <= 100.0:
             problems.append((f"calibration percentile {self.percentile} must be in (50, 100]",
                              "check --calibration-percentile"))

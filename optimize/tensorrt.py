@@ -27,7 +27,7 @@ from pathlib import Path
 
 import onnx
 
-from triton_deploy.errors import Problem, TritonDeployError, UsageError, raise_problems
+from triton_deploy.errors import Problem, TritonDeployError, UsageError, raise_problems, unknown_choice
 
 TRT_OPSET_RANGE = (9, 20)  # TensorRT 10.x ONNX parser, inclusive
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -198,7 +198,7 @@ class PlanOptions:
     def check(self) -> None:
         problems: list[Problem] = []
         if self.precision not in PRECISIONS:
-            problems.append((f"unknown precision {self.precision!r}", f"--precision takes {'|'.join(PRECISIONS)}"))
+            problems.append(unknown_choice("precision", self.precision, "--precision", PRECISIONS))
         if not 1 <= self.max_batch_size <= 4096:
             problems.append((f"max batch size {self.max_batch_size} is outside 1-4096", "check --max-batch-size"))
         opt = self.opt_batch_size

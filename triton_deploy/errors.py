@@ -69,6 +69,11 @@ class UsageError(TritonDeployError):
 Problem = tuple[str, str]  # (what is wrong, the flag or file to fix)
 
 
+def unknown_choice(what: str, value: object, flag: str, choices: tuple[str, ...]) -> Problem:
+    """The problem of a value outside a fixed set, naming the flag and what it takes."""
+    return f"unknown {what} {value!r}", f"{flag} takes {'|'.join(choices)}"
+
+
 def raise_problems(problems: list[Problem]) -> None:
     """How every options object validates: collect every problem, then raise one ``UsageError`` (the first problem
     with its hint, the others after "also:"), so a user fixes all their flags in one go."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from triton_deploy.errors import GateError, Problem, raise_problems
+from triton_deploy.errors import GateError, Problem, raise_problems, unknown_choice
 
 if TYPE_CHECKING:
     from triton_deploy.optimize.report import OptimizeReport
@@ -24,6 +24,9 @@ PUBLISH_MODES = ("versions", "siblings")
 
 @dataclass(frozen=True)
 class Publisher:
+    """Where and how ``optimize --publish`` writes: the repository, versions or siblings, and the config settings
+    of the published models. Called with a report, it publishes it."""
+
     repository: Path
     mode: str = "versions"
     version_policy: str = "latest:1"
@@ -34,7 +37,7 @@ class Publisher:
 
         problems: list[Problem] = []
         if self.mode not in PUBLISH_MODES:
-            problems.append((f"unknown publish mode {self.mode!r}", "--publish-as takes versions|siblings"))
+            problems.append(unknown_choice("publish mode", self.mode, "--publish-as", PUBLISH_MODES))
         try:
             version_policy_text(self.version_policy)
         except ValueError as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 import jinja2
 
 from triton_deploy.contract import CLASS_IDS, IMAGE, LABELS, OUTPUTS, SCORES
-from triton_deploy.errors import Problem, raise_problems
+from triton_deploy.errors import Problem, raise_problems, unknown_choice
 from triton_deploy.spec import Manifest, TensorSpec
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -38,8 +38,7 @@ class TensorRTAccelerator:
     def problems(self) -> list[Problem]:
         problems: list[Problem] = []
         if self.precision not in TENSORRT_PRECISIONS:
-            problems.append((f"unknown precision {self.precision!r}",
-                             f"--precision takes {'|'.join(TENSORRT_PRECISIONS)}"))
+            problems.append(unknown_choice("precision", self.precision, "--precision", TENSORRT_PRECISIONS))
         if self.workspace_bytes < 1:
             problems.append((f"TensorRT workspace {self.workspace_bytes} bytes must be positive", "check the workspace"))
         return problems
@@ -99,8 +98,8 @@ class RepositoryOptions:
     def check(self) -> None:
         problems: list[Problem] = []
         if self.classifier_backend not in BACKENDS:
-            problems.append((f"unknown classifier backend {self.classifier_backend!r}",
-                             f"--classifier-backend takes {'|'.join(BACKENDS)}"))
+            problems.append(unknown_choice("classifier backend", self.classifier_backend, "--classifier-backend",
+                                           BACKENDS))
         if self.prefix is not None and not NAME_PATTERN.match(self.prefix):
             problems.append((f"model prefix {self.prefix!r} must start with a letter and hold only letters, digits, "
                              "'_' and '-' (at most 64)", "check --prefix"))

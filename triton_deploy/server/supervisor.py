@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from triton_deploy.errors import Problem, ServerError, raise_problems
+from triton_deploy.errors import Problem, ServerError, raise_problems, unknown_choice
 
 if TYPE_CHECKING:
     from .process import TritonServer
@@ -113,8 +113,7 @@ class SupervisionPolicy:
     def check(self) -> None:
         problems: list[Problem] = []
         if self.stub_failure not in STUB_FAILURE_MODES:
-            problems.append((f"unknown --stub-failure {self.stub_failure!r}",
-                             f"--stub-failure takes {'|'.join(STUB_FAILURE_MODES)}"))
+            problems.append(unknown_choice("--stub-failure", self.stub_failure, "--stub-failure", STUB_FAILURE_MODES))
         if self.max_restarts < 0:
             problems.append((f"--max-restarts {self.max_restarts} is negative", "check --max-restarts"))
         raise_problems(problems)
