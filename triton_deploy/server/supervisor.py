@@ -111,12 +111,12 @@ class SupervisionPolicy:
     max_restarts: int = 3
 
     def check(self) -> None:
-        problems: list[Problem] = []
-        if self.stub_failure not in STUB_FAILURE_MODES:
-            problems.append(unknown_choice("--stub-failure", self.stub_failure, "--stub-failure", STUB_FAILURE_MODES))
-        if self.max_restarts < 0:
-            problems.append((f"--max-restarts {self.max_restarts} is negative", "check --max-restarts"))
-        raise_problems(problems)
+        checks: list[tuple[bool, Problem]] = [
+            (self.stub_failure not in STUB_FAILURE_MODES,
+             unknown_choice("--stub-failure", self.stub_failure, "--stub-failure", STUB_FAILURE_MODES)),
+            (self.max_restarts < 0, (f"--max-restarts {self.max_restarts} is negative", "check --max-restarts")),
+        ]
+        raise_problems([problem for failed, problem in checks if failed])
 
 
 def supervise(server: TritonServer, policy: SupervisionPolicy, notify: Callable[[str], None],
