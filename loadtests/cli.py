@@ -12,10 +12,6 @@ from pathlib import Path
 from triton_deploy.cliargs import add_common_flags, int_list, word_list
 from triton_deploy.progress import Reporter
 
-
-
-
-
 # ---- loadtest -------------------------------------------------------------------------------------------------
 
 

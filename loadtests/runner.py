@@ -41,8 +41,6 @@ LOCUST_OK = {0, 1, 3}  # 1: some requests failed (Locust's --exit-code-on-error)
 class LoadTestError(TritonDeployError):
     """Locust could not run, or the run produced no statistics."""
 
-    exit_code = 12
-
 
 @dataclass(frozen=True)
 class LoadTestOptions:
@@ -176,6 +174,7 @@ def _endpoints(options: LoadTestOptions, directory: Path, stack: ExitStack, repo
         url = options.url.split("://", 1)[-1].rstrip("/")
         host = url.rsplit(":", 1)[0]
         return url, options.metrics_url or f"http://{host}:8002/metrics"
+    assert options.repository is not None  # LoadTestOptions.check: --url or --repository
     from triton_deploy.server import ServerOptions, TritonServer, free_ports
 
     http_port, grpc_port, metrics_port = free_ports(3)
@@ -221,8 +220,8 @@ def locust_command(options: LoadTestOptions, url: str, users: int, run_dir: Path
         command += ["--users", str(users), "--spawn-rate", f"{options.spawn_rate or users:g}",
                     "--run-time", f"{math.ceil(options.duration_s)}s"]
     plan = options.shape_plan()
-    for key, value in (plan.args if plan else {}).items():
-        command += [f"--{key}", f"{value:g}"]
+    for key, shape_value in (plan.args if plan else {}).items():
+        command += [f"--{key}", f"{shape_value:g}"]
     if options.image_dir is not None:
         command += ["--image-dir", str(options.image_dir)]
     if options.processes > 1:

@@ -17,6 +17,7 @@ from triton_deploy.loadtests.shapes import spike_stages, users_at
 
 class SpikeLoadShape(LoadTestShape):
     def tick(self):
+        assert self.runner is not None and self.runner.environment.parsed_options is not None  # set while running
         options = self.runner.environment.parsed_options
         stages = spike_stages(options.spike_base_users, options.spike_users, options.spike_at, options.spike_seconds,
                               options.spike_total_seconds)

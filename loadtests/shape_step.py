@@ -16,6 +16,7 @@ from triton_deploy.loadtests.shapes import step_stages, users_at
 
 class StepLoadShape(LoadTestShape):
     def tick(self):
+        assert self.runner is not None and self.runner.environment.parsed_options is not None  # set while running
         options = self.runner.environment.parsed_options
         users = users_at(step_stages(options.step_users, options.step_seconds, options.steps), self.get_run_time())
         if users is None:

@@ -32,7 +32,7 @@ def spike_stages(base_users: int, spike_users: int, at_s: float, spike_s: float,
     """``base_users``, ``spike_users`` from ``at_s`` for ``spike_s``, back to the base until ``total_s``."""
     edges = sorted({0.0, min(at_s, total_s), min(at_s + spike_s, total_s), total_s})
     return [Stage(start, end, spike_users if at_s <= start < at_s + spike_s else base_users)
-            for start, end in zip(edges, edges[1:]) if end > start]
+            for start, end in zip(edges, edges[1:], strict=False) if end > start]
 
 
 def users_at(stages: list[Stage], elapsed_s: float) -> int | None:
@@ -82,17 +82,20 @@ def plan_shape(name: str, given: dict[str, str], users: int, duration_s: float) 
         raise UsageError(f"--shape-arg values must be numbers: {exc}", hint="e.g. --shape-arg step-users=4") from exc
     if any(value <= 0 for key, value in values.items() if key != "spike-at") or values.get("spike-at", 0) < 0:
         raise UsageError(f"--shape-arg values must be positive, got {given}", hint="check --shape-arg")
+    args: dict[str, float]
     if name == "step":
         steps = int(values.get("steps") or (max(1, round(duration_s / values["step-seconds"]))
                                             if "step-seconds" in values else min(DEFAULT_STEPS, users)))
-        args = {"steps": steps, "step-seconds": values.get("step-seconds", duration_s / steps),
-                "step-users": int(values.get("step-users", max(1, users // steps)))}
-        stages = step_stages(args["step-users"], args["step-seconds"], steps)
+        step_seconds = values.get("step-seconds", duration_s / steps)
+        step_users = int(values.get("step-users", max(1, users // steps)))
+        args = {"steps": steps, "step-seconds": step_seconds, "step-users": step_users}
+        stages = step_stages(step_users, step_seconds, steps)
     else:
         total = values.get("spike-total-seconds", duration_s)
         peak = int(values.get("spike-users", users))
-        args = {"spike-total-seconds": total, "spike-users": peak,
-                "spike-base-users": int(values.get("spike-base-users", max(1, peak // 8))),
-                "spike-at": values.get("spike-at", total / 3), "spike-seconds": values.get("spike-seconds", total / 3)}
-        stages = spike_stages(args["spike-base-users"], peak, args["spike-at"], args["spike-seconds"], total)
+        base = int(values.get("spike-base-users", max(1, peak // 8)))
+        at, seconds = values.get("spike-at", total / 3), values.get("spike-seconds", total / 3)
+        args = {"spike-total-seconds": total, "spike-users": peak, "spike-base-users": base, "spike-at": at,
+                "spike-seconds": seconds}
+        stages = spike_stages(base, peak, at, seconds, total)
     return ShapePlan(name, args, tuple(stages))

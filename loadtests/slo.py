@@ -7,6 +7,7 @@ The same check runs inside Locust (its ``quitting`` hook sets a non-zero exit co
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from triton_deploy.errors import TritonDeployError, UsageError
 
@@ -16,9 +17,10 @@ DEFAULT_MAX_ERROR_RATE = 0.01
 
 
 class SLOViolation(TritonDeployError):
-    """A load test finished but broke one or more service-level objectives."""
+    """A load test finished but broke one or more service-level objectives. ``result`` (a ``LoadTestResult``) is
+    set by the runner, so the CLI still prints the table and the folder."""
 
-    exit_code = 11
+    result: Any = None
 
 
 @dataclass(frozen=True)

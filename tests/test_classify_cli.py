@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import encode_digit
 
+from conftest import encode_digit
 from triton_deploy.cli import main
 from triton_deploy.server import free_ports
 

@@ -17,8 +17,14 @@ from PIL import Image
 from triton_deploy.errors import UsageError
 from triton_deploy.loadtests import server_stats
 from triton_deploy.loadtests.payloads import PoolOptions, load_pool, pool_from_digits
-from triton_deploy.loadtests.runner import (LoadTestOptions, parse_duration, results_line, run_loadtest,
-                                           shape_line, summary_table)
+from triton_deploy.loadtests.runner import (
+    LoadTestOptions,
+    parse_duration,
+    results_line,
+    run_loadtest,
+    shape_line,
+    summary_table,
+)
 from triton_deploy.loadtests.slo import SLO, SLOViolation
 from triton_deploy.server import free_ports
 
