@@ -218,14 +218,19 @@ def test_serve_takes_the_cap_as_a_positive_byte_count(capsys):
 def test_background_serve_and_stop(digits_repository, tmp_path, capsys):
     from triton_deploy.cli import main
 
+    repository = tmp_path / "model_repository"  # a copy: the stubs' bytecode is checked in this test alone
+    shutil.copytree(digits_repository, repository, ignore=shutil.ignore_patterns("__pycache__"))
     http, grpc, metrics = free_ports(3)
     pid_file = tmp_path / "serve.json"
-    assert main(["serve", "--repository", str(digits_repository), "--http-port", str(http), "--grpc-port", str(grpc),
+    assert main(["serve", "--repository", str(repository), "--http-port", str(http), "--grpc-port", str(grpc),
                  "--metrics-port", str(metrics), "--background", "--pid-file", str(pid_file), "-q"]) == 0
     state = json.loads(pid_file.read_text())
     assert httpclient.InferenceServerClient(state["http"]).is_model_ready("digits")
+    assert sorted(repository.glob("*/1/__pycache__"))  # the stubs cache bytecode while serving...
     assert main(["stop", "--pid-file", str(pid_file), "-q"]) == 0
     assert not pid_file.exists() and not _listening(http)
+    # ...and none is left once stopped: `make demo` then `make test` compares the committed repository with a fresh one
+    assert not sorted(repository.rglob("__pycache__"))
     assert main(["stop", "--pid-file", str(pid_file)]) == 9
     assert "no background server to stop" in capsys.readouterr().err
 

@@ -365,6 +365,7 @@ def _run_stop(args: argparse.Namespace, reporter: Reporter) -> int:
     import time
 
     from .errors import ServerError
+    from .server import remove_stub_bytecode
 
     try:
         endpoints = json.loads(args.pid_file.read_text())
@@ -385,6 +386,7 @@ def _run_stop(args: argparse.Namespace, reporter: Reporter) -> int:
         raise ServerError(f"server {pid} did not exit within {args.timeout:.0f} s and was killed",
                           hint="raise --timeout")
     args.pid_file.unlink(missing_ok=True)
+    remove_stub_bytecode(Path(endpoints.get("repository", "")))
     reporter.info(f"Stopped the server {pid}")
     return 0
 

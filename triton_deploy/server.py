@@ -99,6 +99,17 @@ class ServerInstallation:
         return env
 
 
+def remove_stub_bytecode(repository: Path) -> None:
+    """Delete the ``__pycache__`` folders python-backend stubs wrote beside the models' modules.
+
+    A stub imports ``model.py`` from the repository and caches its bytecode there; the stub's embedded Python is
+    initialised in isolated mode, so ``PYTHONDONTWRITEBYTECODE`` cannot prevent it. The repository must stay what the
+    generator wrote (the committed one is compared with a fresh one in the tests), and a bytecode cache is always
+    safe to delete, so a stopped server leaves none behind."""
+    for cache in Path(repository).glob("*/*/__pycache__"):
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class ServerOptions:
     repository: Path
@@ -470,6 +481,7 @@ class TritonServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self._unlink_leftover_regions()
+        remove_stub_bytecode(Path(self.options.repository))
         return self.process.returncode
 
     def wait(self) -> int:
