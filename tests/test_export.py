@@ -11,6 +11,7 @@ import onnx
 import pytest
 
 from triton_deploy.cli import main
+from triton_deploy.export.sources import ARCHITECTURES
 from triton_deploy.spec import MANIFEST_VERSION, Manifest
 
 pytestmark = pytest.mark.slow
@@ -219,6 +220,24 @@ def test_mobilenet_v2_exports_with_parity_at_224(tmp_path, capsys):
     # The first block's expansion to 96 channels at 112 x 112, zero-padded to 113 x 113 for its strided depthwise
     # convolution (float32), is MobileNetV2's largest activation.
     assert manifest.extra["largest_activation_bytes_per_image"] == 113 * 113 * 96 * 4
+
+
+@pytest.mark.parametrize("arch", [name for name in ARCHITECTURES if name != "mobilenet_v2"])  # that one: above
+def test_every_listed_architecture_exports_with_parity(arch, tmp_path, capsys):
+    # 32x32, the smallest input keras.applications accepts, keeps the conversion of random-weight models quick.
+    code, _, err = run(["export", "--arch", arch, "--image-size", "32", "--output", str(tmp_path / arch), "-q"], capsys)
+    assert code == 0, err
+    manifest = Manifest.read(tmp_path / arch)
+    assert manifest.input.shape == (-1, 32, 32, 3) and manifest.output.shape == (-1, 1000)
+    assert manifest.parity.top1_agreement == 1.0 and manifest.parity.max_abs_diff <= 1e-4
+
+
+def test_the_cli_lists_exactly_the_architectures_it_exports():
+    from triton_deploy.cli import build_parser
+
+    export = build_parser()._subparsers._group_actions[0].choices["export"]
+    help_text = " ".join(export.format_help().split())
+    assert f"random weights: {', '.join(ARCHITECTURES)}" in help_text
 
 
 def test_duplicate_labels_are_refused(model_files, tmp_path, capsys):

@@ -58,6 +58,8 @@ def _known_words(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def _add_export(sub) -> None:
+    from .export.sources import ARCHITECTURES
+
     p = sub.add_parser("export", help="export a Keras/TensorFlow model to a validated ONNX artifact",
                        description="Train or load a model, convert it to ONNX with tf2onnx, and validate it "
                                    "(ONNX checker, shape inference, TensorFlow vs ONNX Runtime parity).")
@@ -66,7 +68,7 @@ def _add_export(sub) -> None:
     source.add_argument("--keras-model", type=Path, metavar="PATH", help="a .keras or .h5 model file")
     source.add_argument("--saved-model", type=Path, metavar="DIR", help="a TensorFlow SavedModel directory")
     source.add_argument("--arch", metavar="NAME", help="a keras.applications architecture with random weights: "
-                                                       "mobilenet_v2, resnet50, efficientnet_b0, mobilenet_v3_small")
+                                                       f"{', '.join(ARCHITECTURES)}")
     source.add_argument("--weights", type=Path, metavar="FILE", help="weights for --arch (.weights.h5)")
     source.add_argument("--image-size", type=int, metavar="N", help="input size for --arch (default 224)")
     p.add_argument("--output", "-o", type=Path, required=True, metavar="DIR", help="export directory to write")
