@@ -50,6 +50,7 @@ class ExportOptions:
     epochs: int = 8
     seed: int = 0
     force: bool = False
+    allow_chance_accuracy: bool = False  # write an export whose measured accuracy guessing would reach
     transform_overrides: dict = field(default_factory=dict)  # scale / mean / std / channel_order from flags
 
 
@@ -107,6 +108,8 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
         if sample_labels is not None:
             with reporter.step(f"Measuring held-out accuracy on {len(samples)} images"):
                 accuracy = validate.accuracy(session, samples, sample_labels, nchw=options.nchw)
+            if not options.allow_chance_accuracy:
+                validate.check_above_chance(accuracy, sample_labels, model.num_classes, transform)
         (staging / SAMPLE_IMAGE).write_bytes(sample_png)
         manifest = Manifest(
             name=options.name or model.name,

@@ -137,11 +137,59 @@ def test_samples_in_label_folders_give_accuracy(model_files, tmp_path, capsys):
         for i in range(9):
             Image.fromarray(np.full((20, 20), 30 * i, dtype=np.uint8)).save(tmp_path / "samples" / label / f"{i}.png")
     code, out, err = run(["export", "--keras-model", str(model_files["keras"]), "--output", str(tmp_path / "o"),
-                          "--labels", str(labels), "--samples", str(tmp_path / "samples"), "--json", "-q"], capsys)
+                          "--labels", str(labels), "--samples", str(tmp_path / "samples"), "--json", "-q",
+                          "--allow-chance-accuracy"], capsys)  # random weights: no better than guessing
     assert code == 0, err
     summary = json.loads(out)
     assert 0.0 <= summary["accuracy"] <= 1.0 and summary["parity"]["samples"] == 17
     assert Manifest.read(tmp_path / "o").labels == ("zero", "one", "two")
+
+
+@pytest.fixture(scope="module")
+def rescaling_model(tmp_path_factory) -> tuple[Path, Path]:
+    """A model that rescales its input itself (pixels 0-255 in) and names an image's dominant colour, and labelled
+    samples: six images per colour. Its bias favours "red", so inputs scaled twice (by the default 1/255 and again
+    inside) all come out red: chance level."""
+    import keras
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("rescaling")
+    inputs = keras.Input((16, 16, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    dense = keras.layers.Dense(3)
+    model = keras.Model(inputs, dense(pooled))
+    dense.set_weights([np.eye(3, dtype=np.float32), np.array([0.3, 0.0, 0.0], dtype=np.float32)])
+    model.save(folder / "rescaling.keras")
+    for channel, colour in enumerate(("red", "green", "blue")):
+        (folder / "samples" / colour).mkdir(parents=True)
+        for i in range(6):
+            pixels = np.full((16, 16, 3), 20 + i, dtype=np.uint8)
+            pixels[..., channel] = 230
+            Image.fromarray(pixels).save(folder / "samples" / colour / f"{i}.png")
+    (folder / "labels.txt").write_text("red\ngreen\nblue\n")
+    return folder / "rescaling.keras", folder
+
+
+def test_accuracy_at_chance_level_is_refused_and_names_the_scale(rescaling_model, tmp_path, capsys):
+    model, folder = rescaling_model
+    argv = ["export", "--keras-model", str(model), "--labels", str(folder / "labels.txt"),
+            "--samples", str(folder / "samples"), "-q"]
+    code, _, err = run([*argv, "--output", str(tmp_path / "default")], capsys)
+    assert code == 13, err
+    assert "accuracy 0.333 on 18 labelled samples is at chance level (0.333 by guessing" in err
+    assert "(pixel * 0.00392157 - mean [0.0]) / std [1.0]" in err and "--scale" in err
+    assert "--allow-chance-accuracy" in err and not (tmp_path / "default").exists()
+    code, out, err = run([*argv, "--output", str(tmp_path / "scaled"), "--scale", "1", "--json"], capsys)
+    assert code == 0 and json.loads(out)["accuracy"] == 1.0, err
+    code, _, err = run([*argv, "--output", str(tmp_path / "allowed"), "--allow-chance-accuracy"], capsys)
+    assert code == 0 and Manifest.read(tmp_path / "allowed").accuracy == pytest.approx(1 / 3), err
+
+
+def test_export_help_states_the_default_scale():
+    from triton_deploy.cli import build_parser
+
+    export = build_parser()._subparsers._group_actions[0].choices["export"]
+    assert "scale 1/255 (pixels 0-1), mean 0, std 1" in " ".join(export.format_help().split())
 
 
 # ---- errors: one line, the flag to fix, an exit code, nothing left behind ---------------------------------------

@@ -73,6 +73,9 @@ def _add_export(sub) -> None:
     source.add_argument("--image-size", type=int, metavar="N", help="input size for --arch (default 224)")
     p.add_argument("--output", "-o", type=Path, required=True, metavar="DIR", help="export directory to write")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    p.add_argument("--allow-chance-accuracy", action="store_true",
+                   help="write the export even when its accuracy on labelled --samples is no better than guessing "
+                        "(default: refuse, exit 13; it usually means the wrong --scale/--mean/--std)")
     p.add_argument("--name", help="model name in the manifest (default: from the source)")
     p.add_argument("--labels", type=Path, metavar="FILE", help="class labels, one per line")
     p.add_argument("--samples", type=Path, metavar="DIR",
@@ -87,8 +90,12 @@ def _add_export(sub) -> None:
     p.add_argument("--min-agreement", type=float, default=1.0, help="required top-1 agreement (default 1.0)")
     p.add_argument("--epochs", type=int, default=8, help="training epochs for the digits model (default 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    norm = p.add_argument_group("preprocessing overrides (default: from the model source)")
-    norm.add_argument("--scale", type=float, help="pixel multiplier, e.g. 0.00392 for 1/255")
+    norm = p.add_argument_group("preprocessing overrides",
+                                "model input = (pixel * scale - mean) / std. Defaults come from the model source: "
+                                "for --keras-model and --saved-model scale 1/255 (pixels 0-1), mean 0, std 1; for "
+                                "--arch the architecture's own")
+    norm.add_argument("--scale", type=float, help="pixel multiplier (default for user models 1/255 = 0.00392; "
+                                                  "1 for a model that rescales its input itself)")
     norm.add_argument("--mean", type=float_list, help="per-channel mean after scaling, e.g. 0.485,0.456,0.406")
     norm.add_argument("--std", type=float_list, help="per-channel std after scaling")
     norm.add_argument("--channel-order", choices=["RGB", "BGR"])
@@ -107,6 +114,7 @@ def _run_export(args: argparse.Namespace, reporter: Reporter) -> int:
         samples=args.samples, output_kind=args.output_kind, opset=args.opset, nchw=args.nchw, atol=args.atol,
         min_agreement=args.min_agreement, input_name=args.input_name, output_name=args.output_name,
         epochs=args.epochs, seed=args.seed, force=args.force, transform_overrides=overrides,
+        allow_chance_accuracy=args.allow_chance_accuracy,
     )
     result = export_model(options, reporter)
     summary = result.summary()

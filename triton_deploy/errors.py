@@ -51,6 +51,12 @@ class ParityError(TritonDeployError):
     exit_code = 6
 
 
+class ChanceAccuracyError(TritonDeployError):
+    """A model whose measured accuracy is no better than guessing: usually the wrong preprocessing."""
+
+    exit_code = 13
+
+
 class ManifestError(TritonDeployError):
     """An export directory whose ``manifest.json`` is missing, malformed, or of an unsupported version."""
 
