@@ -185,6 +185,24 @@ def test_accuracy_at_chance_level_is_refused_and_names_the_scale(rescaling_model
     assert code == 0 and Manifest.read(tmp_path / "allowed").accuracy == pytest.approx(1 / 3), err
 
 
+def test_samples_that_give_no_accuracy_say_why(rescaling_model, tmp_path, capsys):
+    model, folder = rescaling_model
+    argv = ["export", "--keras-model", str(model), "--samples", str(folder / "samples"), "--scale", "1"]
+    code, out, err = run([*argv, "--output", str(tmp_path / "no-labels")], capsys)  # labels default to class_0..2
+    assert code == 0, err
+    assert "accuracy   n/a (--samples folders blue, green, red are not labels (labels: class_0, class_1, class_2; " \
+           "set them with --labels))" in err
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for image in sorted((folder / "samples" / "red").iterdir())[:2]:
+        (loose / image.name).write_bytes(image.read_bytes())
+    code, out, err = run([*argv[:-4], "--samples", str(loose), "--output", str(tmp_path / "loose-out"), "--json",
+                          "-q"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["accuracy_note"] == f"2 of 2 images in --samples {loose} sit directly in it, not in one " \
+                                              "sub-folder per label"
+
+
 def test_export_help_states_the_default_scale():
     from triton_deploy.cli import build_parser
 

@@ -122,7 +122,7 @@ def _run_export(args: argparse.Namespace, reporter: Reporter) -> int:
         print(json.dumps(summary, indent=2))
     elif not args.quiet:
         m = result.manifest
-        accuracy = f"{m.accuracy:.4f}" if m.accuracy is not None else "n/a (no labelled samples)"
+        accuracy = f"{m.accuracy:.4f}" if m.accuracy is not None else f"n/a ({result.accuracy_note})"
         reporter.info(
             f"Exported [bold]{m.name}[/] to {result.output}\n"
             f"  model      {summary['model']}  (opset {m.opset}, sha256 {m.model_sha256[:12]}...)\n"
