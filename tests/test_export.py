@@ -267,13 +267,6 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["export", "--arch", "nope", "--output", str(tmp_path / "o"), "--debug", "-q"])
 
 
-def test_misspelt_flag_gets_a_suggestion(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["export", "--output", "x", "--keras-modle", "m.keras"])
-    assert exit_info.value.code == 2
-    assert "did you mean --keras-model?" in capsys.readouterr().err
-
-
 def test_mobilenet_v2_exports_with_parity_at_224(tmp_path, capsys):
     code, out, err = run(["export", "--arch", "mobilenet_v2", "--output", str(tmp_path / "mnv2"), "--json", "-q"],
                          capsys)
