@@ -227,6 +227,14 @@ def test_background_serve_and_stop(digits_repository, tmp_path, capsys):
     state = json.loads(pid_file.read_text())
     assert httpclient.InferenceServerClient(state["http"]).is_model_ready("digits")
     assert sorted(repository.glob("*/1/__pycache__"))  # the stubs cache bytecode while serving...
+    # A second background server on the same state file would orphan the first: refused before it starts, by name.
+    ports = [str(p) for p in free_ports(3)]
+    assert main(["serve", "--repository", str(repository), "--http-port", ports[0], "--grpc-port", ports[1],
+                 "--metrics-port", ports[2], "--background", "--pid-file", str(pid_file), "-q"]) == 9
+    assert (f"a background server is already running (pid {state['pid']}, HTTP {state['http']}, repository "
+            f"{repository}; recorded in {pid_file}) (stop it with 'triton-deploy stop --pid-file {pid_file}'"
+            in capsys.readouterr().err)
+    assert json.loads(pid_file.read_text()) == state and not _listening(int(ports[0]))
     assert main(["stop", "--pid-file", str(pid_file), "-q"]) == 0
     assert not pid_file.exists() and not _listening(http)
     # ...and none is left once stopped: `make demo` then `make test` compares the committed repository with a fresh one

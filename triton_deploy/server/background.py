@@ -37,6 +37,28 @@ def write_state(state_file: Path, server: TritonServer) -> None:
     state_file.chmod(0o600)
 
 
+def refuse_if_running(state_file: Path) -> None:
+    """A second ``serve --background`` on the same state file would overwrite it and orphan the first server (``stop``
+    could no longer find it): refuse, naming the running server. A file left by a server that is gone is replaced."""
+    try:
+        state = json.loads(state_file.read_text())
+        pid = int(state["pid"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return
+    if _running(pid) and "tritonserver" in _command_line(pid):
+        raise ServerError(f"a background server is already running (pid {pid}, HTTP {state.get('http')}, repository "
+                          f"{state.get('repository')}; recorded in {state_file})",
+                          hint=f"stop it with 'triton-deploy stop --pid-file {state_file}', or give this one another "
+                               f"--pid-file")
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def stop_background(state_file: Path, timeout_s: float = 60.0) -> tuple[int, bool]:
     """Stop the server recorded in ``state_file``: (its pid, whether it was still running). A server that does
     not exit within ``timeout_s`` is killed and reported as a ``ServerError``."""

@@ -82,7 +82,7 @@ def _warn(message: str) -> None:
 
 
 def run_serve(args: argparse.Namespace, reporter) -> int:
-    from .background import endpoints, write_state
+    from .background import endpoints, refuse_if_running, write_state
     from .install import HTTP_MAX_INPUT_SIZE_FLAG
     from .options import ServerOptions
     from .process import TritonServer
@@ -98,6 +98,8 @@ def run_serve(args: argparse.Namespace, reporter) -> int:
     )
     policy = SupervisionPolicy(stub_failure=args.stub_failure, max_restarts=args.max_restarts)
     policy.check()
+    if args.background:
+        refuse_if_running(args.pid_file)
     server = TritonServer(options)
     server.start()
     try:
