@@ -111,7 +111,12 @@ def run_serve(args: argparse.Namespace, reporter) -> int:
     if args.json:
         print(json.dumps(endpoints(server)), flush=True)
     else:
-        reporter.info(f"Triton is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}")
+        where = f"HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}"
+        if server.failed_models:  # --keep-healthy-models: serving, but /v2/health/ready stays false
+            reporter.info(f"Triton is serving the models that loaded, not ready ({len(server.failed_models)} failed, "
+                          f"listed below): {where}")
+        else:
+            reporter.info(f"Triton is ready: {where}")
     if server.http_max_input_size is None:
         _warn(f"warning: this Triton ({server.version() or 'version unknown'}) cannot cap HTTP request bodies (no "
               f"{HTTP_MAX_INPUT_SIZE_FLAG}); the Helm chart's image does. If you expose this server, put a proxy "
@@ -121,7 +126,8 @@ def run_serve(args: argparse.Namespace, reporter) -> int:
               f"{reason.splitlines()[0] if reason else 'unknown reason'}")
     if args.background:
         write_state(args.pid_file, server)
-        reporter.info(f"Running in the background (pid {server.process.pid}); stop it with 'triton-deploy stop'")
+        reporter.info(f"Running in the background (pid {server.process.pid}); stop it with "
+                      f"'{PROG} stop --pid-file {args.pid_file}'")
         return 0
     status = supervise(server, policy, _warn)
     reporter.info(f"Triton exited with status {status}")
