@@ -32,9 +32,15 @@ def endpoints(server: TritonServer) -> dict:
 
 def write_state(state_file: Path, server: TritonServer) -> None:
     """Record a background server; the file holds the admin key, so only its owner may read it."""
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps(endpoints(server) | {"admin_key": server.admin_key}) + "\n")
-    state_file.chmod(0o600)
+    write_secret(state_file, json.dumps(endpoints(server) | {"admin_key": server.admin_key}) + "\n")
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write ``text`` to a file only its owner can read, created that way (no moment readable by others)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(text)
 
 
 def refuse_if_running(state_file: Path) -> None:
