@@ -91,8 +91,19 @@ def run_optimize(args: argparse.Namespace, reporter) -> int:
     elif not args.quiet:
         reporter.console.print(report.markdown(), markup=False)
         if report.published:
-            reporter.info(f"Published: {json.dumps(report.published)}")
+            reporter.info(published_text(report.published))
     return 0
+
+
+def published_text(published: dict) -> str:
+    """One line a person reads: where the variants went and what Triton will serve by default."""
+    if published["mode"] == "versions":
+        versions = ", ".join(f"{n} {v}" for n, v in published["classifier_versions"].items())
+        served = ", ".join(f"version {n} ({v})" for n, v in published["served"].items())
+        return (f"Published to {published['repository']}: '{published['ensemble']}' classifier versions {versions}; "
+                f"with version policy {published['version_policy']} Triton serves {served}")
+    models = ", ".join(f"{model} ({variant})" for variant, model in published["ensembles"].items())
+    return f"Published to {published['repository']} as sibling models: {models}"
 
 
 def add_tensorrt_check(sub) -> None:

@@ -116,11 +116,25 @@ def test_publishing_as_versions_puts_the_recommendation_last(optimized, tmp_path
                                                     version_policy="all"))
     passing = [v.name for v in report.variants[1:] if v.passed]
     versions = published["classifier_versions"]
-    assert versions["1"] == "fp32" and sorted(versions.values()) == sorted(["fp32", *passing])
-    if report.recommendation["variant"] != "fp32":  # latest:1 then serves the recommendation
-        assert versions[str(len(versions))] == report.recommendation["variant"]
+    assert sorted(versions.values()) == sorted(["fp32", *passing])
+    assert published["served"] == versions  # version policy all
+    assert versions[str(len(versions))] == report.recommendation["variant"]  # latest:1 serves the recommendation
     config = text_format.Parse((repo / "digits_classifier" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert config.version_policy.HasField("all")
+
+
+def test_when_fp32_is_recommended_publishing_as_versions_serves_fp32_by_default(optimized, tmp_path):
+    report, _, publisher = optimized
+    fp32_recommended = dataclasses.replace(report, recommendation={"variant": "fp32", "reason": "nothing faster"})
+    published = publish(fp32_recommended, dataclasses.replace(publisher, repository=tmp_path / "repo",
+                                                              mode="versions", version_policy="latest:1"))
+    versions = published["classifier_versions"]
+    assert versions[max(versions, key=int)] == "fp32"  # fp32 last: what latest:1 serves
+    assert published["served"] == {max(versions, key=int): "fp32"}
+    from triton_deploy.optimize.cli import published_text
+
+    assert published_text(published).endswith(f"with version policy latest:1 Triton serves version "
+                                              f"{max(versions, key=int)} (fp32)")
 
 
 @pytest.mark.server
