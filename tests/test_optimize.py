@@ -57,6 +57,25 @@ def test_every_variant_is_built_measured_and_reported(optimized, digits_manifest
     assert all(f"| {name} |" in table for name in ["fp32", *VARIANTS]) and "Recommendation:" in table
 
 
+def test_report_md_is_a_table_that_renders_and_keeps_the_tensorrt_fix(optimized):
+    report, options, _ = optimized
+    lines = (options.output / REPORT_MD).read_text().splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    columns = table[0].replace(r"\|", "").count("|")
+    assert r"max \|diff\|" in table[0]
+    assert all(row.replace(r"\|", "").count("|") == columns for row in table)  # no stray pipe splits a row
+    (int8_row,) = [row for row in table if row.startswith("| int8_static |")]
+    assert "re-quantise with --int8-symmetric" in int8_row  # the fix, not cut at 40 characters
+
+
+def test_an_accuracy_gain_is_written_as_a_gain_not_a_negative_drop(optimized):
+    report, _, _ = optimized
+    gained = dataclasses.replace(report.variant("fp16"), accuracy_drop=-0.22)
+    text = dataclasses.replace(report, variants=[report.variants[0], gained]).markdown()
+    (row,) = [line for line in text.splitlines() if line.startswith("| fp16 |")]
+    assert "| gain 0.22 |" in row and "-0.22" not in row
+
+
 def test_dynamic_int8_is_never_recommended_for_a_cnn(optimized):
     report, _, _ = optimized
     assert report.recommendation["variant"] != "int8_dynamic"
