@@ -126,7 +126,7 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             versions=_versions(),
             source=model.source,
             accuracy=accuracy,
-            dataset=model.dataset.record() if model.dataset is not None and options.samples is None else None,
+            dataset=_dataset_record(options, model, sample_labels),
             flops_per_image=2 * model.extra["multiply_adds_per_image"] if "multiply_adds_per_image" in model.extra
             else None,
             created_by=f"triton-deploy {__version__}",
@@ -226,6 +226,20 @@ def _samples(options: ExportOptions, model: sources.LoadedModel, transform: Imag
         note = "no --samples: parity ran on rendered digits; --samples DIR with one sub-folder per label gives one"
     pixels = np.stack([nhwc.resize(digits.digit_image(image)) for image in images])
     return nhwc.normalise(pixels), labels, _png(digits.digit_image(images[0])), note
+
+
+def _dataset_record(options: ExportOptions, model: sources.LoadedModel, sample_labels) -> dict | None:
+    """What the accuracy was measured on, so ``optimize`` evaluates and calibrates on the same images."""
+    if options.samples is not None:
+        return {"name": "samples", "path": str(Path(options.samples).resolve()), "labelled": sample_labels is not None}
+    return model.dataset.record() if model.dataset is not None else None
+
+
+def load_sample_folder(directory: Path, transform: ImageTransform,
+                       labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None, bytes, str | None]:
+    """Model inputs from the images under ``directory``, their class indices when every image sits in a folder named
+    after a label, one sample as PNG, and why there are no labels when there are none."""
+    return _samples_from_dir(directory, transform, labels)
 
 
 def _samples_from_dir(directory: Path, transform: ImageTransform,

@@ -145,31 +145,6 @@ def test_samples_in_label_folders_give_accuracy(model_files, tmp_path, capsys):
     assert Manifest.read(tmp_path / "o").labels == ("zero", "one", "two")
 
 
-@pytest.fixture(scope="module")
-def rescaling_model(tmp_path_factory) -> tuple[Path, Path]:
-    """A model that rescales its input itself (pixels 0-255 in) and names an image's dominant colour, and labelled
-    samples: six images per colour. Its bias favours "red", so inputs scaled twice (by the default 1/255 and again
-    inside) all come out red: chance level."""
-    import keras
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("rescaling")
-    inputs = keras.Input((16, 16, 3))
-    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
-    dense = keras.layers.Dense(3)
-    model = keras.Model(inputs, dense(pooled))
-    dense.set_weights([np.eye(3, dtype=np.float32), np.array([0.3, 0.0, 0.0], dtype=np.float32)])
-    model.save(folder / "rescaling.keras")
-    for channel, colour in enumerate(("red", "green", "blue")):
-        (folder / "samples" / colour).mkdir(parents=True)
-        for i in range(6):
-            pixels = np.full((16, 16, 3), 20 + i, dtype=np.uint8)
-            pixels[..., channel] = 230
-            Image.fromarray(pixels).save(folder / "samples" / colour / f"{i}.png")
-    (folder / "labels.txt").write_text("red\ngreen\nblue\n")
-    return folder / "rescaling.keras", folder
-
-
 def test_accuracy_at_chance_level_is_refused_and_names_the_scale(rescaling_model, tmp_path, capsys):
     model, folder = rescaling_model
     argv = ["export", "--keras-model", str(model), "--labels", str(folder / "labels.txt"),

@@ -116,6 +116,41 @@ def test_harmful_calibration_is_refused_by_the_gate_and_not_written(digits_expor
     assert "nothing to publish" in capsys.readouterr().err and not (tmp_path / "repo").exists()
 
 
+@pytest.fixture(scope="module")
+def colour_export(rescaling_model, tmp_path_factory) -> Path:
+    """A user model (not digits) exported with its own labelled samples."""
+    model, folder = rescaling_model
+    output = tmp_path_factory.mktemp("colour") / "export"
+    assert main(["export", "--keras-model", str(model), "--labels", str(folder / "labels.txt"), "--samples",
+                 str(folder / "samples"), "--scale", "1", "--output", str(output), "-q"]) == 0
+    return output
+
+
+def test_a_user_model_is_evaluated_and_calibrated_on_its_exports_own_samples(colour_export, rescaling_model,
+                                                                           tmp_path):
+    _, folder = rescaling_model
+    report = optimize(OptimizeOptions(colour_export, tmp_path / "o", variants=("int8_static",), bench_seconds=0.05,
+                                      bench_rounds=1))
+    assert report.gate["measure"] == "accuracy" and report.gate["evaluation_images"] == 18  # not 450 digits
+    assert report.variants[0].accuracy == 1.0
+    assert report.variant("int8_static").details["calibration_source"] == str((folder / "samples").resolve())
+
+
+def test_a_user_model_without_images_is_not_calibrated_on_digits(rescaling_model, tmp_path):
+    model, folder = rescaling_model
+    export = tmp_path / "export"
+    assert main(["export", "--keras-model", str(model), "--labels", str(folder / "labels.txt"), "--scale", "1",
+                 "--output", str(export), "-q"]) == 0
+    with pytest.raises(UsageError, match="int8_static would calibrate 'rescaling' on digits images.*--calibration DIR"):
+        optimize(OptimizeOptions(export, tmp_path / "o", variants=("int8_static",), bench_seconds=0.05,
+                                 bench_rounds=1))
+    assert not (tmp_path / "o").exists()
+    report = optimize(OptimizeOptions(export, tmp_path / "o", variants=("int8_static",), bench_seconds=0.05,
+                                      bench_rounds=1, eval_samples=folder / "samples"))
+    assert report.gate["evaluation_images"] == 18 and report.variants[0].accuracy == 1.0
+    assert report.variant("int8_static").details["calibration_source"] == str(folder / "samples")
+
+
 def test_bad_options_name_the_flag(digits_export, tmp_path):
     with pytest.raises(UsageError, match="--max-accuracy-drop"):
         optimize(OptimizeOptions(digits_export, tmp_path / "o", max_accuracy_drop=-0.5))
