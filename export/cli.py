@@ -28,7 +28,7 @@ def add_export(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     p.add_argument("--allow-chance-accuracy", action="store_true",
                    help="write the export even when its accuracy on labelled --samples is no better than guessing "
-                        "(default: refuse, exit 13; it usually means the wrong --scale/--mean/--std)")
+                        "(default: refuse, exit 14; it usually means the wrong --scale/--mean/--std)")
     p.add_argument("--name", help="model name in the manifest (default: from the source)")
     p.add_argument("--labels", type=Path, metavar="FILE", help="class labels, one per line")
     p.add_argument("--samples", type=Path, metavar="DIR",

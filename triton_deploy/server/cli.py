@@ -135,7 +135,7 @@ def run_serve(args: argparse.Namespace, reporter) -> int:
         reporter.info(f"Admin key (header {ADMIN_HEADER}): the one given by --admin-key / $TRITON_ADMIN_KEY")
     if args.background:
         write_state(args.pid_file, server)
-        reporter.info(f"Running in the background (pid {server.process.pid}); stop it with "
+        reporter.info(f"Running in the background (pid {server.started().pid}); stop it with "
                       f"'{PROG} stop --pid-file {args.pid_file}'")
         return 0
     try:
