@@ -6,7 +6,7 @@ TF_EXTRA ?= cpu
 STAMP    := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint clean help
+.PHONY: setup demo test test-fast chart-lint lint clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -33,6 +33,9 @@ lint: $(STAMP)  ## ruff (rules in pyproject.toml) and mypy on the installed pack
 
 test-fast: $(STAMP)  ## only the tests that need neither training nor a server
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+chart-lint: $(STAMP)  ## render + lint the Helm chart with the tests' Helm engine (defaults, ci/*, VALUES="my.yaml")
+	$(BIN)/python scripts/chart_lint.py $(VALUES)
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf build results .pytest_cache model_repository/*/[0-9]*/model.onnx

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from triton_deploy.cliargs import add_common_flags
@@ -44,6 +45,7 @@ class ClassifyOptions:
     ready_timeout_s: float = 30.0
     retries: int = 3
     admin_key: str | None = None
+    manifest: Path | None = None  # an export's manifest.json (or its directory): preprocessing for preprocess="client"
     headers: dict[str, str] = field(default_factory=dict)
     json: bool = False
 
@@ -64,7 +66,10 @@ def add_classify(sub) -> None:
     p.add_argument("--shared-memory", action="store_true", help="pass tensors through system shared memory "
                                                                 "(client on the server's host only)")
     p.add_argument("--preprocess", choices=["server", "client"], default="server",
-                   help="where images are decoded and normalised (client needs --admin-key)")
+                   help="where images are decoded and normalised (client needs --manifest or --admin-key)")
+    p.add_argument("--manifest", type=Path, metavar="EXPORT_DIR/manifest.json",
+                   help="with --preprocess client: take the preprocessing from the model's export instead of the "
+                        "server's config (which needs --admin-key)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="per request (default 60)")
     p.add_argument("--ready-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for the model to be ready (default 30)")
@@ -89,7 +94,7 @@ def _run_classify(args: argparse.Namespace, reporter: Reporter) -> int:
         paths=tuple(args.paths), url=args.url, protocol=args.protocol, model=args.model, top_k=args.top_k,
         batch_size=args.batch_size, concurrency=args.concurrency, shared_memory=args.shared_memory,
         preprocess=args.preprocess, timeout_s=args.timeout, ready_timeout_s=args.ready_timeout, retries=args.retries,
-        admin_key=args.admin_key, headers=dict(args.header), json=args.json,
+        admin_key=args.admin_key, manifest=args.manifest, headers=dict(args.header), json=args.json,
     )
     return classify_files(options, reporter)
 
@@ -107,13 +112,14 @@ def classify_files(options: ClassifyOptions, reporter: Reporter, *,
     if not files:
         raise UsageError(f"no image files found in {' '.join(options.paths)}", hint="check the PATH arguments")
     url = options.url or f"127.0.0.1:{DEFAULT_PORTS[options.protocol]}"
+    transform = _manifest_transform(options)
     failures = 0
     with reporter.step(f"Connecting to '{options.model}' at {url} ({options.protocol})"):
         client = ImageClassifier(url, protocol=options.protocol, model=options.model,
                                  preprocess=options.preprocess, concurrency=options.concurrency,
                                  shared_memory=options.shared_memory, timeout=options.timeout_s,
                                  ready_timeout=options.ready_timeout_s, retries=options.retries,
-                                 headers=options.headers, admin_key=options.admin_key)
+                                 headers=options.headers, admin_key=options.admin_key, transform=transform)
     bar_context = reporter.bar(len(files), "Classifying") if len(files) >= PROGRESS_THRESHOLD else _no_bar()
     with client, bar_context as bar:
         for outcome in client.iter_outcomes(files, options.top_k, options.batch_size):
@@ -129,6 +135,18 @@ def classify_files(options: ClassifyOptions, reporter: Reporter, *,
         raise IncompleteRunError(f"{failures} of {len(files)} images could not be classified (listed above)",
                                  hint="fix or remove those files")
     return 0
+
+
+def _manifest_transform(options: ClassifyOptions):
+    """The export's preprocessing for ``--preprocess client``, read from ``--manifest`` (file or export directory)."""
+    if options.manifest is None:
+        return None
+    if options.preprocess != "client":
+        raise UsageError("--manifest is only used with --preprocess client", hint="add --preprocess client")
+    from triton_deploy.spec import MANIFEST_FILE, Manifest
+
+    path = Path(options.manifest)
+    return Manifest.read(path.parent if path.name == MANIFEST_FILE else path).preprocessing
 
 
 def _line(outcome: Outcome) -> str:

@@ -141,8 +141,9 @@ def discover_local(model: str, transform: ImageTransform | None, batch_size: int
         if pre_config is None:
             raise ModelMismatchError(
                 f"client-side preprocessing needs the parameters of '{pre}', whose configuration the server only "
-                "shows with the admin key", hint="pass admin_key= / --admin-key, or transform= "
-                "(e.g. Manifest.read(export_dir).preprocessing), or use preprocess='server'")
+                "shows with the admin key", hint="pass the export's preprocessing: --manifest EXPORT_DIR/manifest.json "
+                "(Python: transform=Manifest.read(export_dir).preprocessing), or the admin key: --admin-key / "
+                "admin_key=, or use preprocess='server'")
         try:
             transform = ImageTransform.from_parameters(parameters(pre_config))
         except (TypeError, ValueError) as exc:

@@ -11,6 +11,8 @@ from triton_deploy.progress import Reporter
 
 
 def add_export(sub) -> None:
+    from .sources import ARCHITECTURES
+
     p = sub.add_parser("export", help="export a Keras/TensorFlow model to a validated ONNX artifact",
                        description="Train or load a model, convert it to ONNX with tf2onnx, and validate it "
                                    "(ONNX checker, shape inference, TensorFlow vs ONNX Runtime parity).")
@@ -19,11 +21,14 @@ def add_export(sub) -> None:
     source.add_argument("--keras-model", type=Path, metavar="PATH", help="a .keras or .h5 model file")
     source.add_argument("--saved-model", type=Path, metavar="DIR", help="a TensorFlow SavedModel directory")
     source.add_argument("--arch", metavar="NAME", help="a keras.applications architecture with random weights: "
-                                                       "mobilenet_v2, resnet50, efficientnet_b0, mobilenet_v3_small")
+                                                       f"{', '.join(ARCHITECTURES)}")
     source.add_argument("--weights", type=Path, metavar="FILE", help="weights for --arch (.weights.h5)")
     source.add_argument("--image-size", type=int, metavar="N", help="input size for --arch (default 224)")
     p.add_argument("--output", "-o", type=Path, required=True, metavar="DIR", help="export directory to write")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    p.add_argument("--allow-chance-accuracy", action="store_true",
+                   help="write the export even when its accuracy on labelled --samples is no better than guessing "
+                        "(default: refuse, exit 14; it usually means the wrong --scale/--mean/--std)")
     p.add_argument("--name", help="model name in the manifest (default: from the source)")
     p.add_argument("--labels", type=Path, metavar="FILE", help="class labels, one per line")
     p.add_argument("--samples", type=Path, metavar="DIR",
@@ -38,8 +43,12 @@ def add_export(sub) -> None:
     p.add_argument("--min-agreement", type=float, default=1.0, help="required top-1 agreement (default 1.0)")
     p.add_argument("--epochs", type=int, default=8, help="training epochs for the digits model (default 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    norm = p.add_argument_group("preprocessing overrides (default: from the model source)")
-    norm.add_argument("--scale", type=float, help="pixel multiplier, e.g. 0.00392 for 1/255")
+    norm = p.add_argument_group("preprocessing overrides",
+                                "model input = (pixel * scale - mean) / std. Defaults come from the model source: "
+                                "for --keras-model and --saved-model scale 1/255 (pixels 0-1), mean 0, std 1; for "
+                                "--arch the architecture's own")
+    norm.add_argument("--scale", type=float, help="pixel multiplier (default for user models 1/255 = 0.00392; "
+                                                  "1 for a model that rescales its input itself)")
     norm.add_argument("--mean", type=float_list, help="per-channel mean after scaling, e.g. 0.485,0.456,0.406")
     norm.add_argument("--std", type=float_list, help="per-channel std after scaling")
     norm.add_argument("--channel-order", choices=["RGB", "BGR"])
@@ -57,6 +66,7 @@ def run_export(args: argparse.Namespace, reporter: Reporter) -> int:
         samples=args.samples, output_kind=args.output_kind, opset=args.opset, nchw=args.nchw, atol=args.atol,
         min_agreement=args.min_agreement, input_name=args.input_name, output_name=args.output_name,
         epochs=args.epochs, seed=args.seed, force=args.force, transform_overrides=overrides,
+        allow_chance_accuracy=args.allow_chance_accuracy,
     )
     result = export_model(options, reporter)
     summary = result.summary()
@@ -64,7 +74,7 @@ def run_export(args: argparse.Namespace, reporter: Reporter) -> int:
         print(json.dumps(summary, indent=2))
     elif not args.quiet:
         m = result.manifest
-        accuracy = f"{m.accuracy:.4f}" if m.accuracy is not None else "n/a (no labelled samples)"
+        accuracy = f"{m.accuracy:.4f}" if m.accuracy is not None else f"n/a ({result.accuracy_note})"
         reporter.info(
             f"Exported [bold]{m.name}[/] to {result.output}\n"
             f"  model      {summary['model']}  (opset {m.opset}, sha256 {m.model_sha256[:12]}...)\n"

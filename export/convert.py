@@ -3,6 +3,10 @@
 The model is traced through a ``tf.function`` whose input signature names the input and which returns a dict naming
 the output: that path works for functional and Sequential Keras 3 models and for SavedModel signatures alike
 (``from_keras`` fails on some Keras 3 models). tf2onnx names the batch dimension ``unk__N``; we rename it.
+
+The function is frozen here, and tf2onnx converts the frozen graph: ``tf2onnx.convert.from_function`` lists every
+non-variable tensor the function captures as a graph input, so a model holding plain constants (EfficientNet's
+``Normalization`` layer keeps its mean and variance as tensors, not variables) came out with three inputs.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ def convert(model: LoadedModel, *, input_name: str, output_name: str, opset: int
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     import tf2onnx
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     height, width, channels = model.input_shape
@@ -34,7 +39,12 @@ def convert(model: LoadedModel, *, input_name: str, output_name: str, opset: int
 
     options = {"inputs_as_nchw": [f"{input_name}:0"]} if nchw else {}
     try:
-        proto, _ = tf2onnx.convert.from_function(serving, input_signature=signature, opset=opset, **options)
+        frozen = convert_variables_to_constants_v2(serving.get_concrete_function(), lower_control_flow=False,
+                                                   aggressive_inlining=True)  # what tf2onnx's own loader does
+        graph_input, graph_output = frozen.inputs[0].name, frozen.outputs[0].name
+        proto, _ = tf2onnx.convert.from_graph_def(
+            frozen.graph.as_graph_def(add_shapes=True), input_names=[graph_input], output_names=[graph_output],
+            tensors_to_rename={graph_input: input_name, graph_output: output_name}, opset=opset, **options)
     except Exception as exc:
         raise ConversionError(f"tf2onnx could not convert the model at opset {opset}: {exc}",
                               hint="try another --opset") from None

@@ -50,6 +50,7 @@ class ExportOptions:
     epochs: int = 8
     seed: int = 0
     force: bool = False
+    allow_chance_accuracy: bool = False  # write an export whose measured accuracy guessing would reach
     transform_overrides: dict = field(default_factory=dict)  # scale / mean / std / channel_order from flags
 
 
@@ -57,6 +58,7 @@ class ExportOptions:
 class ExportResult:
     output: Path
     manifest: Manifest
+    accuracy_note: str | None = None  # why there is no accuracy, when there is none
 
     def summary(self) -> dict:
         m = self.manifest
@@ -67,6 +69,7 @@ class ExportResult:
             "input": m.input.to_dict(),
             "output_tensor": m.output.to_dict() | {"kind": m.output_kind},
             "accuracy": m.accuracy,
+            "accuracy_note": self.accuracy_note,
             "parity": {"max_abs_diff": m.parity.max_abs_diff, "top1_agreement": m.parity.top1_agreement,
                        "atol": m.parity.atol, "samples": m.parity.samples},
             "flops_per_image": m.flops_per_image,
@@ -84,7 +87,7 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
     transform = ImageTransform.from_dict(model.transform.to_dict() | options.transform_overrides
                                          | ({"layout": "NCHW"} if options.nchw else {}))
     labels = _labels(options, model)
-    samples, sample_labels, sample_png = _samples(options, model, transform, labels)
+    samples, sample_labels, sample_png, accuracy_note = _samples(options, model, transform, labels)
 
     with atomic_directory(options.output, force=options.force) as staging:
         reference = model.predict(samples[:4])
@@ -107,6 +110,8 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
         if sample_labels is not None:
             with reporter.step(f"Measuring held-out accuracy on {len(samples)} images"):
                 accuracy = validate.accuracy(session, samples, sample_labels, nchw=options.nchw)
+            if not options.allow_chance_accuracy:
+                validate.check_above_chance(accuracy, sample_labels, model.num_classes, transform)
         (staging / SAMPLE_IMAGE).write_bytes(sample_png)
         manifest = Manifest(
             name=options.name or model.name,
@@ -121,7 +126,7 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             versions=_versions(),
             source=model.source,
             accuracy=accuracy,
-            dataset=model.dataset.record() if model.dataset is not None and options.samples is None else None,
+            dataset=_dataset_record(options, model, sample_labels),
             flops_per_image=2 * model.extra["multiply_adds_per_image"] if "multiply_adds_per_image" in model.extra
             else None,
             created_by=f"triton-deploy {__version__}",
@@ -130,7 +135,7 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             multiply_adds_per_image=model.extra.get("multiply_adds_per_image"),
         )
         manifest.write(staging)
-    return ExportResult(Path(options.output), manifest)
+    return ExportResult(Path(options.output), manifest, accuracy_note)
 
 
 def _check_options(options: ExportOptions) -> None:
@@ -209,22 +214,39 @@ def _labels(options: ExportOptions, model: sources.LoadedModel) -> tuple[str, ..
 
 
 def _samples(options: ExportOptions, model: sources.LoadedModel, transform: ImageTransform,
-             labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None, bytes]:
-    """Float NHWC samples for parity and accuracy, their labels if known, and one encoded sample image (PNG)."""
+             labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None, bytes, str | None]:
+    """Float NHWC samples for parity and accuracy, their labels if known, one encoded sample image (PNG), and why
+    the labels are not known when they are not."""
     nhwc = ImageTransform.from_dict(transform.to_dict() | {"layout": "NHWC"})  # TF always takes NHWC
     if options.samples is not None:
         return _samples_from_dir(Path(options.samples), nhwc, labels)
     data = model.dataset or digits.load_digits_data(seed=options.seed)
     images, heldout_labels = data.split("heldout")
     known: np.ndarray | None = heldout_labels
+    note = None
     if model.dataset is None:
         images, known = images[:32], None  # real digit images, rendered at the model's size, for parity only
+        note = "no --samples: parity ran on rendered digits; --samples DIR with one sub-folder per label gives one"
     pixels = np.stack([nhwc.resize(digits.digit_image(image)) for image in images])
-    return nhwc.normalise(pixels), known, _png(digits.digit_image(images[0]))
+    return nhwc.normalise(pixels), known, _png(digits.digit_image(images[0])), note
+
+
+def _dataset_record(options: ExportOptions, model: sources.LoadedModel, sample_labels) -> dict | None:
+    """What the accuracy was measured on, so ``optimize`` evaluates and calibrates on the same images."""
+    if options.samples is not None:
+        return {"name": "samples", "path": str(Path(options.samples).resolve()), "labelled": sample_labels is not None}
+    return model.dataset.record() if model.dataset is not None else None
+
+
+def load_sample_folder(directory: Path, transform: ImageTransform,
+                       labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None, bytes, str | None]:
+    """Model inputs from the images under ``directory``, their class indices when every image sits in a folder named
+    after a label, one sample as PNG, and why there are no labels when there are none."""
+    return _samples_from_dir(directory, transform, labels)
 
 
 def _samples_from_dir(directory: Path, transform: ImageTransform,
-                      labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None, bytes]:
+                      labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None, bytes, str | None]:
     if not directory.is_dir():
         raise ModelSourceError(f"samples directory {directory} not found", hint="check --samples")
     files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -239,7 +261,20 @@ def _samples_from_dir(directory: Path, transform: ImageTransform,
             raise ModelSourceError(f"sample {path}: {exc}", hint="check --samples") from None
         classes.append(index.get(path.parent.name) if path.parent != directory else None)
     known = None if any(c is None for c in classes) else np.asarray(classes)
-    return transform.normalise(np.stack(arrays)), known, _png_from_array(arrays[0])
+    note = None if known is not None else _why_unlabelled(directory, files, labels)
+    return transform.normalise(np.stack(arrays)), known, _png_from_array(arrays[0]), note
+
+
+def _why_unlabelled(directory: Path, files: list[Path], labels: tuple[str, ...]) -> str:
+    """Why samples in ``directory`` give no accuracy: images outside label folders, or folders that are no label."""
+    loose = [p for p in files if p.parent == directory]
+    if loose:
+        return (f"{len(loose)} of {len(files)} images in --samples {directory} sit directly in it, not in one "
+                f"sub-folder per label")
+    strangers = sorted({p.parent.name for p in files} - set(labels))
+    shown = ", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "")
+    return (f"--samples folders {', '.join(strangers[:5])}{', ...' if len(strangers) > 5 else ''} are not labels "
+            f"(labels: {shown}; set them with --labels)")
 
 
 def _png(image) -> bytes:

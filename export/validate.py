@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from triton_deploy.errors import ConversionError, ParityError
+from triton_deploy.errors import ChanceAccuracyError, ConversionError, ParityError
 from triton_deploy.spec import Parity
 
 from .sources import LoadedModel
@@ -96,3 +96,25 @@ def accuracy(session, samples: np.ndarray, labels: np.ndarray, *, nchw: bool, ba
         outputs = session.run(None, {input_name: np.ascontiguousarray(batch)})[0]
         correct += int(np.sum(outputs.argmax(-1) == labels[start:start + batch_size]))
     return correct / len(samples)
+
+
+def chance_level(labels: np.ndarray, num_classes: int) -> float:
+    """What guessing scores on these samples: one class in ``num_classes``, or always the most frequent label."""
+    majority = np.bincount(labels).max() / len(labels) if len(labels) else 0.0
+    return max(1.0 / num_classes, float(majority))
+
+
+def check_above_chance(accuracy: float, labels: np.ndarray, num_classes: int, transform) -> None:
+    """Refuse an accuracy that guessing would reach (within two standard errors on this many samples).
+
+    Seen with a model that rescales its input itself exported with the default scale 1/255: parity passed (TensorFlow
+    and ONNX Runtime agree on the same wrong input), and the accuracy, 0.33 on 3 classes, was the only sign."""
+    chance = chance_level(labels, num_classes)
+    margin = 2 * float(np.sqrt(chance * (1 - chance) / len(labels)))
+    if accuracy <= chance + margin:
+        raise ChanceAccuracyError(
+            f"accuracy {accuracy:.3f} on {len(labels)} labelled samples is at chance level ({chance:.3f} by guessing, "
+            f"+/- {margin:.3f}): the model probably expects other preprocessing than (pixel * {transform.scale:g} - "
+            f"mean {list(transform.mean)}) / std {list(transform.std)}",
+            hint="set --scale (1 for a model that rescales its input itself) / --mean / --std, check --labels order, "
+                 "or add --allow-chance-accuracy to export it anyway")

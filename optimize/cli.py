@@ -27,8 +27,10 @@ def add_optimize(sub) -> None:
     p.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
                    help="largest held-out accuracy loss a published variant may have, in points (default 1)")
     q = p.add_argument_group("INT8 static calibration")
-    q.add_argument("--calibration", type=Path, metavar="DIR", help="images to calibrate on (default: the digits "
-                                                                   "training split), through the export's transform")
+    q.add_argument("--calibration", type=Path, metavar="DIR",
+                   help="images to calibrate on, through the export's transform (default: the export's --samples, "
+                        "recorded in its manifest, or --eval-samples; the digits training split for the digits model "
+                        "only; any other model without images is refused)")
     q.add_argument("--calibration-count", type=int, default=128, help="calibration images (default 128)")
     q.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax")
     q.add_argument("--calibration-percentile", type=float, default=99.999, help="for percentile (default 99.999)")
@@ -49,7 +51,10 @@ def add_optimize(sub) -> None:
     t.add_argument("--bench-seconds", type=float, default=1.0, help="per variant, batch size and round")
     t.add_argument("--bench-rounds", type=int, default=3, help="interleaved rounds; the best is kept (default 3)")
     t.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
-    t.add_argument("--eval-limit", type=int, help="evaluate on the first N held-out images only")
+    t.add_argument("--eval-limit", type=int, help="evaluate on the first N images only")
+    t.add_argument("--eval-samples", type=Path, metavar="DIR",
+                   help="images to measure accuracy (one sub-folder per label) and agreement on (default: the "
+                        "export's --samples, recorded in its manifest; the digits held-out split for the digits model)")
     pub = p.add_argument_group("publishing")
     pub.add_argument("--publish", type=Path, metavar="REPO_DIR", help="write passing variants into this repository")
     pub.add_argument("--publish-as", choices=["versions", "siblings"], default="versions",
@@ -77,7 +82,7 @@ def run_optimize(args: argparse.Namespace, reporter) -> int:
         distill=DistillOptions(temperature=args.distill_temperature, alpha=args.distill_alpha,
                                epochs=args.distill_epochs, channels=args.student_channels, seed=0),
         batch_sizes=args.batch_sizes, bench_seconds=args.bench_seconds, bench_rounds=args.bench_rounds,
-        threads=args.threads, eval_limit=args.eval_limit, force=args.force,
+        threads=args.threads, eval_limit=args.eval_limit, eval_samples=args.eval_samples, force=args.force,
     )
     publisher = None
     if args.publish is not None:  # the repository's step, after optimisation: data flows one way
@@ -91,8 +96,19 @@ def run_optimize(args: argparse.Namespace, reporter) -> int:
     elif not args.quiet:
         reporter.console.print(report.markdown(), markup=False)
         if report.published:
-            reporter.info(f"Published: {json.dumps(report.published)}")
+            reporter.info(published_text(report.published))
     return 0
+
+
+def published_text(published: dict) -> str:
+    """One line a person reads: where the variants went and what Triton will serve by default."""
+    if published["mode"] == "versions":
+        versions = ", ".join(f"{n} {v}" for n, v in published["classifier_versions"].items())
+        served = ", ".join(f"version {n} ({v})" for n, v in published["served"].items())
+        return (f"Published to {published['repository']}: '{published['ensemble']}' classifier versions {versions}; "
+                f"with version policy {published['version_policy']} Triton serves {served}")
+    models = ", ".join(f"{model} ({variant})" for variant, model in published["ensembles"].items())
+    return f"Published to {published['repository']} as sibling models: {models}"
 
 
 def add_tensorrt_check(sub) -> None:

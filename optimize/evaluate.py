@@ -3,8 +3,11 @@ gate, and the recommendation."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from triton_deploy.errors import UsageError
 from triton_deploy.export import digits
 from triton_deploy.spec import Manifest
 
@@ -14,17 +17,43 @@ from .variants import BASELINE
 MIN_SPEEDUP = 1.05  # below this a variant is not worth a deployment change
 
 
-def evaluation_set(manifest: Manifest, limit: int | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The digits held-out split through the export's transform; labels only for a digits classifier."""
+def sample_folder(manifest: Manifest, eval_samples: Path | None) -> Path | None:
+    """The images to evaluate (and calibrate) on: ``--eval-samples``, else the ``--samples`` the export recorded."""
+    if eval_samples is not None:
+        return Path(eval_samples)
     record = manifest.dataset or {}
-    data = digits.load_digits_data(seed=int(record.get("seed", 0)),
-                                   test_fraction=float(record.get("test_fraction", 0.25)))
-    images, labels = data.split("heldout")
+    return Path(record["path"]) if record.get("name") == "samples" else None
+
+
+def is_digits_model(manifest: Manifest) -> bool:
+    return (manifest.dataset or {}).get("name") == "sklearn-digits"
+
+
+def evaluation_set(manifest: Manifest, limit: int | None,
+                   eval_samples: Path | None = None) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Model inputs, their labels when known, and what they are: the export's samples (or ``--eval-samples``), the
+    digits held-out split for the digits model, or else digits rendered at the model's size (agreement only)."""
+    folder = sample_folder(manifest, eval_samples)
+    if folder is not None:
+        if not folder.is_dir():
+            raise UsageError(f"evaluation images {folder} not found" + ("" if eval_samples else
+                             " (the export's --samples, recorded in its manifest)"), hint="pass --eval-samples DIR")
+        from triton_deploy.export.pipeline import load_sample_folder
+
+        inputs, labels, _png, _note = load_sample_folder(folder, manifest.preprocessing, manifest.labels)
+        what = f"images from {folder}" + ("" if labels is not None else " (unlabelled: agreement only)")
+    else:
+        record = manifest.dataset or {}
+        data = digits.load_digits_data(seed=int(record.get("seed", 0)),
+                                       test_fraction=float(record.get("test_fraction", 0.25)))
+        images, labels = data.split("heldout")
+        inputs = digits.to_model_input(images, manifest.preprocessing)
+        labelled = is_digits_model(manifest) and manifest.num_classes == len(digits.LABELS)
+        labels = labels if labelled else None
+        what = "held-out digits" if labelled else "digit images (agreement only: give --eval-samples DIR)"
     if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-    inputs = digits.to_model_input(images, manifest.preprocessing)
-    labelled = record.get("name") == "sklearn-digits" and manifest.num_classes == len(digits.LABELS)
-    return inputs, (labels if labelled else None)
+        inputs, labels = inputs[:limit], (labels[:limit] if labels is not None else None)
+    return inputs, labels, what
 
 
 def run_model(session, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -19,7 +19,8 @@ class OptimizeOptions:
     variants: tuple[str, ...] = DEFAULT_VARIANTS
     max_accuracy_drop: float = 1.0  # percentage points
     calibration: Calibration = Calibration()
-    calibration_dir: Path | None = None
+    calibration_dir: Path | None = None  # default: the export's samples; the digits train split for digits only
+    eval_samples: Path | None = None  # default: the export's samples (manifest), or digits held-out for digits
     calibration_count: int = 128
     keep_io_types: bool = True
     distill: DistillOptions = DistillOptions()

@@ -58,26 +58,33 @@ class OptimizeReport:
     def markdown(self) -> str:
         batches = sorted({b for v in self.variants for b in v.throughput})
         labelled = any(v.accuracy is not None for v in self.variants)
-        head = ["variant", "accuracy" if labelled else "accuracy (n/a)", "drop (pts)", "agreement", "max |diff|",
+        head = ["variant", "accuracy" if labelled else "accuracy (n/a)", "drop (pts)", "agreement", r"max \|diff\|",
                 "size (MB)", "p50 ms b1", "p95 ms b1", *[f"img/s b{b}" for b in batches],
                 f"speed-up b{batches[0]}" if batches else "speed-up", "TensorRT", "status"]
         rows = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         for v in self.variants:
             trt = "ok" if v.tensorrt.get("compatible") else (
                 "no: " + ", ".join(v.tensorrt.get("unsupported_operators", {})) if v.tensorrt.get(
-                    "unsupported_operators") else "no: " + (v.tensorrt.get("problems") or ["?"])[0][:40])
-            cells = [v.name, _fmt(v.accuracy, ".4f"), _fmt(v.accuracy_drop, "+.2f"), f"{v.agreement:.4f}",
+                    "unsupported_operators") else "no: " + (v.tensorrt.get("problems") or ["?"])[0])  # whole: it names the fix
+            cells = [v.name, _fmt(v.accuracy, ".4f"), _drop(v.accuracy_drop), f"{v.agreement:.4f}",
                      f"{v.max_abs_diff:.3g}", f"{v.size_bytes / 1e6:.2f}", _fmt(v.latency_ms.get("p50"), ".2f"),
                      _fmt(v.latency_ms.get("p95"), ".2f"), *[_fmt(v.throughput.get(b), ".0f") for b in batches],
                      _fmt(v.speedup, ".2f") + ("x" if v.speedup is not None else ""), trt,
                      "baseline" if v.name == BASELINE else ("passed" if v.passed else f"refused: {v.reason}")]
-            rows.append("| " + " | ".join(cells) + " |")
+            rows.append("| " + " | ".join(cell.replace("|", r"\|") for cell in cells) + " |")
         rec = self.recommendation
         return (f"# Optimisation of {self.model}\n\n" + "\n".join(rows) + "\n\n"
                 f"Gate: {self.gate['rule']}.\n\nRecommendation: **{rec['variant']}** ({rec['reason']}).\n\n"
                 f"Measured on {self.machine['cpu_count']} cores with ONNX Runtime {self.machine['onnxruntime']} "
                 f"({self.machine['threads']} intra-op threads), best of {self.machine['rounds']} interleaved rounds "
                 f"of {self.machine['seconds']} s each; a shared machine: compare ratios, not absolutes.\n")
+
+
+def _drop(points: float | None) -> str:
+    """A loss as a positive number of points; a gain says so instead of showing as a negative drop."""
+    if points is None:
+        return "n/a"
+    return f"gain {-points:.2f}" if points <= -0.005 else f"{max(points, 0.0):.2f}"
 
 
 def _fmt(value, spec: str) -> str:

@@ -4,8 +4,9 @@ Variants (``variants.REGISTRY``): ``fp32_slim`` (onnxslim), ``fp16`` (FP32 input
 ``int8_static`` (QDQ, per-channel, calibrated on real images) and ``distilled`` (a smaller student trained on the
 teacher's soft targets). Every variant and the FP32 original are measured in one run:
 
-* held-out accuracy on the digits held-out split (through the export's ``ImageTransform``) when the model is a digits
-  classifier; top-1 agreement with the FP32 model and the max absolute output difference for every model;
+* accuracy on the export's own labelled samples (recorded in its manifest; ``--eval-samples`` overrides), or on the
+  digits held-out split for the digits model, through the export's ``ImageTransform``; top-1 agreement with the FP32
+  model and the max absolute output difference for every model;
 * size on disk; ONNX Runtime latency p50/p95 at batch 1 and throughput at batch 8 and 32 (``timing``).
 
 The gate (``evaluate``): a variant whose accuracy drops more than ``max_accuracy_drop`` percentage points below FP32
@@ -51,7 +52,7 @@ def optimize(options: OptimizeOptions, reporter: Reporter | None = None,
     source_model = source / manifest.model_file
     check_output_dir(options.output, force=options.force)
 
-    inputs, labels = evaluate.evaluation_set(manifest, options.eval_limit)
+    inputs, labels, evaluated_on = evaluate.evaluation_set(manifest, options.eval_limit, options.eval_samples)
     threads = options.threads or (os.cpu_count() or 1)
     reference = evaluate.run_model(validate.onnx_session(source_model, threads), inputs)
     baseline_accuracy = evaluate.accuracy(reference, labels)
@@ -67,7 +68,7 @@ def optimize(options: OptimizeOptions, reporter: Reporter | None = None,
             path = work / f"{name}.onnx"
             with reporter.step(f"Building {name}"):
                 built[name] = variants.build(name, BuildContext(source_model, path, manifest, options, work))
-            with reporter.step(f"Validating {name} on {len(inputs)} held-out images"):
+            with reporter.step(f"Validating {name} on {len(inputs)} {evaluated_on}"):
                 validate.check_graph(path)
                 outputs = evaluate.run_model(validate.onnx_session(path, threads), inputs)
             result = VariantResult(name, path, evaluate.accuracy(outputs, labels),

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
+from triton_deploy.errors import UsageError
+
 from . import quantize
 
 if TYPE_CHECKING:
@@ -77,14 +79,21 @@ def _int8_dynamic(ctx: BuildContext) -> BuiltVariant:
 
 @register("int8_static")
 def _int8_static(ctx: BuildContext) -> BuiltVariant:
+    from . import evaluate  # evaluate imports this module's BASELINE
+
     options = ctx.options
-    samples = quantize.calibration_samples(ctx.manifest.preprocessing, directory=options.calibration_dir,
+    directory = options.calibration_dir or evaluate.sample_folder(ctx.manifest, options.eval_samples)
+    if directory is None and not evaluate.is_digits_model(ctx.manifest):
+        raise UsageError(f"int8_static would calibrate '{ctx.manifest.name}' on digits images, which are not its "
+                         "inputs, and its INT8 ranges would be wrong",
+                         hint="pass --calibration DIR with images like the model's (or export with --samples), or "
+                              "leave int8_static out of --variants")
+    samples = quantize.calibration_samples(ctx.manifest.preprocessing, directory=directory,
                                            count=options.calibration_count, seed=options.seed)
     quantize.int8_static(ctx.source, ctx.target, samples, options.calibration)
     return BuiltVariant({"tool": "onnxruntime quantize_static", "format": "QDQ",
                          **dataclasses.asdict(options.calibration), "calibration_images": int(len(samples)),
-                         "calibration_source": str(options.calibration_dir) if options.calibration_dir
-                         else "digits train split"})
+                         "calibration_source": str(directory) if directory else "digits train split"})
 
 
 @register("distilled")

@@ -60,6 +60,31 @@ def triton_server(digits_repository, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def rescaling_model(tmp_path_factory) -> tuple[Path, Path]:
+    """A model that rescales its input itself (pixels 0-255 in) and names an image's dominant colour, and labelled
+    samples: six images per colour. Its bias favours "red", so inputs scaled twice (by the default 1/255 and again
+    inside) all come out red: chance level."""
+    import keras
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("rescaling")
+    inputs = keras.Input((16, 16, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    dense = keras.layers.Dense(3)
+    model = keras.Model(inputs, dense(pooled))
+    dense.set_weights([np.eye(3, dtype=np.float32), np.array([0.3, 0.0, 0.0], dtype=np.float32)])
+    model.save(folder / "rescaling.keras")
+    for channel, colour in enumerate(("red", "green", "blue")):
+        (folder / "samples" / colour).mkdir(parents=True)
+        for i in range(6):
+            pixels = np.full((16, 16, 3), 20 + i, dtype=np.uint8)
+            pixels[..., channel] = 230
+            Image.fromarray(pixels).save(folder / "samples" / colour / f"{i}.png")
+    (folder / "labels.txt").write_text("red\ngreen\nblue\n")
+    return folder / "rescaling.keras", folder
+
+
+@pytest.fixture(scope="session")
 def heldout_digits():
     """(images 8x8 uint8, labels) of the recorded held-out split."""
     from triton_deploy.export import digits

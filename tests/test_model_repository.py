@@ -17,8 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 def tree(root: Path) -> dict[str, bytes]:
+    """Generated files by relative path; binaries and bytecode (a Python run may write it) are not compared."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.suffix not in BINARIES}
+            if p.is_file() and p.suffix not in BINARIES and "__pycache__" not in p.parts}
 
 
 def test_committed_repository_has_not_drifted(digits_export, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,6 +58,25 @@ def test_every_variant_is_built_measured_and_reported(optimized, digits_manifest
     assert all(f"| {name} |" in table for name in ["fp32", *VARIANTS]) and "Recommendation:" in table
 
 
+def test_report_md_is_a_table_that_renders_and_keeps_the_tensorrt_fix(optimized):
+    report, options, _ = optimized
+    lines = (options.output / REPORT_MD).read_text().splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    columns = table[0].replace(r"\|", "").count("|")
+    assert r"max \|diff\|" in table[0]
+    assert all(row.replace(r"\|", "").count("|") == columns for row in table)  # no stray pipe splits a row
+    (int8_row,) = [row for row in table if row.startswith("| int8_static |")]
+    assert "re-quantise with --int8-symmetric" in int8_row  # the fix, not cut at 40 characters
+
+
+def test_an_accuracy_gain_is_written_as_a_gain_not_a_negative_drop(optimized):
+    report, _, _ = optimized
+    gained = dataclasses.replace(report.variant("fp16"), accuracy_drop=-0.22)
+    text = dataclasses.replace(report, variants=[report.variants[0], gained]).markdown()
+    (row,) = [line for line in text.splitlines() if line.startswith("| fp16 |")]
+    assert "| gain 0.22 |" in row and "-0.22" not in row
+
+
 def test_dynamic_int8_is_never_recommended_for_a_cnn(optimized):
     report, _, _ = optimized
     assert report.recommendation["variant"] != "int8_dynamic"
@@ -97,6 +117,41 @@ def test_harmful_calibration_is_refused_by_the_gate_and_not_written(digits_expor
     assert "nothing to publish" in capsys.readouterr().err and not (tmp_path / "repo").exists()
 
 
+@pytest.fixture(scope="module")
+def colour_export(rescaling_model, tmp_path_factory) -> Path:
+    """A user model (not digits) exported with its own labelled samples."""
+    model, folder = rescaling_model
+    output = tmp_path_factory.mktemp("colour") / "export"
+    assert main(["export", "--keras-model", str(model), "--labels", str(folder / "labels.txt"), "--samples",
+                 str(folder / "samples"), "--scale", "1", "--output", str(output), "-q"]) == 0
+    return output
+
+
+def test_a_user_model_is_evaluated_and_calibrated_on_its_exports_own_samples(colour_export, rescaling_model,
+                                                                           tmp_path):
+    _, folder = rescaling_model
+    report = optimize(OptimizeOptions(colour_export, tmp_path / "o", variants=("int8_static",), bench_seconds=0.05,
+                                      bench_rounds=1))
+    assert report.gate["measure"] == "accuracy" and report.gate["evaluation_images"] == 18  # not 450 digits
+    assert report.variants[0].accuracy == 1.0
+    assert report.variant("int8_static").details["calibration_source"] == str((folder / "samples").resolve())
+
+
+def test_a_user_model_without_images_is_not_calibrated_on_digits(rescaling_model, tmp_path):
+    model, folder = rescaling_model
+    export = tmp_path / "export"
+    assert main(["export", "--keras-model", str(model), "--labels", str(folder / "labels.txt"), "--scale", "1",
+                 "--output", str(export), "-q"]) == 0
+    with pytest.raises(UsageError, match="int8_static would calibrate 'rescaling' on digits images.*--calibration DIR"):
+        optimize(OptimizeOptions(export, tmp_path / "o", variants=("int8_static",), bench_seconds=0.05,
+                                 bench_rounds=1))
+    assert not (tmp_path / "o").exists()
+    report = optimize(OptimizeOptions(export, tmp_path / "o", variants=("int8_static",), bench_seconds=0.05,
+                                      bench_rounds=1, eval_samples=folder / "samples"))
+    assert report.gate["evaluation_images"] == 18 and report.variants[0].accuracy == 1.0
+    assert report.variant("int8_static").details["calibration_source"] == str(folder / "samples")
+
+
 def test_bad_options_name_the_flag(digits_export, tmp_path):
     with pytest.raises(UsageError, match="--max-accuracy-drop"):
         optimize(OptimizeOptions(digits_export, tmp_path / "o", max_accuracy_drop=-0.5))
@@ -116,11 +171,25 @@ def test_publishing_as_versions_puts_the_recommendation_last(optimized, tmp_path
                                                     version_policy="all"))
     passing = [v.name for v in report.variants[1:] if v.passed]
     versions = published["classifier_versions"]
-    assert versions["1"] == "fp32" and sorted(versions.values()) == sorted(["fp32", *passing])
-    if report.recommendation["variant"] != "fp32":  # latest:1 then serves the recommendation
-        assert versions[str(len(versions))] == report.recommendation["variant"]
+    assert sorted(versions.values()) == sorted(["fp32", *passing])
+    assert published["served"] == versions  # version policy all
+    assert versions[str(len(versions))] == report.recommendation["variant"]  # latest:1 serves the recommendation
     config = text_format.Parse((repo / "digits_classifier" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert config.version_policy.HasField("all")
+
+
+def test_when_fp32_is_recommended_publishing_as_versions_serves_fp32_by_default(optimized, tmp_path):
+    report, _, publisher = optimized
+    fp32_recommended = dataclasses.replace(report, recommendation={"variant": "fp32", "reason": "nothing faster"})
+    published = publish(fp32_recommended, dataclasses.replace(publisher, repository=tmp_path / "repo",
+                                                              mode="versions", version_policy="latest:1"))
+    versions = published["classifier_versions"]
+    assert versions[max(versions, key=int)] == "fp32"  # fp32 last: what latest:1 serves
+    assert published["served"] == {max(versions, key=int): "fp32"}
+    from triton_deploy.optimize.cli import published_text
+
+    assert published_text(published).endswith(f"with version policy latest:1 Triton serves version "
+                                              f"{max(versions, key=int)} (fp32)")
 
 
 @pytest.mark.server

@@ -300,6 +300,11 @@ def repository_with_broken_models(digits_repository, tmp_path_factory) -> Path:
     config = spare / "config.pbtxt"
     config.write_text(config.read_text().replace('name: "digits_classifier"', 'name: "spare_classifier"'))
     (spare / "1" / "model.onnx").write_bytes(b"this is not an ONNX model")
+    ensemble = repository / "spare"  # an ensemble whose classifier step is the broken one
+    shutil.copytree(repository / "digits", ensemble)
+    config = ensemble / "config.pbtxt"
+    config.write_text(config.read_text().replace('name: "digits"', 'name: "spare"')
+                      .replace('model_name: "digits_classifier"', 'model_name: "spare_classifier"'))
     (repository / "bad_config").mkdir()
     (repository / "bad_config" / "config.pbtxt").write_text('name: "bad_config"\nbackend: "python"\nmax_batch_sise: 4\n')
     return repository
@@ -323,7 +328,7 @@ def test_keep_healthy_models_serves_the_rest_while_readiness_reports_the_failure
     images, labels = heldout_digits
     process, endpoints, stderr = serve(repository_with_broken_models, "--keep-healthy-models")
     try:
-        assert set(endpoints["failed_models"]) == {"spare_classifier", "bad_config"}
+        assert set(endpoints["failed_models"]) == {"spare_classifier", "bad_config", "spare"}
         assert "INVALID_PROTOBUF" in endpoints["failed_models"]["spare_classifier"]
         client = httpclient.InferenceServerClient(endpoints["http"])
         assert client.is_server_live() and not client.is_server_ready()  # strict readiness: a model is missing
@@ -337,6 +342,27 @@ def test_keep_healthy_models_serves_the_rest_while_readiness_reports_the_failure
         assert finish(process) == 0
     assert any(re.search(r"model 'spare_classifier' failed to load and is not served .*INVALID_PROTOBUF", line)
                for line in stderr)
+
+
+def test_keep_healthy_models_says_not_ready_names_the_failed_ensemble_step_and_how_to_stop(
+        repository_with_broken_models, tmp_path, capsys):
+    from triton_deploy.cli import main
+
+    http, grpc, metrics = free_ports(3)
+    state = tmp_path / "serve.json"
+    assert main(["serve", "--repository", str(repository_with_broken_models), "--keep-healthy-models", "--background",
+                 "--pid-file", str(state), "--http-port", str(http), "--grpc-port", str(grpc),
+                 "--metrics-port", str(metrics)]) == 0
+    try:
+        err = " ".join(capsys.readouterr().err.split())
+        assert "Triton is ready" not in err
+        assert f"Triton is serving the models that loaded, not ready (3 failed, listed below): HTTP 127.0.0.1:{http}" \
+               in err
+        assert "model 'spare' failed to load and is not served (readiness stays false): ensemble step " \
+               "'spare_classifier' failed to load" in err
+        assert f"stop it with 'triton-deploy stop --pid-file {state}'" in err
+    finally:
+        assert main(["stop", "--pid-file", str(state), "-q"]) == 0
 
 
 # ---- a python-backend stub dies -----------------------------------------------------------------------------

@@ -138,11 +138,18 @@ def test_serve_command_drains_on_sigterm_and_exits_zero(digits_repository, tmp_p
     command = [sys.executable, "-m", "triton_deploy.cli", "serve", "--repository", str(digits_repository),
                "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--json",
                "--exit-timeout", "5"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    key_file = tmp_path / ".triton-deploy" / f"admin-key-{http}"
     try:
         endpoints = json.loads(process.stdout.readline())  # printed once the server is ready
         assert endpoints["http"] == f"127.0.0.1:{http}"
-        assert httpclient.InferenceServerClient(endpoints["http"]).is_server_ready()
+        client = httpclient.InferenceServerClient(endpoints["http"])
+        assert client.is_server_ready()
+        # The random admin key is where serve said, readable by its owner only, and it unlocks the admin APIs.
+        key = key_file.read_text().strip()
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert client.get_model_config("digits", headers={"triton-admin-key": key})["name"] == "digits"
+        client.close()
         process.send_signal(signal.SIGTERM)
         _out, err = process.communicate(timeout=60)
         assert process.returncode == 0
@@ -151,6 +158,9 @@ def test_serve_command_drains_on_sigterm_and_exits_zero(digits_repository, tmp_p
             process.kill()
     time.sleep(0.2)
     assert not _listening(http)
+    assert f"Admin key (header triton-admin-key): random, in .triton-deploy/admin-key-{http} (removed on exit), " \
+           "readable by you only" in err
+    assert key not in err and not key_file.exists()
     # The wheel's Triton cannot cap HTTP request bodies: --json says so with null, and serve says it in one line.
     assert endpoints["http_max_input_size"] is None
     (warning,) = [line for line in err.splitlines() if "cap HTTP request bodies" in line]
@@ -218,14 +228,30 @@ def test_serve_takes_the_cap_as_a_positive_byte_count(capsys):
 def test_background_serve_and_stop(digits_repository, tmp_path, capsys):
     from triton_deploy.cli import main
 
+    repository = tmp_path / "model_repository"  # a copy: the stubs' bytecode is checked in this test alone
+    shutil.copytree(digits_repository, repository, ignore=shutil.ignore_patterns("__pycache__"))
     http, grpc, metrics = free_ports(3)
     pid_file = tmp_path / "serve.json"
-    assert main(["serve", "--repository", str(digits_repository), "--http-port", str(http), "--grpc-port", str(grpc),
-                 "--metrics-port", str(metrics), "--background", "--pid-file", str(pid_file), "-q"]) == 0
+    assert main(["serve", "--repository", str(repository), "--http-port", str(http), "--grpc-port", str(grpc),
+                 "--metrics-port", str(metrics), "--background", "--pid-file", str(pid_file)]) == 0
     state = json.loads(pid_file.read_text())
+    err = " ".join(capsys.readouterr().err.split())
+    assert f'Admin key (header triton-admin-key): random, in the "admin_key" field of {pid_file}' in err
+    assert state["admin_key"] not in err and pid_file.stat().st_mode & 0o777 == 0o600
     assert httpclient.InferenceServerClient(state["http"]).is_model_ready("digits")
+    assert sorted(repository.glob("*/1/__pycache__"))  # the stubs cache bytecode while serving...
+    # A second background server on the same state file would orphan the first: refused before it starts, by name.
+    ports = [str(p) for p in free_ports(3)]
+    assert main(["serve", "--repository", str(repository), "--http-port", ports[0], "--grpc-port", ports[1],
+                 "--metrics-port", ports[2], "--background", "--pid-file", str(pid_file), "-q"]) == 9
+    assert (f"a background server is already running (pid {state['pid']}, HTTP {state['http']}, repository "
+            f"{repository}; recorded in {pid_file}) (stop it with 'triton-deploy stop --pid-file {pid_file}'"
+            in capsys.readouterr().err)
+    assert json.loads(pid_file.read_text()) == state and not _listening(int(ports[0]))
     assert main(["stop", "--pid-file", str(pid_file), "-q"]) == 0
     assert not pid_file.exists() and not _listening(http)
+    # ...and none is left once stopped: `make demo` then `make test` compares the committed repository with a fresh one
+    assert not sorted(repository.rglob("__pycache__"))
     assert main(["stop", "--pid-file", str(pid_file)]) == 9
     assert "no background server to stop" in capsys.readouterr().err
 

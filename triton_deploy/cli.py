@@ -41,15 +41,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}{hint}\n")
 
 
+def _subcommand_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return subparsers.choices[command]
+
+
 def _known_words(parser: argparse.ArgumentParser) -> set[str]:
-    """Every option string and subcommand name of ``parser`` and its subparsers."""
+    """The option strings and subcommand names of ``parser`` itself: a subcommand's options are not suggested for
+    another one (``serve --port`` had been offered ``--exports``)."""
     words: set[str] = set()
     for action in parser._actions:
         words.update(action.option_strings)
         if isinstance(action, argparse._SubParsersAction):
             words.update(action.choices)
-            for subparser in action.choices.values():
-                words |= _known_words(subparser)
     return words
 
 
@@ -72,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ info logs would bury our progress output
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the subcommand: its own usage line, and suggestions from its own options only
+        _subcommand_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     reporter = Reporter(quiet=getattr(args, "quiet", False))
     try:
         return args.handler(args, reporter)

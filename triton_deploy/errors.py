@@ -25,6 +25,7 @@ EXIT_CODES: dict[str, tuple[int, str]] = {
     "SLOViolation": (11, "a load test broke a service-level objective"),
     "LoadTestError": (12, "Locust could not run, or the run produced no statistics"),
     "DemoError": (13, "a step of the demo failed"),
+    "ChanceAccuracyError": (14, "export: accuracy no better than guessing (usually the wrong --scale)"),
     "QuantizationError": (20, "a rewrite (onnxslim, float16, ONNX Runtime quantisation) failed"),
     "TensorRTCompatibilityError": (21, "the ONNX graph cannot be built into a TensorRT plan as it is"),
     "GateError": (22, "no optimised variant passed the accuracy gate, nothing to publish"),
@@ -98,6 +99,10 @@ class ConversionError(TritonDeployError):
 
 class ParityError(TritonDeployError):
     """ONNX Runtime disagrees with TensorFlow beyond the tolerance; the message carries the numbers."""
+
+
+class ChanceAccuracyError(TritonDeployError):
+    """A model whose measured accuracy is no better than guessing: usually the wrong preprocessing."""
 
 
 class ManifestError(TritonDeployError):

@@ -195,3 +195,19 @@ def test_readme_values_table_lists_every_values_key():
     assert not missing, f"README values table lacks {missing}"
     for section in ("helm test", "Promote", "Roll back", "prometheus-adapter", "triton-deploy repo"):
         assert section in readme, section
+
+
+def test_make_chart_lint_renders_every_scenario_and_fails_on_bad_values(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad-values.yaml"
+    bad.write_text('replicaCount: "many"\n')
+    script = CHART.parents[1] / "scripts" / "chart_lint.py"
+    result = subprocess.run([sys.executable, str(script), str(bad)], capture_output=True, text=True, timeout=300)
+    lines = result.stdout.splitlines()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert [line.split()[0] for line in lines if line.endswith("lint ok")] == \
+        ["defaults", *(scenario_id(p) for p in SCENARIOS)]
+    assert "got string, want integer" in result.stdout and "bad-values did not lint clean" in result.stderr
+    assert (CHART.parents[1] / "build" / "chart" / "defaults.yaml").read_text().count("\nkind: ") >= 5

@@ -68,9 +68,11 @@ def publish(report: OptimizeReport, publisher: Publisher) -> dict:
                              max_batch_size=publisher.max_batch_size)
     if publisher.mode == "versions":
         recommended = report.recommendation["variant"]
-        ordered = sorted(passing, key=lambda v: v.name == recommended)  # stable: the recommendation goes last
-        exports = [Path(report.source), *(output / v.name for v in ordered)]
-        result = generate_repository(exports, base)
+        by_name = {report.variants[0].name: Path(report.source)} | {v.name: output / v.name for v in passing}
+        # The recommendation goes last, so latest:1 serves it; when FP32 is recommended (no variant was fast enough)
+        # that is FP32 itself, published after the variants instead of first.
+        ordered = sorted(by_name, key=lambda name: name == recommended)  # stable otherwise
+        result = generate_repository([by_name[name] for name in ordered], base)
         classifier = repository / f"{report.model}_classifier"
         baseline = report.variants[0]  # the export's own model
         by_sha = {baseline.details["sha256"]: baseline.name, **{v.details["sha256"]: v.name for v in passing}}
@@ -78,9 +80,10 @@ def publish(report: OptimizeReport, publisher: Publisher) -> dict:
         for version_dir in sorted((p for p in classifier.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
             sha = hashlib.sha256((version_dir / "model.onnx").read_bytes()).hexdigest()
             versions[version_dir.name] = by_sha.get(sha, "earlier export")
+        latest = result.ensembles.get(report.model)
         return {"repository": str(repository), "mode": "versions", "ensemble": report.model,
                 "classifier_versions": versions, "version_policy": publisher.version_policy,
-                "latest": result.ensembles.get(report.model)}
+                "latest": latest, "served": served_versions(versions, publisher.version_policy)}
     models = {report.variants[0].name: report.model}
     generate_repository([Path(report.source)], base)
     for v in passing:
@@ -89,3 +92,16 @@ def publish(report: OptimizeReport, publisher: Publisher) -> dict:
         models[v.name] = prefix
     return {"repository": str(repository), "mode": "siblings", "ensembles": models,
             "version_policy": publisher.version_policy}
+
+
+def served_versions(versions: dict[str, str], policy: str) -> dict[str, str]:
+    """Which classifier versions (number -> variant) Triton serves under ``policy``: latest:N, all or specific:a,b."""
+    numbers = sorted(versions, key=int)
+    kind, _, value = policy.partition(":")
+    if kind == "latest":
+        chosen = numbers[-int(value or 1):]
+    elif kind == "specific":
+        chosen = [n for n in numbers if n in {v.strip() for v in value.split(",")}]
+    else:
+        chosen = numbers
+    return {n: versions[n] for n in chosen}

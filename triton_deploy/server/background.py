@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from triton_deploy.errors import ServerError
 
+from .supervisor import remove_stub_bytecode
+
 if TYPE_CHECKING:
     from .process import TritonServer
 
@@ -30,9 +32,37 @@ def endpoints(server: TritonServer) -> dict:
 
 def write_state(state_file: Path, server: TritonServer) -> None:
     """Record a background server; the file holds the admin key, so only its owner may read it."""
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps(endpoints(server) | {"admin_key": server.admin_key}) + "\n")
-    state_file.chmod(0o600)
+    write_secret(state_file, json.dumps(endpoints(server) | {"admin_key": server.admin_key}) + "\n")
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write ``text`` to a file only its owner can read, created that way (no moment readable by others)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(text)
+
+
+def refuse_if_running(state_file: Path) -> None:
+    """A second ``serve --background`` on the same state file would overwrite it and orphan the first server (``stop``
+    could no longer find it): refuse, naming the running server. A file left by a server that is gone is replaced."""
+    try:
+        state = json.loads(state_file.read_text())
+        pid = int(state["pid"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return
+    if _running(pid) and "tritonserver" in _command_line(pid):
+        raise ServerError(f"a background server is already running (pid {pid}, HTTP {state.get('http')}, repository "
+                          f"{state.get('repository')}; recorded in {state_file})",
+                          hint=f"stop it with 'triton-deploy stop --pid-file {state_file}', or give this one another "
+                               f"--pid-file")
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def stop_background(state_file: Path, timeout_s: float = 60.0) -> tuple[int, bool]:
@@ -55,6 +85,7 @@ def stop_background(state_file: Path, timeout_s: float = 60.0) -> tuple[int, boo
         os.kill(pid, signal.SIGKILL)
         raise ServerError(f"server {pid} did not exit within {timeout_s:.0f} s and was killed", hint="raise --timeout")
     state_file.unlink(missing_ok=True)
+    remove_stub_bytecode(Path(state.get("repository", "")))
     return pid, True
 
 

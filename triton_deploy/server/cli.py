@@ -82,9 +82,9 @@ def _warn(message: str) -> None:
 
 
 def run_serve(args: argparse.Namespace, reporter) -> int:
-    from .background import endpoints, write_state
+    from .background import endpoints, refuse_if_running, write_secret, write_state
     from .install import HTTP_MAX_INPUT_SIZE_FLAG
-    from .options import ServerOptions
+    from .options import ADMIN_HEADER, ServerOptions
     from .process import TritonServer
     from .supervisor import SupervisionPolicy, supervise
 
@@ -98,6 +98,8 @@ def run_serve(args: argparse.Namespace, reporter) -> int:
     )
     policy = SupervisionPolicy(stub_failure=args.stub_failure, max_restarts=args.max_restarts)
     policy.check()
+    if args.background:
+        refuse_if_running(args.pid_file)
     server = TritonServer(options)
     server.start()
     try:
@@ -109,7 +111,12 @@ def run_serve(args: argparse.Namespace, reporter) -> int:
     if args.json:
         print(json.dumps(endpoints(server)), flush=True)
     else:
-        reporter.info(f"Triton is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}")
+        where = f"HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}"
+        if server.failed_models:  # --keep-healthy-models: serving, but /v2/health/ready stays false
+            reporter.info(f"Triton is serving the models that loaded, not ready ({len(server.failed_models)} failed, "
+                          f"listed below): {where}")
+        else:
+            reporter.info(f"Triton is ready: {where}")
     if server.http_max_input_size is None:
         _warn(f"warning: this Triton ({server.version() or 'version unknown'}) cannot cap HTTP request bodies (no "
               f"{HTTP_MAX_INPUT_SIZE_FLAG}); the Helm chart's image does. If you expose this server, put a proxy "
@@ -117,11 +124,25 @@ def run_serve(args: argparse.Namespace, reporter) -> int:
     for name, reason in server.failed_models.items():
         _warn(f"model '{name}' failed to load and is not served (readiness stays false): "
               f"{reason.splitlines()[0] if reason else 'unknown reason'}")
+    key_file = None
+    if args.restrict_apis and not args.admin_key:  # random: kept in a file only its owner reads, never printed
+        key_file = args.pid_file if args.background else args.pid_file.with_name(f"admin-key-{args.http_port}")
+        if not args.background:
+            write_secret(key_file, server.admin_key + "\n")
+        where = f"the \"admin_key\" field of {key_file}" if args.background else f"{key_file} (removed on exit)"
+        reporter.info(f"Admin key (header {ADMIN_HEADER}): random, in {where}, readable by you only")
+    elif args.restrict_apis:
+        reporter.info(f"Admin key (header {ADMIN_HEADER}): the one given by --admin-key / $TRITON_ADMIN_KEY")
     if args.background:
         write_state(args.pid_file, server)
-        reporter.info(f"Running in the background (pid {server.started().pid}); stop it with 'triton-deploy stop'")
+        reporter.info(f"Running in the background (pid {server.started().pid}); stop it with "
+                      f"'{PROG} stop --pid-file {args.pid_file}'")
         return 0
-    status = supervise(server, policy, _warn)
+    try:
+        status = supervise(server, policy, _warn)
+    finally:
+        if key_file is not None:
+            key_file.unlink(missing_ok=True)
     reporter.info(f"Triton exited with status {status}")
     return status
 

@@ -62,6 +62,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 _LOAD_FAILURE = re.compile(r"failed to load '([^']+)' version (\d+): (.*)")
 # A config.pbtxt Triton cannot parse never reaches "failed to load": it is reported while polling the repository.
 _POLL_FAILURE = re.compile(r"Poll failed for model directory '([^']+)': (.*)")
+_ENSEMBLE_STEP = re.compile(r'^\s*model_name:\s*"([^"]+)"', re.M)
 
 
 @dataclass
@@ -201,12 +202,25 @@ class TritonServer:
             return False
         polled = {m.group(1): m.group(2).strip().rstrip('"') for m in map(_POLL_FAILURE.search, self.log_tail(2000))
                   if m}
+        not_ready = {entry["name"] for entry in states if entry.get("state") != "READY"}
         self.failed_models = {entry["name"]: entry.get("reason") or polled.get(entry["name"]) or
+                              self._failed_steps(entry["name"], not_ready) or
                               "configuration could not be read (see the log)"
-                              for entry in states if entry.get("state") != "READY"}
+                              for entry in states if entry["name"] in not_ready}
         if not any(entry.get("state") == "READY" for entry in states):
             raise ServerError(self._failure_message("has no model that loaded"), hint="fix the models named above")
         return True
+
+    def _failed_steps(self, name: str, not_ready: set[str]) -> str | None:
+        """For an ensemble Triton gives no reason of its own: name the steps that did not load."""
+        try:
+            config = (Path(self.options.repository) / name / "config.pbtxt").read_text()
+        except OSError:
+            return None
+        steps = [step for step in dict.fromkeys(_ENSEMBLE_STEP.findall(config)) if step in not_ready]
+        if not steps:
+            return None
+        return f"ensemble step{'s' if len(steps) > 1 else ''} {', '.join(repr(s) for s in steps)} failed to load"
 
     def wait_ready(self, timeout_s: float | None = None, on_tick=None) -> None:
         """Block until ``/v2/health/ready`` answers 200 (with ``keep_healthy_models``: until loading is over and a
@@ -292,6 +306,7 @@ class TritonServer:
                 self.process.wait()
         supervisor.unlink_regions(self.shm_regions)  # after the exit: a dead stub's regions nobody unlinked
         self.shm_regions = set()
+        supervisor.remove_stub_bytecode(Path(self.options.repository))
         return self.process.returncode
 
     def wait(self) -> int:

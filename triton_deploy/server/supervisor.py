@@ -10,6 +10,7 @@ Triton drains, and restarts the server when a stub dies (up to a limit), or stop
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +71,17 @@ def mapped_shm_regions(server_pid: int) -> set[str]:
         return set()
     return {line.split(None, 5)[5].removesuffix(" (deleted)") for line in maps.splitlines()
             if SHM_REGION_PREFIX in line}
+
+
+def remove_stub_bytecode(repository: Path) -> None:
+    """Delete the ``__pycache__`` folders python-backend stubs wrote beside the models' modules.
+
+    A stub imports ``model.py`` from the repository and caches its bytecode there; the stub's embedded Python is
+    initialised in isolated mode, so ``PYTHONDONTWRITEBYTECODE`` cannot prevent it. The repository must stay what the
+    generator wrote (the committed one is compared with a fresh one in the tests), and a bytecode cache is always
+    safe to delete, so a stopped server leaves none behind."""
+    for cache in Path(repository).glob("*/*/__pycache__"):
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def unlink_regions(paths: set[str]) -> list[str]:

@@ -1,0 +1,57 @@
+"""``make chart-lint``: render and lint the Helm chart offline with Helm's own engine (helm-python-sdk), exactly as the
+tests do, for the default values, every ``ci/*-values.yaml`` scenario and any values files given on the command line.
+
+Each rendering is written to ``build/chart/<name>.yaml`` to read or diff; the exit code is 1 if any lint reports a
+warning or an error. No cluster and no ``helm`` binary are needed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "helm"))  # the tests' own chart helpers: one rendering path, not two
+
+import helm_python  # noqa: E402
+import helm_python.errors  # noqa: E402
+import yaml  # noqa: E402
+from chart_tools import CHART, NAMESPACE, RELEASE, SCENARIOS, chart, load_values, scenario_id  # noqa: E402
+
+OUTPUT = ROOT / "build" / "chart"
+
+
+def lint_and_render(name: str, values_files: list[Path]) -> list[str]:
+    """Problems (severity warning or error) of one values set; its rendering goes to ``OUTPUT/name.yaml``."""
+    values = load_values(*values_files) if values_files else None
+    report = helm_python.lint(CHART, values, strict=True, namespace=NAMESPACE)
+    problems = [f"{m.get('path', '')}: {m.get('err', m)}" for m in report["messages"] if m["severity"] >= 2]
+    problems += [str(e) for e in report.get("errors") or []]
+    try:
+        rendered = chart().render(values or {}, name=RELEASE, namespace=NAMESPACE)
+    except helm_python.errors.HelmError as exc:  # e.g. values that break values.schema.json
+        rendered = {}
+        problems.append(" ".join(str(exc).split()))
+    documents = [doc for template, text in sorted(rendered.items()) if not template.endswith("NOTES.txt")
+                 for doc in yaml.safe_load_all(text) if doc]
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    target = OUTPUT / f"{name}.yaml"
+    target.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    status = "ok" if not problems else f"{len(problems)} problem(s)"
+    print(f"{name:<14} {len(documents):>3} objects -> {target.relative_to(ROOT)}  lint {status}")
+    for problem in problems:
+        print(f"    {problem}")
+    return problems
+
+
+def main(argv: list[str]) -> int:
+    sets = [("defaults", []), *((scenario_id(p), [p]) for p in SCENARIOS),
+            *((Path(f).stem, [Path(f)]) for f in argv)]
+    failed = [name for name, files in sets if lint_and_render(name, files)]
+    if failed:
+        print(f"chart-lint: {', '.join(failed)} did not lint clean", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
