@@ -95,3 +95,24 @@ def test_every_skip_carries_its_reason_and_is_listed_in_the_readme_security_note
         reason = check["check_result"].get("suppress_comment", "")
         assert len(reason) > 30, f"{describe(check)}: reason {reason!r}"
         assert f"`{check['check_id']}`" in section[1], f"{check['check_id']} is skipped but not in the README"
+
+
+def checkov_skips(obj: dict) -> dict[str, str]:
+    annotations = obj["metadata"].get("annotations", {})
+    return dict(value.split("=", 1) for key, value in annotations.items() if key.startswith("checkov.io/skip"))
+
+
+def test_skips_are_annotated_only_while_the_trade_off_is_taken():
+    digest = "sha256:" + "b" * 64
+    taken = render()
+    assert set(checkov_skips(taken.deployment())) == {"CKV_K8S_15", "CKV_K8S_35", "CKV_K8S_43"}
+    assert set(checkov_skips(taken.one("Pod"))) == {"CKV_K8S_8", "CKV_K8S_9", "CKV_K8S_15", "CKV_K8S_43"}
+    assert "set image.digest to pin by digest" in checkov_skips(taken.deployment())["CKV_K8S_43"]
+    lifted = render({"image": {"digest": digest, "pullPolicy": "Always"},
+                     "security": {"restrictedApi": {"enabled": False}},
+                     "tests": {"image": {"digest": digest, "pullPolicy": "Always"}}})
+    assert checkov_skips(lifted.deployment()) == {}
+    assert set(checkov_skips(lifted.one("Pod"))) == {"CKV_K8S_8", "CKV_K8S_9"}
+    (container,) = lifted.one("Pod")["spec"]["containers"]
+    assert container["image"] == f"docker.io/library/python:3.12-slim@{digest}"
+    assert container["imagePullPolicy"] == "Always"
