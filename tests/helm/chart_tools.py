@@ -18,6 +18,10 @@ NAMESPACE = "ml"
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "HTTPRoute"}
 # Every API the chart gates on, so a render can include all optional objects.
 ALL_APIS = ["monitoring.coreos.com/v1", "gateway.networking.k8s.io/v1"]
+# What the chart requires beyond its defaults (it refuses to render without): the server image built from
+# docker/tritonserver/Dockerfile. Renders of the defaults get it; the ci/ scenarios must set it themselves.
+SERVER_IMAGE = "registry.example.com/ml/triton-classifier-server"
+REQUIRED_VALUES = {"image": {"repository": SERVER_IMAGE}}
 
 
 @dataclass(frozen=True)
@@ -95,8 +99,12 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return result
 
 
-def render(values: dict[str, Any] | None = None, *, release: str = RELEASE, namespace: str = NAMESPACE) -> Rendered:
-    """Render like `helm template RELEASE -n NAMESPACE` (tests included) and parse every document."""
+def render(values: dict[str, Any] | None = None, *, release: str = RELEASE, namespace: str = NAMESPACE,
+           required: bool = True) -> Rendered:
+    """Render like `helm template RELEASE -n NAMESPACE` (tests included) and parse every document. `required` puts
+    REQUIRED_VALUES under `values`, so a test states only what it is about."""
+    if required:
+        values = deep_merge(REQUIRED_VALUES, values or {})
     output = chart().render(values or {}, name=release, namespace=namespace)
     manifests, notes = [], ""
     for template, text in sorted(output.items()):
@@ -110,8 +118,9 @@ def render(values: dict[str, Any] | None = None, *, release: str = RELEASE, name
 
 
 def render_scenario(path: Path | None, extra: dict[str, Any] | None = None, **kwargs: Any) -> Rendered:
+    """The defaults (with REQUIRED_VALUES) or a ci/ scenario as it stands: a scenario must set what it needs."""
     values = load_values(path) if path else {}
-    return render(deep_merge(values, extra or {}), **kwargs)
+    return render(deep_merge(values, extra or {}), required=path is None, **kwargs)
 
 
 def scenario_id(path: Path | None) -> str:

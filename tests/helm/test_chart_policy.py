@@ -10,8 +10,8 @@ import re
 import helm_python
 import pytest
 
-from chart_tools import (SCENARIOS, arg_value, chart, load_values, render, render_scenario, scenario_id,
-                         server_container)
+from chart_tools import (SCENARIOS, SERVER_IMAGE, arg_value, chart, load_values, render, render_scenario,
+                         scenario_id, server_container)
 
 SCENARIO_PARAMS = [None, *SCENARIOS]
 # Volume types the "restricted" Pod Security Standard allows.
@@ -63,11 +63,12 @@ def test_service_account_never_mounts_its_token():
 
 # --- resources, images ---------------------------------------------------------------------------------------------
 
-def test_every_container_requests_cpu_and_memory_and_limits_memory(scenario):
+def test_every_container_requests_and_limits_cpu_and_memory(scenario):
+    """Init containers too, which checkov's CPU-limit check (CKV_K8S_11) does not look at."""
     for owner, container in scenario.containers():
         resources = container.get("resources", {})
         assert {"cpu", "memory"} <= set(resources.get("requests", {})), owner
-        assert "memory" in resources.get("limits", {}), owner
+        assert {"cpu", "memory"} <= set(resources.get("limits", {})), owner
 
 
 def test_gpu_scenarios_limit_gpus_on_the_server_and_the_plan_builder():
@@ -89,11 +90,11 @@ def test_every_image_is_pinned_and_never_latest(scenario):
         assert tag != "latest", f"{owner}: {image}"
 
 
-def test_server_image_defaults_to_the_ngc_triton_release():
-    assert server_container(render().deployment())["image"] == "nvcr.io/nvidia/tritonserver:26.11-py3"
+def test_server_image_is_the_required_repository_at_the_chart_release_tag():
+    assert server_container(render().deployment())["image"] == f"{SERVER_IMAGE}:26.11-py3"
     digest = "sha256:" + "a" * 64
     image = server_container(render({"image": {"digest": digest}}).deployment())["image"]
-    assert image == f"nvcr.io/nvidia/tritonserver:26.11-py3@{digest}"
+    assert image == f"{SERVER_IMAGE}:26.11-py3@{digest}"
 
 
 # --- probes and shutdown -------------------------------------------------------------------------------------------
@@ -387,6 +388,14 @@ def test_tensorrt_build_script_makes_one_plan_per_version_directory(tmp_path):
     ({"route": {"enabled": True}, "capabilities": {"assumeApiVersions": ["gateway.networking.k8s.io/v1"]}},
      "parentRefs"),
     ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "minReplicas"),
+    # The server image must be the one built from the repository's Dockerfile (the stock image lacks Pillow).
+    ({"image": {"repository": ""}}, "image.repository is required: build the server image from "
+                                     "docker/tritonserver/Dockerfile"),
+    ({"image": {"repository": "nvcr.io/nvidia/tritonserver"}}, "is the stock NGC Triton image, which lacks Pillow"),
+    ({"image": {"repository": "mirror.example.com/nvidia/tritonserver"}}, "stock NGC Triton image"),
+    ({"canary": {"enabled": True, "image": {"repository": "nvcr.io/nvidia/tritonserver"}}},
+     "canary.image.repository nvcr.io/nvidia/tritonserver is the stock NGC"),
+    ({"model": {"classifierBackend": "python"}}, "imports onnxruntime, which the server image"),
 ])
 def test_inconsistent_values_refuse_to_render(values, message):
     with pytest.raises(helm_python.HelmRenderError, match=message):
@@ -500,7 +509,7 @@ def test_pod_disruption_budget_covers_the_stable_pods(scenario):
 
 
 def test_network_policy_opens_inference_to_chosen_namespaces_and_metrics_to_monitoring(scenario):
-    policy = scenario.one("NetworkPolicy")
+    policy = scenario.one("NetworkPolicy", "prod-triton-classifier")
     labels = scenario.deployment()["spec"]["template"]["metadata"]["labels"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     assert policy["spec"]["policyTypes"] == ["Ingress"]
@@ -515,7 +524,7 @@ def test_network_policy_opens_inference_to_chosen_namespaces_and_metrics_to_moni
 
 def test_network_policy_for_named_namespaces_only():
     rendered = render_scenario(next(p for p in SCENARIOS if scenario_id(p) == "cpu"))
-    inference = rendered.one("NetworkPolicy")["spec"]["ingress"][0]
+    inference = rendered.one("NetworkPolicy", "prod-triton-classifier")["spec"]["ingress"][0]
     assert {"podSelector": {}} not in inference["from"]
     assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "web-frontend"}}} in inference["from"]
 
@@ -578,7 +587,7 @@ def test_canary_differs_from_stable_only_where_a_candidate_should():
     stable, canary = rendered.deployment("stable"), rendered.deployment("canary")
     assert canary["spec"]["replicas"] == 1
     stable_container, canary_container = server_container(stable), server_container(canary)
-    assert canary_container["image"] == "nvcr.io/nvidia/tritonserver:26.12-py3"
+    assert canary_container["image"] == f"{SERVER_IMAGE}:26.12-py3"
     assert stable_container["args"] == canary_container["args"]
     subpaths = [next(m for m in c["volumeMounts"] if m["name"] == "model-repository")["subPath"]
                 for c in (stable_container, canary_container)]
@@ -615,4 +624,4 @@ def test_helm_test_pod_runs_the_packaged_script_against_the_ensemble():
     assert script["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert script["data"]["helm_test_inference.py"] == (CHART / "files" / "helm_test_inference.py").read_text()
     same_image = render({"tests": {"image": {"repository": ""}}}).one("Pod")["spec"]["containers"][0]["image"]
-    assert same_image == "nvcr.io/nvidia/tritonserver:26.11-py3"
+    assert same_image == f"{SERVER_IMAGE}:26.11-py3"

@@ -3,7 +3,8 @@ One Triton Deployment. The stable and the canary Deployment are both rendered fr
 in what the canary is meant to change: image, model repository, replicas and labels.
 
 Call with (dict "root" $ "track" "stable"|"canary" "name" <object name> "repo" <modelRepository values>
-               "image" <image values> "podLabels" <map> ["replicas" <int>, left out under an HPA]).
+               "image" <image values> "imageKey" <values path of that image> "podLabels" <map>
+               ["replicas" <int>, left out under an HPA]).
 */}}
 {{- define "triton-classifier.deployment" -}}
 {{- $root := .root }}
@@ -21,6 +22,21 @@ Call with (dict "root" $ "track" "stable"|"canary" "name" <object name> "repo" <
 {{- $gcsKeyDir := "/var/run/secrets/triton/gcs" }}
 {{- $live := $v.probes.liveness }}
 {{- $probeDir := "/opt/triton-probe" }}
+{{- /* checkov findings that are deliberate trade-offs here, each with its reason (chart README, Security notes). */}}
+{{- $images := list (dict "key" .imageKey "image" .image "policyKey" "image") }}
+{{- if eq $repo.source "image" }}{{- $images = append $images (dict "key" "modelRepository.image" "image" $repo.image) }}{{- end }}
+{{- if $trt.enabled }}{{- $images = append $images (dict "key" "tensorrt.build.image" "image" $trt.image) }}{{- end }}
+{{- $skips := include "triton-classifier.imageCheckovSkips" $images | fromJsonArray }}
+{{- $envSecrets := list }}
+{{- if $ra.enabled }}
+{{- $envSecrets = append $envSecrets "the admin key reaches Triton only on its command line (--http-restricted-api), which the kubelet fills from an env var" }}
+{{- end }}
+{{- if and (eq $repo.source "objectStore") $repo.objectStore.credentialsSecret }}
+{{- $envSecrets = append $envSecrets "the object-store SDKs in Triton read their credentials from env vars only" }}
+{{- end }}
+{{- if $envSecrets }}
+{{- $skips = append $skips (printf "CKV_K8S_35=%s" (join "; " $envSecrets)) }}
+{{- end }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -30,6 +46,10 @@ metadata:
     {{- include "triton-classifier.labels" $root | nindent 4 }}
     app.kubernetes.io/component: inference-server
     track: {{ $track }}
+  {{- with $skips }}
+  annotations:
+    {{- include "triton-classifier.checkovSkips" . | nindent 4 }}
+  {{- end }}
 spec:
   {{- if hasKey . "replicas" }}
   replicas: {{ .replicas }}
@@ -119,7 +139,7 @@ spec:
       initContainers:
         {{- if eq $repo.source "image" }}
         - name: copy-model-repository
-          image: {{ include "triton-classifier.imageRef" (dict "repository" $repo.image.repository "tag" $repo.image.tag) }}
+          image: {{ include "triton-classifier.imageRef" $repo.image }}
           imagePullPolicy: {{ $repo.image.pullPolicy }}
           command: ["cp", "-R", "{{ trimSuffix "/" $repo.image.path }}/.", "/staging/"]
         {{- else }}
@@ -135,6 +155,7 @@ spec:
               cpu: 100m
               memory: 64Mi
             limits:
+              cpu: "1"
               memory: 256Mi
           volumeMounts:
             - name: model-repository

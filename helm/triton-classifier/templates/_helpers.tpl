@@ -82,6 +82,57 @@ track: {{ index . 1 }}
 {{- $ref }}
 {{- end }}
 
+{{/*
+The server image must be the one built from docker/tritonserver/Dockerfile: the python-backend preprocess model
+imports Pillow, which the stock NGC image does not ship, so a pod on it would fail at model load. Refused at render
+time instead. Call with (list <repository> "<values path>").
+*/}}
+{{- define "triton-classifier.validateServerImage" -}}
+{{- $repository := index . 0 }}
+{{- $path := index . 1 }}
+{{- if not $repository }}
+{{- fail (printf "%s is required: build the server image from docker/tritonserver/Dockerfile (the stock NGC Triton image lacks Pillow, which the preprocess model imports), push it and set %s to its repository (chart README, \"Server image\")" $path $path) }}
+{{- end }}
+{{- if regexMatch "(^|/)nvidia/tritonserver$" $repository }}
+{{- fail (printf "%s %s is the stock NGC Triton image, which lacks Pillow: the preprocess model would fail to load. Build docker/tritonserver/Dockerfile FROM it, push the result and set %s to its repository (chart README, \"Server image\")" $path $repository $path) }}
+{{- end }}
+{{- end }}
+
+{{/*
+checkov skip annotations (checkov.io/skip<N>: "CHECK=reason") from a list of "CHECK=reason" strings. checkov splits
+the value on "=", so a reason must not contain one.
+*/}}
+{{- define "triton-classifier.checkovSkips" -}}
+{{- range $i, $skip := . }}
+{{- if ne (len (splitList "=" $skip)) 2 }}
+{{- fail (printf "chart bug: checkov skip %q must hold exactly one \"=\"" $skip) }}
+{{- end }}
+checkov.io/skip{{ add1 $i }}: {{ $skip | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+The deliberate trade-offs on images, as checkov skips (JSON list of "CHECK=reason"): a pull policy other than Always
+(CKV_K8S_15) and an image without a digest (CKV_K8S_43). Each reason names the values that lift it. Call with a list
+of (dict "key" "<values path of the image>" "image" <image values> ["policyKey" "<values path of its pullPolicy>"]).
+*/}}
+{{- define "triton-classifier.imageCheckovSkips" -}}
+{{- $notAlways := list }}
+{{- $noDigest := list }}
+{{- range . }}
+{{- if ne (toString .image.pullPolicy) "Always" }}{{- $notAlways = append $notAlways (printf "%s.pullPolicy" (default .key .policyKey)) }}{{- end }}
+{{- if not .image.digest }}{{- $noDigest = append $noDigest (printf "%s.digest" .key) }}{{- end }}
+{{- end }}
+{{- $skips := list }}
+{{- if $notAlways }}
+{{- $skips = append $skips (printf "CKV_K8S_15=images are pinned by tag (and digest when set), so nodes reuse their copy instead of pulling again at every pod start; set %s to Always to re-resolve tags" (join ", " (uniq $notAlways))) }}
+{{- end }}
+{{- if $noDigest }}
+{{- $skips = append $skips (printf "CKV_K8S_43=pinned by tag: a digest exists only once you have pushed your build; set %s to pin by digest" (join ", " (uniq $noDigest))) }}
+{{- end }}
+{{- toJson $skips }}
+{{- end }}
+
 {{/* True ("true") when an API group/version is installed or assumed. Call with (list $ "group/version"). */}}
 {{- define "triton-classifier.hasApi" -}}
 {{- $root := index . 0 }}
@@ -128,6 +179,10 @@ template.
 {{- end }}
 {{- if eq (toString $v.image.tag) "latest" }}
 {{- fail "image.tag must be a pinned Triton release such as 26.11-py3, not latest" }}
+{{- end }}
+{{- include "triton-classifier.validateServerImage" (list $v.image.repository "image.repository") }}
+{{- if eq $v.model.classifierBackend "python" }}
+{{- fail "model.classifierBackend python is for the local server only: that classifier imports onnxruntime, which the server image (docker/tritonserver/Dockerfile) does not install; use onnxruntime (the NGC image's native backend) or tensorrt" }}
 {{- end }}
 {{- include "triton-classifier.validateRepository" (list $v.modelRepository "modelRepository") }}
 {{- if and (ne $v.server.modelControlMode "none") (not (and $v.security.restrictedApi.enabled (has "model-repository" $v.security.restrictedApi.http) (has "model-repository" $v.security.restrictedApi.grpc))) }}
