@@ -22,6 +22,7 @@ from .cliargs import add_common_flags, float_list, int_list
 from .errors import TritonDeployError, UsageError
 from .export.optimize_cli import add_optimize, add_tensorrt_check
 from .loadtests.cli import add_bench, add_loadtest
+from .monitoring.cli import add_monitor
 from .progress import Reporter
 
 PROG = "triton-deploy"
@@ -413,7 +414,7 @@ def _is_zombie(pid: int) -> bool:
 
 # In the order `--help` lists them: the pipeline first, then what builds on it.
 SUBCOMMANDS: list[Callable] = [_add_export, _add_repo, _add_serve, add_classify, add_loadtest, add_bench,
-                               add_optimize, add_tensorrt_check]
+                               add_optimize, add_tensorrt_check, add_monitor]
 
 
 def build_parser() -> argparse.ArgumentParser:
