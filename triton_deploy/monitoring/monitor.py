@@ -126,9 +126,11 @@ def _ensemble_view(before: Scrape, after: Scrape, ensemble: str, seconds: float,
     predictions = sum(predicted.values())
     totals = after.by_label(mm.PREDICTIONS, "class", ensemble)
     reference = after.by_label(mm.REFERENCE_RATIO, "class", ensemble)
+    everything = sum(totals.values())
     classes = {label: {"predictions": predicted.get(label, 0.0), "total": totals[label],
                        "share": _round(predicted.get(label, 0.0) / predictions if predictions else None),
-                       "reference_share": _round(reference.get(label))} for label in totals}
+                       "share_total": _round(totals[label] / everything if everything else None),
+                       "reference_share": _round(reference.get(label))} for label in sorted(totals, key=_natural)}
     low = increase(mm.LOW_CONFIDENCE, "model")
     low_count = sum(low.values())
     drift = after.by_label(mm.DRIFT, "distribution", ensemble)
@@ -157,6 +159,11 @@ def _ensemble_view(before: Scrape, after: Scrape, ensemble: str, seconds: float,
         "decode_failures_total": {k: v for k, v in after.by_label(mm.DECODE_FAILURES, "reason", ensemble).items()
                                   if v},
     }
+
+
+def _natural(label: str) -> tuple:
+    """Labels "2" < "10" (digits as numbers), then text labels in alphabetical order."""
+    return (0, int(label), "") if label.isdigit() else (1, 0, label)
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
@@ -196,13 +203,13 @@ def render(snapshot: Snapshot):
             f"{_fmt(view['drift_window_predictions'], 0)} predictions   low-confidence "
             f"{'n/a' if low is None else f'{low:.1%}'}", style="bold"))
         classes = Table(show_edge=False)
-        for column in ("class", "share now", "reference", "predictions", "total"):
+        for column in ("class", "share now", "since start", "reference", "predictions", "total"):
             classes.add_column(column, justify="left" if column == "class" else "right")
         for label, row in view["classes"].items():
             share, ref = row["share"], row["reference_share"]
             style = "red" if share is not None and ref and abs(share - ref) > max(0.05, ref / 2) else None
-            classes.add_row(label, _pct(share), _pct(ref), f"{row['predictions']:.0f}", f"{row['total']:.0f}",
-                            style=style)
+            classes.add_row(label, _pct(share), _pct(row["share_total"]), _pct(ref), f"{row['predictions']:.0f}",
+                            f"{row['total']:.0f}", style=style)
         parts.append(classes)
         images = ", ".join(f"{k} {v:.0f}" for k, v in view["images_by_format"].items()) or "none"
         failures = ", ".join(f"{k} {v:.0f}" for k, v in view["decode_failures_total"].items()) or "none"
