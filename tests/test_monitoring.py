@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import urllib.request
 
 import numpy as np
@@ -186,9 +187,13 @@ def test_monitor_snapshot_counts_what_the_server_answered(triton_server, heldout
     url = MonitorOptions(metrics_url=f"127.0.0.1:{triton_server.options.metrics_port}").url
     before = Scrape.read(url)
     answered = send(triton_server, [encode_digit(pixels) for pixels in images[:30]])
-    after = Scrape.read(url)
-    snapshot = take_snapshot(before, after, url, model="digits")
-    view = snapshot.ensembles["digits"]
+    deadline = time.monotonic() + 10  # the models send their counts every 0.5 s
+    while True:
+        snapshot = take_snapshot(before, Scrape.read(url), url, model="digits")
+        view = snapshot.ensembles["digits"]
+        if sum(v["predictions"] for v in view["classes"].values()) >= len(answered) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert {k: v["predictions"] for k, v in view["classes"].items() if v["predictions"]} == {
         str(k): float(answered.count(k)) for k in set(answered)}
     assert sum(v["reference_share"] for v in view["classes"].values()) == pytest.approx(1.0, abs=1e-3)

@@ -3,8 +3,8 @@
 Copied into the repository as ``<prefix>_postprocess/1/model.py`` with ``postprocessing.py`` and ``model_metrics.py``
 beside it. Softmax is applied when the ``output_kind`` parameter says ``logits``; ``top_k`` and the labels file come
 from parameters. With ``monitoring`` on, every batch also counts predictions per class, by confidence and margin
-bucket and below the low-confidence threshold, and updates the drift score against ``reference.json`` (see
-``model_metrics``): counted with numpy, one metric call per non-zero count.
+bucket and below the low-confidence threshold, and keeps the window the drift score against ``reference.json`` is
+computed from (see ``model_metrics``): counted with numpy, sent to Triton by a background thread.
 """
 
 import json
@@ -18,11 +18,6 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import model_metrics as mm  # noqa: E402  (copied beside this file)
 from postprocessing import label_lookup, softmax, top_k  # noqa: E402
-
-# The drift gauges are set again only when the score moved by more than this: over a window of 1000 predictions
-# the score hardly moves per batch, and every metric call is a round trip to the server.
-DRIFT_RESOLUTION = 0.005
-
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -61,24 +56,31 @@ class TritonPythonModel:
             self.metrics.record(scores)
         return responses
 
+    def finalize(self):
+        if self.metrics is not None:
+            self.metrics.close()  # stops the metric thread and sends what it still holds
+
 
 class PredictionMetrics:
-    """The postprocess model's custom metrics, updated once per batch."""
+    """The postprocess model's custom metrics: counted per batch with numpy, sent by ``MetricBuffer``'s thread."""
 
     def __init__(self, parameters, labels, model_dir):
         base = {"model": parameters["ensemble"], "version": parameters["model_version"]}
         metrics = mm.MetricSet(pb_utils, base)
         self.metrics = metrics
-        self.predictions = metrics.per_value(mm.PREDICTIONS, "Top-1 predictions per class", "COUNTER", "class", labels)
-        self.confidence = metrics.per_value(
+        self.buffer = mm.MetricBuffer()
+        self.num_classes = len(labels)
+        self.predictions = self.buffer.counters(metrics.per_value(
+            mm.PREDICTIONS, "Top-1 predictions per class", "COUNTER", "class", labels))
+        self.confidence = self.buffer.counters(metrics.per_value(
             mm.CONFIDENCE, "Predictions per bucket (lower, upper] of the top-1 probability", "COUNTER", "bucket",
-            mm.bucket_labels(mm.CONFIDENCE_BUCKETS))
-        self.margin = metrics.per_value(
+            mm.bucket_labels(mm.CONFIDENCE_BUCKETS)))
+        self.margin = self.buffer.counters(metrics.per_value(
             mm.MARGIN, "Predictions per bucket (lower, upper] of top-1 minus top-2 probability", "COUNTER", "bucket",
-            mm.bucket_labels(mm.MARGIN_BUCKETS))
+            mm.bucket_labels(mm.MARGIN_BUCKETS)))
         self.threshold = float(parameters["low_confidence_threshold"])
-        self.low_confidence = metrics.one(
-            mm.LOW_CONFIDENCE, f"Predictions whose top-1 probability is below {self.threshold:g}", "COUNTER")
+        self.low_confidence = self.buffer.counters([metrics.one(
+            mm.LOW_CONFIDENCE, f"Predictions whose top-1 probability is below {self.threshold:g}", "COUNTER")])
         self.reference = None
         reference_file = parameters.get("reference_file", "")
         if reference_file:
@@ -95,36 +97,39 @@ class PredictionMetrics:
             self.window = mm.PredictionWindow(int(parameters["drift_window"]), len(labels),
                                               len(mm.CONFIDENCE_BUCKETS))
             self.min_predictions = int(parameters["drift_min_predictions"])
-            self.shown = [math.nan, math.nan]
+            self.shown = [math.nan, math.nan, 0]  # what the gauges show: class, confidence, window
             for gauge in self.drift:
                 gauge.set(math.nan)  # no score until the window holds min_predictions
+            self.buffer.hooks.append(self._update_drift)
+        self.buffer.start()
 
     def record(self, scores):
         classes, confidence, margin = mm.top_two(scores)
-        mm.add_counts(self.predictions, np.bincount(classes, minlength=len(self.predictions)))
         confidence_bucket = mm.bucket_index(confidence, mm.CONFIDENCE_BUCKETS)
-        mm.add_counts(self.confidence, np.bincount(confidence_bucket, minlength=len(self.confidence)))
-        mm.add_counts(self.margin, mm.bucket_counts(margin, mm.MARGIN_BUCKETS))
-        low = int(np.count_nonzero(confidence < self.threshold))
-        if low:
-            self.low_confidence.increment(float(low))
+        self.buffer.add(self.predictions, np.bincount(classes, minlength=self.num_classes))
+        self.buffer.add(self.confidence, np.bincount(confidence_bucket, minlength=len(mm.CONFIDENCE_BUCKETS)))
+        self.buffer.add(self.margin, mm.bucket_counts(margin, mm.MARGIN_BUCKETS))
+        self.buffer.add(self.low_confidence, np.count_nonzero(confidence < self.threshold))
         if self.reference is not None:
-            self._update_drift(classes, confidence_bucket)
+            with self.buffer.lock:
+                self.window.add(classes, confidence_bucket)
 
-    def _update_drift(self, classes, confidence_bucket):
-        filling = self.window.filled < self.window.size
-        self.window.add(classes, confidence_bucket)
-        scores = self.window.drift(self.reference, self.min_predictions)
-        moved = [not _close(new, old) for new, old in zip(scores, self.shown)]
-        for gauge, score, changed in zip(self.drift, scores, moved):
-            if changed:
+    def _update_drift(self):
+        """In the buffer's thread: score the window and set the gauges that changed."""
+        with self.buffer.lock:
+            scores = self.window.drift(self.reference, self.min_predictions)
+            filled = self.window.filled
+        for index, (gauge, score) in enumerate(zip(self.drift, scores)):
+            if not _same(score, self.shown[index]):
                 gauge.set(score)
-        if any(moved) or filling:
-            self.window_gauge.set(float(self.window.filled))
-        self.shown = [score if changed else old for score, old, changed in zip(scores, self.shown, moved)]
+                self.shown[index] = score
+        if filled != self.shown[2]:
+            self.window_gauge.set(float(filled))
+            self.shown[2] = filled
+
+    def close(self):
+        self.buffer.close()
 
 
-def _close(new, old):
-    if math.isnan(new) or math.isnan(old):
-        return math.isnan(new) and math.isnan(old)
-    return abs(new - old) <= DRIFT_RESOLUTION
+def _same(new, old):
+    return (math.isnan(new) and math.isnan(old)) or new == old

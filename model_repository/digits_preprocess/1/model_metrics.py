@@ -13,6 +13,8 @@ on held-out data at export time. The score is the Jensen-Shannon distance (base 
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 # ---- metric names (Prometheus conventions: counters end in _total, ratios are 0..1, sizes in pixels) --------------
@@ -132,9 +134,11 @@ class PredictionWindow:
 
 # ---- helpers for the python models (they pass in their pb_utils module; this file imports nothing of Triton's) ----
 # Measured in Triton 2.51 on the 2-core machine: one metric call (increment, set, observe) is a round trip to the
-# server of about 25 µs. So counts are made with numpy per batch and each metric is called at most once per batch
-# (only where its count is not zero), and distributions are counters per bucket rather than a HISTOGRAM, whose
-# observe() takes one value: per-image observes would cost 25 µs per image and metric.
+# server of about 25 µs, whatever the kind. Distributions are therefore counters per bucket rather than a HISTOGRAM
+# (whose observe() takes one value: 25 µs per image and metric), every count is made with numpy per batch, and the
+# calls themselves leave the hot path: ``MetricBuffer`` sums the counts and a background thread sends them every
+# half second. Sending them per batch instead (3 calls in postprocess, 2 in preprocess for a one-image batch) cost
+# 0.13 ms of postprocess CPU per single-image request in the bench.
 
 def bucket_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
     """Label values of the buckets ``(lower, upper]``, e.g. "0.95-0.99"."""
@@ -180,3 +184,50 @@ def add_counts(counters: list, counts: np.ndarray) -> None:
     """Increment each counter by its count, calling only those whose count is not zero."""
     for index in np.flatnonzero(counts):
         counters[index].increment(float(counts[index]))
+
+
+class MetricBuffer:
+    """Counts added on the hot path (a numpy add under a lock) and sent to Triton by a background thread every
+    ``period_s``, so the python step never waits for a metric call. ``hooks`` run in that thread after each flush
+    (the drift gauges). ``close()`` (from the model's ``finalize``) stops the thread and sends what is left.
+    Metrics therefore lag the traffic by at most ``period_s``, far below any scrape interval."""
+
+    def __init__(self, period_s: float = 0.5) -> None:
+        self.period_s = period_s
+        self.lock = threading.Lock()
+        self.hooks: list = []
+        self._counters: list[tuple[list, np.ndarray]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metric-buffer", daemon=True)
+
+    def counters(self, metrics: list) -> int:
+        """Register a list of counters; returns the key ``add`` takes."""
+        self._counters.append((metrics, np.zeros(len(metrics), dtype=np.float64)))
+        return len(self._counters) - 1
+
+    def add(self, key: int, counts: np.ndarray) -> None:
+        with self.lock:
+            self._counters[key][1][:] += counts
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def flush(self) -> None:
+        with self.lock:
+            pending = [(metrics, counts.copy()) for metrics, counts in self._counters]
+            for _, counts in self._counters:
+                counts[:] = 0
+        for metrics, counts in pending:
+            add_counts(metrics, counts)
+        for hook in self.hooks:
+            hook()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self.flush()

@@ -4,7 +4,8 @@ Copied into the repository as ``<prefix>_preprocess/1/model.py`` with ``preproce
 beside it. Sizes and normalisation come from ``config.pbtxt`` parameters. Every request of a dynamic batch is handled in one ``execute``
 call: images are decoded one by one (Pillow's C code), then normalised as one array. An image that cannot be decoded
 fails its own request with a message naming the problem; the other requests in the batch are answered normally.
-With ``monitoring`` on, every batch counts images by detected format and size bucket, and decode failures by reason.
+With ``monitoring`` on, every batch counts images by detected format and size bucket, and decode failures by reason
+(numpy per batch; a background thread sends the counts to Triton).
 """
 
 import json
@@ -59,32 +60,42 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch)]))
         return responses
 
+    def finalize(self):
+        if self.metrics is not None:
+            self.metrics.close()  # stops the metric thread and sends what it still holds
+
 
 class ImageMetrics:
-    """The preprocess model's custom metrics, updated once per batch."""
+    """The preprocess model's custom metrics: counted per batch with numpy, sent by ``MetricBuffer``'s thread."""
 
     def __init__(self, parameters):
         metrics = mm.MetricSet(pb_utils, {"model": parameters["ensemble"], "version": parameters["model_version"]})
         self.metrics = metrics
+        self.buffer = mm.MetricBuffer()
         self.format_index = {name: i for i, name in enumerate(mm.IMAGE_FORMATS)}
         self.reason_index = {name: i for i, name in enumerate(mm.DECODE_REASONS)}
-        self.images = metrics.per_value(mm.IMAGES, "Images received, by the format Pillow identified", "COUNTER",
-                                        "format", mm.IMAGE_FORMATS)
-        self.pixels = metrics.per_value(mm.IMAGE_PIXELS, "Decoded images per bucket (lower, upper] of width x "
-                                        "height in pixels", "COUNTER", "bucket", mm.bucket_labels(mm.PIXEL_BUCKETS))
-        self.failures = metrics.per_value(mm.DECODE_FAILURES, "Images that could not be decoded, by reason",
-                                          "COUNTER", "reason", mm.DECODE_REASONS)
+        self.images = self.buffer.counters(metrics.per_value(
+            mm.IMAGES, "Images received, by the format Pillow identified", "COUNTER", "format", mm.IMAGE_FORMATS))
+        self.pixels = self.buffer.counters(metrics.per_value(
+            mm.IMAGE_PIXELS, "Decoded images per bucket (lower, upper] of width x height in pixels", "COUNTER",
+            "bucket", mm.bucket_labels(mm.PIXEL_BUCKETS)))
+        self.failures = self.buffer.counters(metrics.per_value(
+            mm.DECODE_FAILURES, "Images that could not be decoded, by reason", "COUNTER", "reason", mm.DECODE_REASONS))
+        self.buffer.start()
 
     def record(self, batch):
         other = self.format_index["other"]
         formats = [self.format_index.get(name, other) for name in batch.formats]
-        mm.add_counts(self.images, np.bincount(formats, minlength=len(self.images)))
+        self.buffer.add(self.images, np.bincount(formats, minlength=len(mm.IMAGE_FORMATS)))
         decoded = [batch.pixels[i] for i in batch.ok]
         if decoded:
-            mm.add_counts(self.pixels, mm.bucket_counts(np.asarray(decoded, dtype=np.float64), mm.PIXEL_BUCKETS))
+            self.buffer.add(self.pixels, mm.bucket_counts(np.asarray(decoded, dtype=np.float64), mm.PIXEL_BUCKETS))
         if len(decoded) < len(batch.reasons):
             reasons = [self.reason_index[reason] for reason in batch.reasons if reason]
-            mm.add_counts(self.failures, np.bincount(reasons, minlength=len(self.failures)))
+            self.buffer.add(self.failures, np.bincount(reasons, minlength=len(mm.DECODE_REASONS)))
+
+    def close(self):
+        self.buffer.close()
 
 
 def _invalid_argument(message):
