@@ -62,25 +62,22 @@ class TritonPythonModel:
 
 
 class PredictionMetrics:
-    """The postprocess model's custom metrics: counted per batch with numpy, sent by ``MetricBuffer``'s thread."""
+    """The postprocess model's custom metrics. ``record`` only queues the batch's probabilities; ``_summarise`` runs
+    in ``MetricBuffer``'s thread, counts with numpy, updates the drift window and makes the metric calls."""
 
     def __init__(self, parameters, labels, model_dir):
-        base = {"model": parameters["ensemble"], "version": parameters["model_version"]}
-        metrics = mm.MetricSet(pb_utils, base)
+        metrics = mm.MetricSet(pb_utils, {"model": parameters["ensemble"], "version": parameters["model_version"]})
         self.metrics = metrics
-        self.buffer = mm.MetricBuffer()
-        self.num_classes = len(labels)
-        self.predictions = self.buffer.counters(metrics.per_value(
-            mm.PREDICTIONS, "Top-1 predictions per class", "COUNTER", "class", labels))
-        self.confidence = self.buffer.counters(metrics.per_value(
+        self.predictions = metrics.per_value(mm.PREDICTIONS, "Top-1 predictions per class", "COUNTER", "class", labels)
+        self.confidence = metrics.per_value(
             mm.CONFIDENCE, "Predictions per bucket (lower, upper] of the top-1 probability", "COUNTER", "bucket",
-            mm.bucket_labels(mm.CONFIDENCE_BUCKETS)))
-        self.margin = self.buffer.counters(metrics.per_value(
+            mm.bucket_labels(mm.CONFIDENCE_BUCKETS))
+        self.margin = metrics.per_value(
             mm.MARGIN, "Predictions per bucket (lower, upper] of top-1 minus top-2 probability", "COUNTER", "bucket",
-            mm.bucket_labels(mm.MARGIN_BUCKETS)))
+            mm.bucket_labels(mm.MARGIN_BUCKETS))
         self.threshold = float(parameters["low_confidence_threshold"])
-        self.low_confidence = self.buffer.counters([metrics.one(
-            mm.LOW_CONFIDENCE, f"Predictions whose top-1 probability is below {self.threshold:g}", "COUNTER")])
+        self.low_confidence = metrics.one(
+            mm.LOW_CONFIDENCE, f"Predictions whose top-1 probability is below {self.threshold:g}", "COUNTER")
         self.reference = None
         reference_file = parameters.get("reference_file", "")
         if reference_file:
@@ -97,35 +94,32 @@ class PredictionMetrics:
             self.window = mm.PredictionWindow(int(parameters["drift_window"]), len(labels),
                                               len(mm.CONFIDENCE_BUCKETS))
             self.min_predictions = int(parameters["drift_min_predictions"])
-            self.shown = [math.nan, math.nan, 0]  # what the gauges show: class, confidence, window
+            self.shown = [math.nan, math.nan]  # what the drift gauges show
             for gauge in self.drift:
                 gauge.set(math.nan)  # no score until the window holds min_predictions
-            self.buffer.hooks.append(self._update_drift)
-        self.buffer.start()
+        self.buffer = mm.MetricBuffer(self._summarise)
 
     def record(self, scores):
+        self.buffer.put(scores)
+
+    def _summarise(self, batches):
+        scores = batches[0] if len(batches) == 1 else np.concatenate(batches)
         classes, confidence, margin = mm.top_two(scores)
         confidence_bucket = mm.bucket_index(confidence, mm.CONFIDENCE_BUCKETS)
-        self.buffer.add(self.predictions, np.bincount(classes, minlength=self.num_classes))
-        self.buffer.add(self.confidence, np.bincount(confidence_bucket, minlength=len(mm.CONFIDENCE_BUCKETS)))
-        self.buffer.add(self.margin, mm.bucket_counts(margin, mm.MARGIN_BUCKETS))
-        self.buffer.add(self.low_confidence, np.count_nonzero(confidence < self.threshold))
-        if self.reference is not None:
-            with self.buffer.lock:
-                self.window.add(classes, confidence_bucket)
-
-    def _update_drift(self):
-        """In the buffer's thread: score the window and set the gauges that changed."""
-        with self.buffer.lock:
-            scores = self.window.drift(self.reference, self.min_predictions)
-            filled = self.window.filled
-        for index, (gauge, score) in enumerate(zip(self.drift, scores)):
+        mm.add_counts(self.predictions, np.bincount(classes, minlength=len(self.predictions)))
+        mm.add_counts(self.confidence, np.bincount(confidence_bucket, minlength=len(self.confidence)))
+        mm.add_counts(self.margin, mm.bucket_counts(margin, mm.MARGIN_BUCKETS))
+        low = int(np.count_nonzero(confidence < self.threshold))
+        if low:
+            self.low_confidence.increment(float(low))
+        if self.reference is None:
+            return
+        self.window.add(classes, confidence_bucket)
+        for index, score in enumerate(self.window.drift(self.reference, self.min_predictions)):
             if not _same(score, self.shown[index]):
-                gauge.set(score)
+                self.drift[index].set(score)
                 self.shown[index] = score
-        if filled != self.shown[2]:
-            self.window_gauge.set(float(filled))
-            self.shown[2] = filled
+        self.window_gauge.set(float(self.window.filled))
 
     def close(self):
         self.buffer.close()

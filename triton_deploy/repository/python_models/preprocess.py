@@ -66,33 +66,35 @@ class TritonPythonModel:
 
 
 class ImageMetrics:
-    """The preprocess model's custom metrics: counted per batch with numpy, sent by ``MetricBuffer``'s thread."""
+    """The preprocess model's custom metrics. ``record`` only queues the batch's per-image formats, sizes and
+    failure reasons; ``_summarise`` runs in ``MetricBuffer``'s thread, counts with numpy and makes the metric calls."""
 
     def __init__(self, parameters):
         metrics = mm.MetricSet(pb_utils, {"model": parameters["ensemble"], "version": parameters["model_version"]})
         self.metrics = metrics
-        self.buffer = mm.MetricBuffer()
         self.format_index = {name: i for i, name in enumerate(mm.IMAGE_FORMATS)}
         self.reason_index = {name: i for i, name in enumerate(mm.DECODE_REASONS)}
-        self.images = self.buffer.counters(metrics.per_value(
-            mm.IMAGES, "Images received, by the format Pillow identified", "COUNTER", "format", mm.IMAGE_FORMATS))
-        self.pixels = self.buffer.counters(metrics.per_value(
-            mm.IMAGE_PIXELS, "Decoded images per bucket (lower, upper] of width x height in pixels", "COUNTER",
-            "bucket", mm.bucket_labels(mm.PIXEL_BUCKETS)))
-        self.failures = self.buffer.counters(metrics.per_value(
-            mm.DECODE_FAILURES, "Images that could not be decoded, by reason", "COUNTER", "reason", mm.DECODE_REASONS))
-        self.buffer.start()
+        self.images = metrics.per_value(mm.IMAGES, "Images received, by the format Pillow identified", "COUNTER",
+                                        "format", mm.IMAGE_FORMATS)
+        self.pixels = metrics.per_value(mm.IMAGE_PIXELS, "Decoded images per bucket (lower, upper] of width x "
+                                        "height in pixels", "COUNTER", "bucket", mm.bucket_labels(mm.PIXEL_BUCKETS))
+        self.failures = metrics.per_value(mm.DECODE_FAILURES, "Images that could not be decoded, by reason",
+                                          "COUNTER", "reason", mm.DECODE_REASONS)
+        self.buffer = mm.MetricBuffer(self._summarise)
 
     def record(self, batch):
+        self.buffer.put((batch.formats, batch.pixels, batch.reasons))
+
+    def _summarise(self, batches):
         other = self.format_index["other"]
-        formats = [self.format_index.get(name, other) for name in batch.formats]
-        self.buffer.add(self.images, np.bincount(formats, minlength=len(mm.IMAGE_FORMATS)))
-        decoded = [batch.pixels[i] for i in batch.ok]
-        if decoded:
-            self.buffer.add(self.pixels, mm.bucket_counts(np.asarray(decoded, dtype=np.float64), mm.PIXEL_BUCKETS))
-        if len(decoded) < len(batch.reasons):
-            reasons = [self.reason_index[reason] for reason in batch.reasons if reason]
-            self.buffer.add(self.failures, np.bincount(reasons, minlength=len(mm.DECODE_REASONS)))
+        formats = [self.format_index.get(name, other) for names, _, _ in batches for name in names]
+        mm.add_counts(self.images, np.bincount(formats, minlength=len(self.images)))
+        pixels = np.asarray([size for _, sizes, _ in batches for size in sizes if size], dtype=np.float64)
+        if len(pixels):
+            mm.add_counts(self.pixels, mm.bucket_counts(pixels, mm.PIXEL_BUCKETS))
+        reasons = [self.reason_index[reason] for _, _, names in batches for reason in names if reason]
+        if reasons:
+            mm.add_counts(self.failures, np.bincount(reasons, minlength=len(self.failures)))
 
     def close(self):
         self.buffer.close()
