@@ -84,6 +84,27 @@ def test_reference_records_class_and_confidence_shares():
     assert Reference.from_dict(reference).class_ratios == (0.75, 0.25)
 
 
+def test_metric_buffer_summarises_every_queued_batch_exactly_once_off_the_caller_thread():
+    import threading
+
+    seen, threads = [], set()
+
+    def summarise(items):
+        threads.add(threading.get_ident())
+        seen.extend(items)
+
+    buffer = mm.MetricBuffer(summarise, period_s=0.01)
+    for batch in range(500):
+        buffer.put(batch)
+        if batch % 100 == 0:
+            time.sleep(0.03)  # let the thread run a few rounds in between
+    buffer.close()
+    assert seen == list(range(500))
+    assert threading.get_ident() not in threads or len(threads) > 1  # rounds ran in the buffer's thread
+    buffer.flush()  # nothing left: summarise is not called with an empty list
+    assert seen == list(range(500))
+
+
 def test_warmup_executions_count_each_sample_once_or_its_count():
     assert mm.warmup_executions({}) == 0
     assert mm.warmup_executions({"model_warmup": [{"name": "a", "count": 0}, {"name": "b", "count": 3}]}) == 4
