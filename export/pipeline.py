@@ -19,9 +19,11 @@ from triton_deploy import __version__
 from triton_deploy.contract import IMAGE_SUFFIXES
 from triton_deploy.errors import ModelSourceError, Problem, raise_problems
 from triton_deploy.fsutil import atomic_directory, check_output_dir
+from triton_deploy.monitoring.model_metrics import reference_distributions
+from triton_deploy.postprocessing import softmax
 from triton_deploy.preprocessing import ImageDecodeError, ImageTransform
 from triton_deploy.progress import Reporter
-from triton_deploy.spec import Manifest, TensorSpec
+from triton_deploy.spec import Manifest, Reference, TensorSpec
 
 from . import convert, digits, graph, sources, validate
 
@@ -106,12 +108,17 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
                                    batch_sizes=(1, min(16, len(samples))))
         with reporter.step(f"Checking parity TensorFlow vs ONNX Runtime at batch {plan.batch_sizes}"):
             parity = validate.check_parity(model, session, samples, plan, nchw=options.nchw)
-        accuracy = None
+        accuracy = reference = None
         if sample_labels is not None:
             with reporter.step(f"Measuring held-out accuracy on {len(samples)} images"):
-                accuracy = validate.accuracy(session, samples, sample_labels, nchw=options.nchw)
+                outputs = validate.run_batches(session, samples, nchw=options.nchw)
+                accuracy = validate.accuracy(outputs, sample_labels)
             if not options.allow_chance_accuracy:
                 validate.check_above_chance(accuracy, sample_labels, model.num_classes, transform)
+            # The drift score's baseline: how the model answers held-out images. Only labelled samples are held-out
+            # data that stands for real traffic; the 32 parity images of an unlabelled export do not.
+            probabilities = softmax(outputs.astype(np.float32)) if kind == "logits" else outputs
+            reference = Reference.from_dict(reference_distributions(probabilities))
         (staging / SAMPLE_IMAGE).write_bytes(sample_png)
         manifest = Manifest(
             name=options.name or model.name,
@@ -130,6 +137,7 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             flops_per_image=2 * model.extra["multiply_adds_per_image"] if "multiply_adds_per_image" in model.extra
             else None,
             created_by=f"triton-deploy {__version__}",
+            reference=reference,
             sample_image=SAMPLE_IMAGE,
             largest_activation_bytes_per_image=graph.largest_activation_bytes(model_path),
             multiply_adds_per_image=model.extra.get("multiply_adds_per_image"),

@@ -87,15 +87,20 @@ def looks_like_probabilities(outputs: np.ndarray) -> bool:
     return bool(np.all(outputs >= -1e-6) and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3))
 
 
-def accuracy(session, samples: np.ndarray, labels: np.ndarray, *, nchw: bool, batch_size: int = 64) -> float:
+def run_batches(session, samples: np.ndarray, *, nchw: bool, batch_size: int = 64) -> np.ndarray:
+    """The model's outputs for NHWC ``samples``, run in batches of ``batch_size``."""
     input_name = session.get_inputs()[0].name
-    correct = 0
+    outputs = []
     for start in range(0, len(samples), batch_size):
         batch = samples[start:start + batch_size]
         batch = batch.transpose(0, 3, 1, 2) if nchw else batch
-        outputs = session.run(None, {input_name: np.ascontiguousarray(batch)})[0]
-        correct += int(np.sum(outputs.argmax(-1) == labels[start:start + batch_size]))
-    return correct / len(samples)
+        outputs.append(session.run(None, {input_name: np.ascontiguousarray(batch)})[0])
+    return np.concatenate(outputs)
+
+
+def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of model outputs (logits or probabilities) against class ids."""
+    return float(np.mean(outputs.argmax(-1) == labels))
 
 
 def chance_level(labels: np.ndarray, num_classes: int) -> float:

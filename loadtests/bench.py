@@ -39,6 +39,7 @@ class BenchOptions:
     baseline_batches: tuple[int, ...] = (1, 8)
     image_size: int = 224  # for architectures from keras.applications
     quick: bool = False  # tiny run for tests: 1 s measurements, no 2-instance config
+    monitoring: bool = True  # the repositories report prediction metrics (repo --no-monitoring when False)
 
     def check(self) -> None:
         unknown = [m for m in self.models if m not in BUILT_IN]
@@ -71,7 +72,7 @@ def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchR
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"started": datetime.now().isoformat(timespec="seconds"), "machine": _machine(),
               "options": {"duration_s": options.measure_s, "concurrencies": list(options.concurrencies),
-                          "quick": options.quick}, "models": {}}
+                          "quick": options.quick, "monitoring": options.monitoring}, "models": {}}
     exports = list(options.exports) or [_export(name, work, options, reporter) for name in options.models]
     for export_dir in exports:
         name, result = _bench_model(Path(export_dir), work, options, reporter)
@@ -112,7 +113,7 @@ def _pool(manifest) -> ImagePool:
 def _configs(options: BenchOptions, work: Path, name: str):
     from triton_deploy.repository.render import RepositoryOptions
 
-    base = RepositoryOptions(output=work / f"repo-{name}-default")
+    base = RepositoryOptions(output=work / f"repo-{name}-default", monitoring=options.monitoring)
     configs = {DEFAULT_CONFIG: base,
                "batching off, 2 instances": replace(base, output=work / f"repo-{name}-nobatch", dynamic_batching=False)}
     if not options.quick:
@@ -279,7 +280,8 @@ def render_markdown(report: dict) -> str:
     lines = [f"# Serving benchmark ({report['started']})", "",
              f"{m['cores']} cores, {m['platform']}, Python {m['python']}; load average "
              f"{m['load_average_start'][0]} at start, {m.get('load_average_end', ['?'])[0]} at end. "
-             f"{report['options']['duration_s']:g} s per measurement. Load generator, server and in-process baseline "
+             f"{report['options']['duration_s']:g} s per measurement; prediction metrics "
+             f"{'on' if report['options'].get('monitoring', True) else 'off (--no-monitoring)'}. Load generator, server and in-process baseline "
              "share this machine (and any other work on it), so compare ratios within this run only.", "",
              "## 1. Serving efficiency (Triton gRPC, saturating load / same pipeline in one process)", "",
              "![images/s against concurrency](bench.png)", "",

@@ -124,6 +124,8 @@ def add_bench(sub) -> None:
                    help="concurrency levels (default 1,4,16)")
     p.add_argument("--image-size", type=int, default=d.image_size, help="input size of keras.applications models")
     p.add_argument("--quick", action="store_true", help="a tiny run (1 s measurements, fewer configurations)")
+    p.add_argument("--no-monitoring", dest="monitoring", action="store_false",
+                   help="serve repositories without the prediction metrics (to measure what monitoring costs)")
     p.add_argument("--work-dir", type=Path, help="exports and repositories, reused between runs "
                                                  "(default OUTPUT/work)")
     p.add_argument("--output", "-o", type=Path, default=d.output, help=f"report folder (default {d.output})")
@@ -137,7 +139,8 @@ def run_bench_command(args: argparse.Namespace, reporter: Reporter) -> int:
 
     options = BenchOptions(output=args.output, models=args.models, exports=tuple(args.exports),
                            work_dir=args.work_dir, duration_s=parse_duration(args.duration),
-                           concurrencies=args.concurrency, image_size=args.image_size, quick=args.quick)
+                           concurrencies=args.concurrency, image_size=args.image_size, quick=args.quick,
+                           monitoring=args.monitoring)
     result = run_bench(options, reporter)
     if args.json:
         print(json.dumps(result.report, indent=2))

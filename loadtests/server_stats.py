@@ -73,30 +73,41 @@ class ModelTimes:
         return data
 
 
+def parse_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Prometheus text -> (metric name, labels, value) of every labelled sample."""
+    samples = []
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match:
+            samples.append((match.group("name"), dict(_LABEL.findall(match.group("labels"))),
+                            float(match.group("value"))))
+    return samples
+
+
 def parse_metrics(text: str) -> dict[str, ModelTimes]:
     """Prometheus text from Triton -> model name -> counters (summed over versions)."""
     totals: dict[str, dict[str, float]] = {}
-    for line in text.splitlines():
-        match = _SAMPLE.match(line)
-        if not match or match.group("name") not in METRICS:
-            continue
-        labels = dict(_LABEL.findall(match.group("labels")))
+    for name, labels, value in parse_samples(text):
         model = labels.get("model")
-        if model is None:
+        if name not in METRICS or model is None:
             continue
-        field_name = METRICS[match.group("name")]
         row = totals.setdefault(model, {})
-        row[field_name] = row.get(field_name, 0.0) + float(match.group("value"))
+        row[METRICS[name]] = row.get(METRICS[name], 0.0) + value
     return {model: ModelTimes(model, **values) for model, values in totals.items()}
 
 
-def scrape_metrics(url: str, timeout_s: float = 5.0) -> dict[str, ModelTimes]:
+def read_metrics_text(url: str, timeout_s: float = 5.0) -> str:
+    """The text of Triton's metrics endpoint; a ``ClientError`` naming --metrics-url when it does not answer."""
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return parse_metrics(response.read().decode("utf-8", errors="replace"))
+            return response.read().decode("utf-8", errors="replace")
     except (urllib.error.URLError, OSError) as exc:
         raise ClientError(f"cannot read Triton metrics from {url}: {getattr(exc, 'reason', exc)}",
                           hint="check --metrics-url (Triton's --metrics-port, default 8002)") from None
+
+
+def scrape_metrics(url: str, timeout_s: float = 5.0) -> dict[str, ModelTimes]:
+    return parse_metrics(read_metrics_text(url, timeout_s))
 
 
 def from_statistics(stats: dict) -> dict[str, ModelTimes]:

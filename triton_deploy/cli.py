@@ -21,6 +21,7 @@ from .clients.cli import add_classify
 from .errors import TritonDeployError
 from .export.cli import add_export
 from .loadtests.cli import add_bench, add_loadtest
+from .monitoring.cli import add_monitor
 from .optimize.cli import add_optimize, add_tensorrt_check
 from .progress import Reporter
 from .repository.cli import add_repo
@@ -61,7 +62,7 @@ def _known_words(parser: argparse.ArgumentParser) -> set[str]:
 
 # In the order `--help` lists them: the pipeline first, then what builds on it.
 SUBCOMMANDS: list[Callable] = [add_export, add_repo, add_serve, add_classify, add_loadtest, add_bench,
-                               add_optimize, add_tensorrt_check]
+                               add_optimize, add_tensorrt_check, add_monitor]
 
 
 def build_parser() -> argparse.ArgumentParser:

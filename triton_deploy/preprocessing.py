@@ -29,7 +29,27 @@ RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BI
 
 
 class ImageDecodeError(ValueError):
-    """One image could not be turned into a tensor. The message says why, for the caller who sent it."""
+    """One image could not be turned into a tensor. The message says why, for the caller who sent it; ``reason`` is
+    a short fixed word for metrics (empty, too_many_bytes, not_an_image, too_many_pixels, no_pixels, truncated,
+    corrupt) and ``format`` the format Pillow identified ("unknown" when it identified none)."""
+
+    def __init__(self, message: str, reason: str = "corrupt", format: str = "unknown") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.format = format
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """A decoded batch and what the preprocess model reports about it: per image, the detected format, the decoded
+    size in pixels (0 where it failed) and the failure reason ("" where it decoded)."""
+
+    tensor: np.ndarray
+    ok: list[int]
+    errors: list[str]
+    reasons: list[str]
+    formats: list[str]
+    pixels: list[int]
 
 
 @dataclass(frozen=True)
@@ -119,33 +139,42 @@ class ImageTransform:
 
     def decode(self, data: bytes) -> np.ndarray:
         """Encoded bytes -> uint8 array ``(height, width, channels)``; raises ``ImageDecodeError``."""
+        return self._decode(data)[0]
+
+    def _decode(self, data: bytes) -> tuple[np.ndarray, str, int]:
+        """``decode`` plus the format Pillow identified (lower case) and the image's size in pixels."""
         if len(data) == 0:
-            raise ImageDecodeError("image is empty (0 bytes)")
+            raise ImageDecodeError("image is empty (0 bytes)", "empty")
         if len(data) > self.max_bytes:
-            raise ImageDecodeError(f"image is {len(data)} bytes, above the limit of {self.max_bytes} bytes")
+            raise ImageDecodeError(f"image is {len(data)} bytes, above the limit of {self.max_bytes} bytes",
+                                   "too_many_bytes")
         try:
             image = Image.open(io.BytesIO(data))
         except Image.UnidentifiedImageError:  # its text only repeats this, with a buffer's repr
-            raise ImageDecodeError("cannot decode image: not a supported image format") from None
+            raise ImageDecodeError("cannot decode image: not a supported image format", "not_an_image") from None
         except Exception as exc:  # Pillow raises several other types for damaged headers
-            raise ImageDecodeError(f"cannot decode image: not a supported image format ({_short(exc)})") from None
+            raise ImageDecodeError(f"cannot decode image: not a supported image format ({_short(exc)})",
+                                   "not_an_image") from None
+        fmt = (image.format or "unknown").lower()
         width, height = image.size
         if width * height > self.max_pixels:
             raise ImageDecodeError(
-                f"image of {width}x{height} pixels exceeds the limit of {self.max_pixels} pixels"
+                f"image of {width}x{height} pixels exceeds the limit of {self.max_pixels} pixels", "too_many_pixels", fmt
             )
         if width < 1 or height < 1:
-            raise ImageDecodeError(f"image has no pixels ({width}x{height})")
+            raise ImageDecodeError(f"image has no pixels ({width}x{height})", "no_pixels", fmt)
         try:
             # JPEG can decode at a reduced scale: far less work for large photos headed for a small model input.
             if image.format == "JPEG":
                 image.draft("L" if self.color_mode == "L" else "RGB", (self.width, self.height))
             image.load()
-            return self.resize(image)
+            return self.resize(image), fmt, width * height
         except ImageDecodeError:
             raise
         except Exception as exc:
-            raise ImageDecodeError(f"cannot decode {image.format or 'image'} data: {_short(exc)}") from None
+            reason = "truncated" if "truncated" in str(exc) else "corrupt"
+            raise ImageDecodeError(f"cannot decode {image.format or 'image'} data: {_short(exc)}", reason,
+                                   fmt) from None
 
     def resize(self, image: Image.Image) -> np.ndarray:
         """A decoded PIL image -> uint8 array at the model's size and colour mode."""
@@ -192,21 +221,37 @@ class ImageTransform:
     def preprocess(self, images: Sequence[bytes]) -> tuple[np.ndarray, list[int], list[str]]:
         """Decode a batch. Returns the tensor for the images that decoded, their indices, and one error per image
         (``""`` where it decoded), so a caller can answer the bad ones alone."""
+        batch = self.preprocess_batch(images)
+        return batch.tensor, batch.ok, batch.errors
+
+    def preprocess_batch(self, images: Sequence[bytes]) -> DecodedBatch:
+        """``preprocess`` with each image's format, size and failure reason, for the preprocess model's metrics."""
         arrays: list[np.ndarray] = []
         ok: list[int] = []
         errors: list[str] = []
+        reasons: list[str] = []
+        formats: list[str] = []
+        pixels: list[int] = []
         for index, data in enumerate(images):
             try:
-                arrays.append(self.decode(data))
-                ok.append(index)
-                errors.append("")
+                array, fmt, size = self._decode(data)
             except ImageDecodeError as exc:
                 errors.append(str(exc))
+                reasons.append(exc.reason)
+                formats.append(exc.format)
+                pixels.append(0)
+                continue
+            arrays.append(array)
+            ok.append(index)
+            errors.append("")
+            reasons.append("")
+            formats.append(fmt)
+            pixels.append(size)
         if arrays:
             tensor = self.normalise(np.stack(arrays))
         else:
             tensor = np.zeros((0, *self.input_dims), dtype=np.float32)
-        return tensor, ok, errors
+        return DecodedBatch(tensor, ok, errors, reasons, formats, pixels)
 
 
 def _short(exc: Exception) -> str:

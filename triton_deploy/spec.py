@@ -16,6 +16,8 @@ Manifest format, version 1 (``manifest_version``)::
     accuracy            held-out top-1 accuracy of the ONNX model, or null without labelled data
     dataset             for the built-in digits model: seed, test_fraction and the held-out indices
     source, flops_per_image, created_by
+    reference           optional: how the model answers held-out data (``Reference``), the baseline of the drift
+                        score the postprocess model reports; older manifests without it still read (no drift score)
     sample_image        optional: a sample image file in the export directory (the repository's warm-up input)
     multiply_adds_per_image            optional: the model's multiply-adds for one image
     largest_activation_bytes_per_image optional: the largest intermediate tensor for one image, in bytes (sizes
@@ -108,6 +110,34 @@ class Parity:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """The model's answers on held-out data: share of each top-1 class and of each top-1 confidence bucket
+    (upper bounds ``confidence_buckets``, as in ``monitoring.model_metrics``)."""
+
+    samples: int
+    class_ratios: tuple[float, ...]
+    confidence_buckets: tuple[float, ...]
+    confidence_ratios: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "class_ratios": list(self.class_ratios),
+                "confidence_buckets": list(self.confidence_buckets),
+                "confidence_ratios": list(self.confidence_ratios)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Reference:
+        reference = cls(int(data["samples"]), tuple(float(v) for v in data["class_ratios"]),
+                        tuple(float(v) for v in data["confidence_buckets"]),
+                        tuple(float(v) for v in data["confidence_ratios"]))
+        if len(reference.confidence_ratios) != len(reference.confidence_buckets):
+            raise ValueError("reference: confidence_ratios and confidence_buckets differ in length")
+        for name in ("class_ratios", "confidence_ratios"):
+            if abs(sum(getattr(reference, name)) - 1.0) > 1e-3:
+                raise ValueError(f"reference: {name} must sum to 1")
+        return reference
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     input: TensorSpec
@@ -127,6 +157,7 @@ class Manifest:
     model_file: str = "model.onnx"
     labels_file: str = "labels.txt"
     manifest_version: int = MANIFEST_VERSION
+    reference: Reference | None = None
     sample_image: str | None = None
     multiply_adds_per_image: int | None = None
     largest_activation_bytes_per_image: int | None = None
@@ -157,6 +188,7 @@ class Manifest:
             "source": self.source,
             "versions": self.versions,
             "created_by": self.created_by,
+            **({"reference": self.reference.to_dict()} if self.reference is not None else {}),
             **{key: getattr(self, key) for key in OPTIONAL_KEYS if getattr(self, key) is not None},
             **self.extra,
         }
@@ -209,6 +241,7 @@ class Manifest:
                 created_by=data.get("created_by", ""),
                 model_file=data.get("model_file", "model.onnx"),
                 labels_file=data.get("labels_file", "labels.txt"),
+                reference=Reference.from_dict(data["reference"]) if data.get("reference") else None,
                 **{key: data[key] for key in OPTIONAL_KEYS if data.get(key) is not None},
                 extra={k: v for k, v in data.items() if k not in known},
             )
@@ -221,4 +254,7 @@ class Manifest:
                 f"{labels_path} has {manifest.num_classes} labels but output {manifest.output.name!r} "
                 f"has {manifest.output.shape[-1]} classes"
             )
+        if manifest.reference is not None and len(manifest.reference.class_ratios) != manifest.num_classes:
+            raise ManifestError(f"{path}: reference has {len(manifest.reference.class_ratios)} class ratios for "
+                                f"{manifest.num_classes} labels")
         return manifest

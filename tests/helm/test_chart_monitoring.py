@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chart_tools import (ALL_APIS, CHART, CPU_SERVER_METRICS, GPU_ONLY_METRICS, NON_TRITON_METRICS, SCENARIOS,
-                         metric_names, render, render_scenario, scenario_id)
+from triton_deploy.monitoring import model_metrics as mm
+from chart_tools import (ALL_APIS, CHART, CPU_SERVER_METRICS, GPU_ONLY_METRICS, NON_TRITON_METRICS,
+                         PREDICTION_METRICS, SCENARIOS, metric_names, render, render_scenario, scenario_id)
 
 HERE = Path(__file__).resolve().parent
 MONITORING = {"monitoring": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
@@ -53,14 +54,44 @@ def adapter_rule(values=None) -> dict:
 def test_promtool_accepts_the_rendered_rules(promtool, tmp_path, scenario):
     spec = render_scenario(scenario).one("PrometheusRule")["spec"]
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
-    assert "SUCCESS: 5 rules found" in run([promtool, "check", "rules", "rules.yaml"], tmp_path)
+    assert "SUCCESS: 9 rules found" in run([promtool, "check", "rules", "rules.yaml"], tmp_path)
 
 
-def test_alerts_fire_on_the_right_series(promtool, tmp_path):
-    """prometheus_rules_test.yaml feeds series and states which alerts fire, with labels and annotations."""
+@pytest.mark.parametrize("tests", ["prometheus_rules_test.yaml", "prediction_rules_test.yaml"])
+def test_alerts_fire_on_the_right_series(promtool, tmp_path, tests):
+    """The promtool test files feed series and state which alerts fire (and which do not), with labels and
+    annotations: server alerts in prometheus_rules_test.yaml, prediction alerts in prediction_rules_test.yaml."""
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rendered_rules()))
-    shutil.copy(HERE / "prometheus_rules_test.yaml", tmp_path)
-    assert "SUCCESS" in run([promtool, "test", "rules", "prometheus_rules_test.yaml"], tmp_path)
+    shutil.copy(HERE / tests, tmp_path)
+    assert "SUCCESS" in run([promtool, "test", "rules", tests], tmp_path)
+
+
+def test_every_prediction_alert_has_a_promtool_test():
+    alerts = {r["alert"] for r in rendered_rules()["groups"][1]["rules"]}
+    tested = set(re.findall(r"alertname: (\w+)", (HERE / "prediction_rules_test.yaml").read_text()))
+    assert alerts == tested == {"TritonPredictionDrift", "TritonLowConfidencePredictions",
+                                "TritonImageDecodeFailures", "TritonClassNoLongerPredicted"}
+
+
+def test_prediction_alerts_follow_values_and_can_be_turned_off():
+    values = {"enabled": True, "severity": "page", "drift": {"threshold": 0.4, "for": "2m"},
+              "lowConfidence": {"ratio": 0.1, "window": "3m", "for": "4m"},
+              "decodeFailures": {"ratio": 0.02, "window": "5m", "for": "6m"},
+              "missingClass": {"window": "2h", "minExpected": 50, "for": "7m"}}
+    monitoring = {**MONITORING["monitoring"], "prometheusRule": {"enabled": True, "alertLabels": {"team": "vision"}}}
+    spec = rendered_rules({"monitoring": {**monitoring, "predictionAlerts": values}})
+    alerts = {r["alert"]: r for r in spec["groups"][1]["rules"]}
+    assert alerts["TritonPredictionDrift"]["expr"].rstrip().endswith("> 0.4")
+    assert alerts["TritonLowConfidencePredictions"]["expr"].rstrip().endswith("> 0.1")
+    assert "[3m]" in alerts["TritonLowConfidencePredictions"]["expr"]
+    assert alerts["TritonImageDecodeFailures"]["expr"].rstrip().endswith("> 0.02")
+    assert "[2h]" in alerts["TritonClassNoLongerPredicted"]["expr"] and ">= 50" in alerts[
+        "TritonClassNoLongerPredicted"]["expr"]
+    assert [a["for"] for a in alerts.values()] == ["2m", "4m", "6m", "7m"]
+    assert all(a["labels"] == {"severity": "page", "team": "vision"} for a in alerts.values())
+    assert all(a["annotations"]["summary"] and len(a["annotations"]["description"]) > 200 for a in alerts.values())
+    off = rendered_rules({"monitoring": {**monitoring, "predictionAlerts": {"enabled": False}}})
+    assert [g["name"] for g in off["groups"]] == ["prod-triton-classifier.triton"]
 
 
 def test_alert_thresholds_and_labels_come_from_values():
@@ -78,7 +109,8 @@ def test_alerts_only_read_triton_and_kubernetes_metrics():
     for group in rendered_rules()["groups"]:
         for rule in group["rules"]:
             names = metric_names(rule["expr"])
-            assert names and names <= CPU_SERVER_METRICS | NON_TRITON_METRICS, (rule["alert"], names)
+            assert names and names <= CPU_SERVER_METRICS | NON_TRITON_METRICS | PREDICTION_METRICS, (rule["alert"],
+                                                                                                    names)
 
 
 # --- prometheus-adapter rule ---------------------------------------------------------------------------------------
@@ -172,6 +204,8 @@ def test_dashboard_queries_only_metrics_triton_exports(dashboard):
         names = metric_names(query)
         assert names, f"no metric in {query}"
         used |= names
-    assert used <= CPU_SERVER_METRICS | GPU_ONLY_METRICS, used - CPU_SERVER_METRICS - GPU_ONLY_METRICS
-    # Every metric named in the issue is on the dashboard.
-    assert CPU_SERVER_METRICS <= used, CPU_SERVER_METRICS - used
+    known = CPU_SERVER_METRICS | GPU_ONLY_METRICS | PREDICTION_METRICS
+    assert used <= known, used - known
+    # Every metric named in the issues is on the dashboard (the drift window is only context for the score).
+    assert CPU_SERVER_METRICS | PREDICTION_METRICS - {mm.DRIFT_WINDOW} <= used, (
+        CPU_SERVER_METRICS | PREDICTION_METRICS - used)

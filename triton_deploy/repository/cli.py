@@ -48,6 +48,18 @@ def add_repo(sub) -> None:
     p.add_argument("--session-batch-size", type=int, default=d.session_batch_size, metavar="N",
                    help="images per ONNX Runtime call: a larger dynamic batch is split (default: sized so one "
                         "call's activations fit the CPU caches; 0: the whole batch in one call)")
+    monitoring = p.add_argument_group("prediction monitoring (custom metrics of the preprocess/postprocess steps)")
+    monitoring.add_argument("--no-monitoring", dest="monitoring", action="store_false",
+                            help="do not report prediction and input metrics")
+    monitoring.add_argument("--low-confidence", type=float, default=d.low_confidence, metavar="P",
+                            help="count predictions whose top-1 probability is below P as low-confidence "
+                                 f"(default {d.low_confidence:g})")
+    monitoring.add_argument("--drift-window", type=int, default=d.drift_window, metavar="N",
+                            help=f"recent predictions the drift score compares with the export's reference "
+                                 f"(default {d.drift_window})")
+    monitoring.add_argument("--drift-min-predictions", type=int, default=d.drift_min_predictions, metavar="N",
+                            help=f"no drift score until the window holds N predictions (default "
+                                 f"{d.drift_min_predictions})")
     add_common_flags(p)
     p.set_defaults(handler=run_repo)
 
@@ -65,7 +77,8 @@ def run_repo(args: argparse.Namespace, reporter: Reporter) -> int:
         postprocess_instances=args.postprocess_instances, instance_kind=args.instance_kind,
         version_policy=args.version_policy, keep_versions=args.keep_versions,
         intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads,
-        session_batch_size=args.session_batch_size,
+        session_batch_size=args.session_batch_size, monitoring=args.monitoring, low_confidence=args.low_confidence,
+        drift_window=args.drift_window, drift_min_predictions=args.drift_min_predictions,
     )
     with reporter.step(f"Generating the model repository in {args.output}"):
         result = generate_repository(args.exports, options)

@@ -76,6 +76,10 @@ class RepositoryOptions:
     intra_op_threads: int | None = None  # default: the server's CPUs / classifier instances (classifier_parameters)
     inter_op_threads: int = 1
     session_batch_size: int | None = None  # images per ONNX Runtime call (python backend); None: sized to the cache
+    monitoring: bool = True  # custom metrics from the preprocess and postprocess steps (model_metrics)
+    low_confidence: float = 0.5  # a prediction whose top-1 probability is below this counts as low-confidence
+    drift_window: int = 1000  # predictions the drift score compares with the export's reference
+    drift_min_predictions: int = 200  # the drift score is NaN until the window holds this many
     tensorrt_accelerator: TensorRTAccelerator | None = None  # onnxruntime backend on GPU: run through TensorRT
 
     @property
@@ -127,6 +131,13 @@ class RepositoryOptions:
                              "check --session-batch-size"))
         if self.intra_op_threads is not None and self.intra_op_threads < 0:
             problems.append((f"intra-op threads must be >= 0, got {self.intra_op_threads}", "check --intra-op-threads"))
+        if not 0.0 <= self.low_confidence <= 1.0:
+            problems.append((f"low-confidence threshold {self.low_confidence:g} is outside 0-1 (a probability)",
+                             "check --low-confidence"))
+        if self.drift_window < 1 or not 1 <= self.drift_min_predictions <= self.drift_window:
+            problems.append((f"drift window {self.drift_window} must be >= 1 and hold at least its minimum of "
+                             f"{self.drift_min_predictions} predictions (>= 1)",
+                             "check --drift-window / --drift-min-predictions"))
         if self.keep_versions is not None and self.keep_versions < 1:
             problems.append(("--keep-versions must be at least 1", "check --keep-versions"))
         try:
@@ -262,8 +273,26 @@ def classifier_parameters(manifest: Manifest, options: RepositoryOptions) -> dic
     return parameters
 
 
-def render_configs(manifest: Manifest, options: RepositoryOptions, names: ModelNames) -> dict[str, str]:
-    """Model name -> config.pbtxt text for the four models of one classifier."""
+REFERENCE_FILE = "reference.json"
+
+
+def monitoring_parameters(manifest: Manifest, options: RepositoryOptions, names: ModelNames,
+                          version: int) -> tuple[dict[str, str], dict[str, str]]:
+    """Parameters of the preprocess and the postprocess model that switch their custom metrics on and label them
+    with the ensemble's name and the classifier version this repository serves."""
+    if not options.monitoring:
+        return {"monitoring": "false"}, {"monitoring": "false"}
+    labels = {"monitoring": "true", "ensemble": names.ensemble, "model_version": str(version)}
+    postprocess = labels | {"low_confidence_threshold": repr(float(options.low_confidence))}
+    if manifest.reference is not None:
+        postprocess |= {"reference_file": REFERENCE_FILE, "drift_window": str(options.drift_window),
+                        "drift_min_predictions": str(options.drift_min_predictions)}
+    return labels, postprocess
+
+
+def render_configs(manifest: Manifest, options: RepositoryOptions, names: ModelNames,
+                   version: int = 1) -> dict[str, str]:
+    """Model name -> config.pbtxt text for the four models of one classifier (``version``: the classifier's)."""
     batching = Batching(options.dynamic_batching, tuple(options.preferred_batch_sizes), options.queue_delay_us)
     # Waiting to fill a batch costs latency at every step it is applied to; only the classifier's compute gains
     # much from larger batches, so the python steps batch whatever is queued without waiting.
@@ -276,11 +305,12 @@ def render_configs(manifest: Manifest, options: RepositoryOptions, names: ModelN
     top = (Tensor(CLASS_IDS, "TYPE_INT64", (k,)), Tensor(SCORES, "TYPE_FP32", (k,)),
            Tensor(LABELS, "TYPE_STRING", (k,)))
     source = f"export '{manifest.name}'"
+    preprocess_monitoring, postprocess_monitoring = monitoring_parameters(manifest, options, names, version)
 
     preprocess = ModelContext(
         name=names.preprocess, max_batch_size=mbs, inputs=(image,), outputs=(Tensor.of(manifest.input),),
         batching=step_batching, instances=Instances(options.preprocess_instances),
-        parameters=manifest.preprocessing.to_parameters(),
+        parameters=manifest.preprocessing.to_parameters() | preprocess_monitoring,
         warmup=(WarmupSample("sample_image", image, PREPROCESS_WARMUP),),
     )
     classifier = ModelContext(
@@ -294,7 +324,8 @@ def render_configs(manifest: Manifest, options: RepositoryOptions, names: ModelN
     postprocess = ModelContext(
         name=names.postprocess, max_batch_size=mbs, inputs=(scores,), outputs=top, batching=step_batching,
         instances=Instances(options.postprocess_instances),
-        parameters={"top_k": str(k), "output_kind": manifest.output_kind, "labels_file": "labels.txt"},
+        parameters={"top_k": str(k), "output_kind": manifest.output_kind, "labels_file": "labels.txt"}
+        | postprocess_monitoring,
         warmup=(WarmupSample("zeros", scores, None),),
     )
     ensemble = ModelContext(name=names.ensemble, max_batch_size=mbs, inputs=(image,), outputs=top,

@@ -3,9 +3,10 @@
 Layout for a model exported as ``digits`` (the prefix)::
 
     digits/                 ensemble: config.pbtxt, 1/ (empty; ensembles still need a version directory)
-    digits_preprocess/      config.pbtxt, warmup/sample_image, 1/model.py + preprocessing.py
+    digits_preprocess/      config.pbtxt, warmup/sample_image, 1/model.py + preprocessing.py, model_metrics.py
     digits_classifier/      config.pbtxt, warmup/sample_input, N/model.onnx (+ model.py for the python backend)
-    digits_postprocess/     config.pbtxt, labels.txt, 1/model.py + postprocessing.py
+    digits_postprocess/     config.pbtxt, labels.txt, reference.json (if the export has one),
+                            1/model.py + postprocessing.py, model_metrics.py
 
 A new export of the same model becomes the next classifier version; an export identical to the latest version (same
 sha256) replaces it in place. The whole repository is staged in a temporary directory, every config is parsed with
@@ -15,6 +16,7 @@ Triton's protobuf and every ensemble cross-checked, and only then is it moved in
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import struct
 from dataclasses import dataclass
@@ -28,7 +30,10 @@ from . import render, validate
 
 PACKAGE = Path(__file__).parent
 PYTHON_MODELS = PACKAGE / "python_models"
-SHARED_MODULES = {"preprocess": PACKAGE.parent / "preprocessing.py", "postprocess": PACKAGE.parent / "postprocessing.py"}
+MODEL_METRICS = PACKAGE.parent / "monitoring" / "model_metrics.py"
+# The package modules each python step imports, copied beside its model.py (the stub has no triton_deploy).
+SHARED_MODULES = {"preprocess": (PACKAGE.parent / "preprocessing.py", MODEL_METRICS),
+                  "postprocess": (PACKAGE.parent / "postprocessing.py", MODEL_METRICS)}
 
 
 @dataclass(frozen=True)
@@ -85,10 +90,11 @@ def generate_repository(exports: list[Path], options: render.RepositoryOptions) 
 
 def _write_classifier_group(repo: Path, export_dir: Path, manifest: Manifest, names: render.ModelNames,
                             options: render.RepositoryOptions) -> int:
-    configs = {name: render.tidy(text) for name, text in render.render_configs(manifest, options, names).items()}
+    version = _next_version(repo / names.classifier, manifest)
+    configs = {name: render.tidy(text)
+               for name, text in render.render_configs(manifest, options, names, version).items()}
     parsed = {name: validate.parse_config(text, f"{name}/config.pbtxt") for name, text in configs.items()}
     _check_existing_versions(repo / names.classifier, parsed[names.classifier])
-    version = _next_version(repo / names.classifier, manifest)
     sample = (export_dir / (manifest.sample_image or "sample.png")).read_bytes()
 
     # preprocess and postprocess follow the newest export; they are rewritten whole.
@@ -97,10 +103,14 @@ def _write_classifier_group(repo: Path, export_dir: Path, manifest: Manifest, na
         shutil.rmtree(model_dir, ignore_errors=True)
         (model_dir / "1").mkdir(parents=True)
         shutil.copyfile(PYTHON_MODELS / f"{kind}.py", model_dir / "1" / "model.py")
-        shutil.copyfile(SHARED_MODULES[kind], model_dir / "1" / SHARED_MODULES[kind].name)
+        for module in SHARED_MODULES[kind]:
+            shutil.copyfile(module, model_dir / "1" / module.name)
         (model_dir / "config.pbtxt").write_text(configs[name], encoding="utf-8")
     _write_warmup(repo / names.preprocess, render.PREPROCESS_WARMUP, struct.pack("<I", len(sample)) + sample)
     shutil.copyfile(export_dir / manifest.labels_file, repo / names.postprocess / "labels.txt")
+    if manifest.reference is not None:
+        (repo / names.postprocess / render.REFERENCE_FILE).write_text(
+            json.dumps(manifest.reference.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     classifier = repo / names.classifier
     version_dir = classifier / str(version)

@@ -1,10 +1,14 @@
 """Triton python-backend model: class scores -> top-k CLASS_IDS (INT64), SCORES (FP32), LABELS (BYTES).
 
-Copied into the repository as ``<prefix>_postprocess/1/model.py`` with ``postprocessing.py`` beside it. Softmax is
-applied when the ``output_kind`` parameter says ``logits``; ``top_k`` and the labels file come from parameters.
+Copied into the repository as ``<prefix>_postprocess/1/model.py`` with ``postprocessing.py`` and ``model_metrics.py``
+beside it. Softmax is applied when the ``output_kind`` parameter says ``logits``; ``top_k`` and the labels file come
+from parameters. With ``monitoring`` on, every batch also counts predictions per class, by confidence and margin
+bucket and below the low-confidence threshold, and keeps the window the drift score against ``reference.json`` is
+computed from (see ``model_metrics``): counted with numpy, sent to Triton by a background thread.
 """
 
 import json
+import math
 import os
 import sys
 
@@ -12,8 +16,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from postprocessing import classify, label_lookup  # noqa: E402  (copied beside this file)
-
+import model_metrics as mm  # noqa: E402  (copied beside this file)
+from postprocessing import label_lookup, softmax, top_k  # noqa: E402
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -24,12 +28,18 @@ class TritonPythonModel:
         self.input_name = config["input"][0]["name"]
         model_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         with open(os.path.join(model_dir, parameters.get("labels_file", "labels.txt")), encoding="utf-8") as f:
-            self.labels = label_lookup([line.rstrip("\n") for line in f])
+            names = [line.rstrip("\n") for line in f]
+        self.labels = label_lookup(names)
+        self.metrics = None
+        if parameters.get("monitoring", "false") == "true":
+            self.metrics = PredictionMetrics(parameters, names, model_dir)
+        self.warmup_batches = mm.warmup_executions(config)
 
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
-        scores = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-        ids, top = classify(scores, self.k, logits=self.logits)
+        outputs = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        scores = softmax(outputs.astype(np.float32)) if self.logits else outputs.astype(np.float32)
+        ids, top = top_k(scores, self.k)
         names = self.labels[ids]
         responses, start = [], 0
         for array in arrays:
@@ -40,4 +50,80 @@ class TritonPythonModel:
                 pb_utils.Tensor("SCORES", top[rows]),
                 pb_utils.Tensor("LABELS", names[rows]),
             ]))
+        if self.warmup_batches:
+            self.warmup_batches -= 1  # Triton warms the model up before it is ready: not traffic
+        elif self.metrics is not None:
+            self.metrics.record(scores)
         return responses
+
+    def finalize(self):
+        if self.metrics is not None:
+            self.metrics.close()  # stops the metric thread and sends what it still holds
+
+
+class PredictionMetrics:
+    """The postprocess model's custom metrics. ``record`` only queues the batch's probabilities; ``_summarise`` runs
+    in ``MetricBuffer``'s thread, counts with numpy, updates the drift window and makes the metric calls."""
+
+    def __init__(self, parameters, labels, model_dir):
+        metrics = mm.MetricSet(pb_utils, {"model": parameters["ensemble"], "version": parameters["model_version"]})
+        self.metrics = metrics
+        self.predictions = metrics.per_value(mm.PREDICTIONS, "Top-1 predictions per class", "COUNTER", "class", labels)
+        self.confidence = metrics.per_value(
+            mm.CONFIDENCE, "Predictions per bucket (lower, upper] of the top-1 probability", "COUNTER", "bucket",
+            mm.bucket_labels(mm.CONFIDENCE_BUCKETS))
+        self.margin = metrics.per_value(
+            mm.MARGIN, "Predictions per bucket (lower, upper] of top-1 minus top-2 probability", "COUNTER", "bucket",
+            mm.bucket_labels(mm.MARGIN_BUCKETS))
+        self.threshold = float(parameters["low_confidence_threshold"])
+        self.low_confidence = metrics.one(
+            mm.LOW_CONFIDENCE, f"Predictions whose top-1 probability is below {self.threshold:g}", "COUNTER")
+        self.reference = None
+        reference_file = parameters.get("reference_file", "")
+        if reference_file:
+            with open(os.path.join(model_dir, reference_file), encoding="utf-8") as f:
+                self.reference = json.load(f)
+            ratios = metrics.per_value(mm.REFERENCE_RATIO, "Share of each top-1 class on the export's held-out data",
+                                       "GAUGE", "class", labels)
+            for gauge, ratio in zip(ratios, self.reference["class_ratios"]):
+                gauge.set(float(ratio))
+            self.drift = metrics.per_value(
+                mm.DRIFT, "Jensen-Shannon distance (0-1) of the recent top-1 class / confidence distribution to the "
+                "reference", "GAUGE", "distribution", mm.DRIFT_DISTRIBUTIONS)
+            self.window_gauge = metrics.one(mm.DRIFT_WINDOW, "Predictions the drift score covers", "GAUGE")
+            self.window = mm.PredictionWindow(int(parameters["drift_window"]), len(labels),
+                                              len(mm.CONFIDENCE_BUCKETS))
+            self.min_predictions = int(parameters["drift_min_predictions"])
+            self.shown = [math.nan, math.nan]  # what the drift gauges show
+            for gauge in self.drift:
+                gauge.set(math.nan)  # no score until the window holds min_predictions
+        self.buffer = mm.MetricBuffer(self._summarise)
+
+    def record(self, scores):
+        self.buffer.put(scores)
+
+    def _summarise(self, batches):
+        scores = batches[0] if len(batches) == 1 else np.concatenate(batches)
+        classes, confidence, margin = mm.top_two(scores)
+        confidence_bucket = mm.bucket_index(confidence, mm.CONFIDENCE_BUCKETS)
+        mm.add_counts(self.predictions, np.bincount(classes, minlength=len(self.predictions)))
+        mm.add_counts(self.confidence, np.bincount(confidence_bucket, minlength=len(self.confidence)))
+        mm.add_counts(self.margin, mm.bucket_counts(margin, mm.MARGIN_BUCKETS))
+        low = int(np.count_nonzero(confidence < self.threshold))
+        if low:
+            self.low_confidence.increment(float(low))
+        if self.reference is None:
+            return
+        self.window.add(classes, confidence_bucket)
+        for index, score in enumerate(self.window.drift(self.reference, self.min_predictions)):
+            if not _same(score, self.shown[index]):
+                self.drift[index].set(score)
+                self.shown[index] = score
+        self.window_gauge.set(float(self.window.filled))
+
+    def close(self):
+        self.buffer.close()
+
+
+def _same(new, old):
+    return (math.isnan(new) and math.isnan(old)) or new == old

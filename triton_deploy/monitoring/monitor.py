@@ -1,0 +1,250 @@
+"""``triton-deploy monitor``: what a live Triton server is doing and answering, read from its metrics endpoint.
+
+Two scrapes of ``/metrics`` an interval apart give rates: requests, failures, queue and compute time per request and
+the batch size reached, per model (Triton's own counters), and for each monitored ensemble the class distribution
+against the export's reference, the drift score, the low-confidence rate, images by format and decode failures by
+reason (the custom metrics of ``model_metrics``). No Prometheus is needed. A metric that is missing is explained in
+one line (a repository generated without monitoring, an export without a reference).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from triton_deploy.errors import UsageError
+from triton_deploy.loadtests import server_stats
+
+from . import model_metrics as mm
+
+
+@dataclass(frozen=True)
+class MonitorOptions:
+    metrics_url: str = "127.0.0.1:8002"  # host:port or a full URL of Triton's metrics endpoint
+    interval_s: float = 2.0  # between the two scrapes of one snapshot, and between refreshes of the live view
+    once: bool = False  # one snapshot, then exit
+    model: str | None = None  # only this ensemble (and its members); default: every model
+
+    def check(self) -> None:
+        if not self.interval_s > 0:
+            raise UsageError(f"--interval must be positive, got {self.interval_s:g}", hint="check --interval")
+        if not self.metrics_url.strip():
+            raise UsageError("--metrics-url is empty", hint="pass HOST:PORT of Triton's metrics port")
+
+    @property
+    def url(self) -> str:
+        url = self.metrics_url.strip()
+        if "://" not in url:
+            url = f"http://{url}"
+        return url if url.rstrip("/").endswith("/metrics") else url.rstrip("/") + "/metrics"
+
+
+@dataclass(frozen=True)
+class Scrape:
+    time: float
+    models: dict[str, server_stats.ModelTimes]
+    samples: list[tuple[str, dict[str, str], float]]
+
+    @classmethod
+    def read(cls, url: str) -> Scrape:
+        text = server_stats.read_metrics_text(url)
+        return cls(time.monotonic(), server_stats.parse_metrics(text), server_stats.parse_samples(text))
+
+    def by_label(self, name: str, label: str, model: str) -> dict[str, float]:
+        """Values of metric ``name`` for ensemble ``model``, keyed by ``label`` (summed over versions)."""
+        values: dict[str, float] = {}
+        for metric, labels, value in self.samples:
+            if metric == name and labels.get("model") == model and label in labels:
+                values[labels[label]] = values.get(labels[label], 0.0) + value
+        return values
+
+    def total(self, name: str, model: str) -> float | None:
+        found = [value for metric, labels, value in self.samples if metric == name and labels.get("model") == model]
+        return sum(found) if found else None
+
+    def monitored_models(self) -> list[str]:
+        return sorted({labels["model"] for metric, labels, _ in self.samples
+                       if metric.startswith("triton_classifier_") and "model" in labels})
+
+
+@dataclass
+class Snapshot:
+    """One view of the server: rates over ``seconds`` between two scrapes, and current gauge values."""
+
+    url: str
+    seconds: float
+    models: dict[str, dict] = field(default_factory=dict)
+    ensembles: dict[str, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"metrics_url": self.url, "seconds": round(self.seconds, 3), "models": self.models,
+                "ensembles": self.ensembles, "notes": self.notes}
+
+
+def take_snapshot(before: Scrape, after: Scrape, url: str, model: str | None = None) -> Snapshot:
+    seconds = max(after.time - before.time, 1e-9)
+    snapshot = Snapshot(url, seconds)
+    for name, times in sorted(after.models.items()):
+        if model and name != model and not name.startswith(model + "_"):
+            continue
+        diff = times - before.models.get(name, server_stats.ModelTimes(name))
+        snapshot.models[name] = {
+            "requests_per_s": round(diff.requests / seconds, 2),
+            "failures_per_s": round(diff.failures / seconds, 2),
+            "images_per_s": round(diff.inferences / seconds, 2),
+            "queue_ms_per_request": _round(diff.per_request_ms("queue_us") if diff.requests else None),
+            "compute_ms_per_request": _round(diff.per_request_ms("compute_us") if diff.requests else None),
+            "average_batch": _round(diff.average_batch if diff.executions else None),
+            "requests_total": times.requests, "failures_total": times.failures,
+        }
+    if not after.models:
+        snapshot.notes.append(f"no Triton model metrics at {url}: is this Triton's metrics port (--metrics-port)?")
+    monitored = [m for m in after.monitored_models() if not model or m == model]
+    for ensemble in monitored:
+        snapshot.ensembles[ensemble] = _ensemble_view(before, after, ensemble, seconds, snapshot.notes)
+    ensembles_without = sorted({name for name in after.models if f"{name}_postprocess" in after.models}
+                               - set(monitored))
+    for name in ensembles_without:
+        if not model or name == model:
+            snapshot.notes.append(
+                f"{name}: no prediction metrics (triton_classifier_*): its repository was generated without "
+                "monitoring (by an older triton-deploy or with --no-monitoring); regenerate it with 'triton-deploy "
+                "repo' to see classes, confidence, drift and decode failures")
+    return snapshot
+
+
+def _ensemble_view(before: Scrape, after: Scrape, ensemble: str, seconds: float, notes: list[str]) -> dict:
+    def increase(name: str, label: str) -> dict[str, float]:
+        old = before.by_label(name, label, ensemble)
+        # A counter that went down was reset by a restart: count from zero, as Prometheus' increase() does.
+        return {key: value - old.get(key, 0.0) if value >= old.get(key, 0.0) else value
+                for key, value in after.by_label(name, label, ensemble).items()}
+
+    predicted = increase(mm.PREDICTIONS, "class")
+    predictions = sum(predicted.values())
+    totals = after.by_label(mm.PREDICTIONS, "class", ensemble)
+    reference = after.by_label(mm.REFERENCE_RATIO, "class", ensemble)
+    everything = sum(totals.values())
+    classes = {label: {"predictions": predicted.get(label, 0.0), "total": totals[label],
+                       "share": _round(predicted.get(label, 0.0) / predictions if predictions else None),
+                       "share_total": _round(totals[label] / everything if everything else None),
+                       "reference_share": _round(reference.get(label))} for label in sorted(totals, key=_natural)}
+    low = increase(mm.LOW_CONFIDENCE, "model")
+    low_count = sum(low.values())
+    drift = after.by_label(mm.DRIFT, "distribution", ensemble)
+    window = after.total(mm.DRIFT_WINDOW, ensemble)
+    if not drift:
+        notes.append(f"{ensemble}: no drift score: its export has no reference distribution (exports with labelled "
+                     "held-out data record one); re-export and regenerate the repository")
+    elif any(math.isnan(v) for v in drift.values()):
+        notes.append(f"{ensemble}: drift score not computed yet: the window holds {window or 0:.0f} predictions, "
+                     "fewer than its minimum (--drift-min-predictions)")
+    images = increase(mm.IMAGES, "format")
+    failures = increase(mm.DECODE_FAILURES, "reason")
+    received = sum(images.values())
+    return {
+        "predictions_per_s": round(predictions / seconds, 2),
+        "classes": classes,
+        "low_confidence_ratio": _round(low_count / predictions if predictions else None),
+        "low_confidence_total": after.total(mm.LOW_CONFIDENCE, ensemble),
+        "confidence_buckets": increase(mm.CONFIDENCE, "bucket"),
+        "drift": {name: _round(value) for name, value in drift.items()},
+        "drift_window_predictions": window,
+        "images_per_s": round(received / seconds, 2),
+        "images_by_format": {k: v for k, v in images.items() if v},
+        "decode_failures_per_s": {k: round(v / seconds, 2) for k, v in failures.items() if v},
+        "decode_failure_ratio": _round(sum(failures.values()) / received if received else None),
+        "decode_failures_total": {k: v for k, v in after.by_label(mm.DECODE_FAILURES, "reason", ensemble).items()
+                                  if v},
+    }
+
+
+def _natural(label: str) -> tuple:
+    """Labels "2" < "10" (digits as numbers), then text labels in alphabetical order."""
+    return (0, int(label), "") if label.isdigit() else (1, 0, label)
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    if value is None or math.isnan(value):
+        return None
+    return round(value, digits)
+
+
+def snapshot_once(options: MonitorOptions) -> Snapshot:
+    """Scrape, wait ``interval_s``, scrape again: one snapshot with rates over that interval."""
+    options.check()
+    before = Scrape.read(options.url)
+    time.sleep(options.interval_s)
+    return take_snapshot(before, Scrape.read(options.url), options.url, options.model)
+
+
+def render(snapshot: Snapshot):
+    """The snapshot as rich renderables: a table of models, one of classes per ensemble, and the notes."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    parts = [Text(f"Triton metrics {snapshot.url} — rates over the last {snapshot.seconds:.1f} s", style="bold")]
+    models = Table(title="models", title_justify="left")
+    for column in ("model", "req/s", "failed/s", "images/s", "queue ms/req", "compute ms/req", "batch"):
+        models.add_column(column, justify="left" if column == "model" else "right")
+    for name, row in snapshot.models.items():
+        models.add_row(name, _fmt(row["requests_per_s"]), _fmt(row["failures_per_s"]), _fmt(row["images_per_s"]),
+                       _fmt(row["queue_ms_per_request"], 2), _fmt(row["compute_ms_per_request"], 2),
+                       _fmt(row["average_batch"], 1))
+    parts.append(models)
+    for ensemble, view in snapshot.ensembles.items():
+        drift = ", ".join(f"{k} {_fmt(v, 3)}" for k, v in sorted(view["drift"].items())) or "n/a"
+        low = view["low_confidence_ratio"]
+        parts.append(Text(
+            f"{ensemble}: {view['predictions_per_s']:.1f} predictions/s   drift (JS distance, 0-1) {drift} over "
+            f"{_fmt(view['drift_window_predictions'], 0)} predictions   low-confidence "
+            f"{'n/a' if low is None else f'{low:.1%}'}", style="bold"))
+        classes = Table(show_edge=False)
+        for column in ("class", "share now", "since start", "reference", "predictions", "total"):
+            classes.add_column(column, justify="left" if column == "class" else "right")
+        for label, row in view["classes"].items():
+            share, ref = row["share"], row["reference_share"]
+            style = "red" if share is not None and ref and abs(share - ref) > max(0.05, ref / 2) else None
+            classes.add_row(label, _pct(share), _pct(row["share_total"]), _pct(ref), f"{row['predictions']:.0f}",
+                            f"{row['total']:.0f}", style=style)
+        parts.append(classes)
+        images = ", ".join(f"{k} {v:.0f}" for k, v in view["images_by_format"].items()) or "none"
+        failures = ", ".join(f"{k} {v:.0f}" for k, v in view["decode_failures_total"].items()) or "none"
+        parts.append(Text(f"  images in the interval by format: {images}   decode failures since start: {failures}"))
+    for note in snapshot.notes:
+        parts.append(Text(f"note: {note}", style="yellow"))
+    return Group(*parts)
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def run_monitor(options: MonitorOptions, console=None) -> Snapshot:
+    """The live view: refresh every ``interval_s`` until interrupted (Ctrl-C); returns the last snapshot."""
+    from rich.console import Console
+    from rich.live import Live
+
+    options.check()
+    console = console or Console()
+    before = Scrape.read(options.url)
+    time.sleep(min(options.interval_s, 1.0))
+    after = Scrape.read(options.url)
+    snapshot = take_snapshot(before, after, options.url, options.model)
+    with Live(render(snapshot), console=console, refresh_per_second=4) as live:
+        try:
+            while True:
+                time.sleep(options.interval_s)
+                before, after = after, Scrape.read(options.url)
+                snapshot = take_snapshot(before, after, options.url, options.model)
+                live.update(render(snapshot))
+        except KeyboardInterrupt:
+            pass
+    return snapshot
