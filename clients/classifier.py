@@ -13,7 +13,9 @@ all outcomes); ``classify_many``/``iter_outcomes`` return an ``Outcome`` per ima
 from __future__ import annotations
 
 import collections
+import dataclasses
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from triton_deploy.preprocessing import ImageTransform
 
 from .batches import client_batch, server_batch
-from .discovery import EnsemblePlan, LocalPlan, discover_ensemble, discover_local
+from .discovery import EnsemblePlan, LocalPlan, discover_ensemble, discover_labels, discover_local
 from .errors import ClassificationError, InvalidInputError
 from .inputs import ImageLike, Item, as_items
 from .results import Outcome, Prediction
@@ -111,6 +113,7 @@ class ImageClassifier:
                                          shared_memory, timeout, ready_timeout, retries, backoff, dict(headers or {}),
                                          admin_key, tls)
         self._transport = SyncTransport(self.options.connection)
+        self._labels: tuple[str, ...] | None = None
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="triton-classify")
         try:
             wait_ready(self._transport, model, self.options.ready_timeout_s)
@@ -134,6 +137,13 @@ class ImageClassifier:
     @property
     def max_batch_size(self) -> int:
         return self.plan.max_batch_size
+
+    def labels(self) -> tuple[str, ...]:
+        """The model's labels in class order, asked of its ``<model>_postprocess`` model (no admin key needed)."""
+        if self._labels is None:
+            self._labels = drive_sync(discover_labels(self.options.model, self.plan.max_batch_size),
+                                      self._transport, self.options.retry)
+        return self._labels
 
     def classify(self, images: ImageLike | Iterable[ImageLike], top_k: int | None = None,
                  batch_size: int | None = None) -> list[Prediction]:
@@ -164,7 +174,10 @@ class ImageClassifier:
                 with lock:
                     slot = slots.setdefault(threading.get_ident(), pool.slot())
             steps = client_batch(batch, self.plan, self.local, k) if self.local else server_batch(batch, self.plan, k)
-            return drive_sync(steps, self._transport, self.options.retry, slot)
+            start = time.perf_counter()
+            outcomes = drive_sync(steps, self._transport, self.options.retry, slot)
+            took = time.perf_counter() - start
+            return [dataclasses.replace(o, request_s=took) for o in outcomes]
 
         window: collections.deque[Future] = collections.deque()
         batches = iter(split(items, size))

@@ -87,12 +87,21 @@ def looks_like_probabilities(outputs: np.ndarray) -> bool:
     return bool(np.all(outputs >= -1e-6) and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3))
 
 
-def accuracy(session, samples: np.ndarray, labels: np.ndarray, *, nchw: bool, batch_size: int = 64) -> float:
+def onnx_predictor(session, *, nchw: bool, batch_size: int = 64):
+    """A function from float NHWC images to the model's output, through ONNX Runtime in batches."""
     input_name = session.get_inputs()[0].name
-    correct = 0
-    for start in range(0, len(samples), batch_size):
-        batch = samples[start:start + batch_size]
-        batch = batch.transpose(0, 3, 1, 2) if nchw else batch
-        outputs = session.run(None, {input_name: np.ascontiguousarray(batch)})[0]
-        correct += int(np.sum(outputs.argmax(-1) == labels[start:start + batch_size]))
-    return correct / len(samples)
+
+    def predict(samples: np.ndarray) -> np.ndarray:
+        outputs = []
+        for start in range(0, len(samples), batch_size):
+            batch = samples[start:start + batch_size]
+            batch = batch.transpose(0, 3, 1, 2) if nchw else batch
+            outputs.append(session.run(None, {input_name: np.ascontiguousarray(batch)})[0])
+        return np.concatenate(outputs)
+
+    return predict
+
+
+def accuracy(session, samples: np.ndarray, labels: np.ndarray, *, nchw: bool, batch_size: int = 64) -> float:
+    predictions = onnx_predictor(session, nchw=nchw, batch_size=batch_size)(samples).argmax(-1)
+    return float(np.mean(predictions == labels))

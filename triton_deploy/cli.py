@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .clients.cli import add_classify
+from .clients.cli import add_classify, add_evaluate
 from .cliargs import add_common_flags, float_list, int_list
 from .errors import TritonDeployError, UsageError
 from .export.optimize_cli import add_optimize, add_tensorrt_check
@@ -57,6 +57,12 @@ def _known_words(parser: argparse.ArgumentParser) -> set[str]:
 # ---- export ---------------------------------------------------------------------------------------------------
 
 
+def digits_epochs() -> int:
+    from .export.digits import EPOCHS
+
+    return EPOCHS
+
+
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a Keras/TensorFlow model to a validated ONNX artifact",
                        description="Train or load a model, convert it to ONNX with tf2onnx, and validate it "
@@ -83,7 +89,8 @@ def _add_export(sub) -> None:
     p.add_argument("--output-name", help="ONNX output name (default: logits or probabilities)")
     p.add_argument("--atol", type=float, default=1e-4, help="parity tolerance, max |TF - ORT| (default 1e-4)")
     p.add_argument("--min-agreement", type=float, default=1.0, help="required top-1 agreement (default 1.0)")
-    p.add_argument("--epochs", type=int, default=8, help="training epochs for the digits model (default 8)")
+    p.add_argument("--epochs", type=int, default=digits_epochs(),
+                   help=f"passes over the augmented training digits (default {digits_epochs()})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     norm = p.add_argument_group("preprocessing overrides (default: from the model source)")
     norm.add_argument("--scale", type=float, help="pixel multiplier, e.g. 0.00392 for 1/255")
@@ -121,6 +128,9 @@ def _run_export(args: argparse.Namespace, reporter: Reporter) -> int:
             f"  parity     max |TF - ORT| = {m.parity.max_abs_diff:.2e} (atol {m.parity.atol:g}), "
             f"top-1 agreement {m.parity.top1_agreement:.1%} on {m.parity.samples} samples\n"
             f"  accuracy   {accuracy}"
+            + (f"\n  robustness worst condition {m.robustness.worst.name}: {m.robustness.worst.accuracy:.4f} "
+               f"({len(m.robustness.conditions)} conditions on {m.robustness.data}; all in manifest.json)"
+               if m.robustness is not None else "")
             + (f"\n  compute    {m.flops_per_image / 2e6:.1f}M multiply-adds ({m.flops_per_image / 1e6:.0f} MFLOPs) per image"
                if m.flops_per_image else "")
         )
@@ -399,7 +409,7 @@ def _is_zombie(pid: int) -> bool:
 # ---- entry point ----------------------------------------------------------------------------------------------
 
 # In the order `--help` lists them: the pipeline first, then what builds on it.
-SUBCOMMANDS: list[Callable] = [_add_export, _add_repo, _add_serve, add_classify, add_loadtest, add_bench,
+SUBCOMMANDS: list[Callable] = [_add_export, _add_repo, _add_serve, add_classify, add_evaluate, add_loadtest, add_bench,
                                add_optimize, add_tensorrt_check]
 
 
