@@ -52,6 +52,7 @@ class ClassifierOptions:
     headers: Mapping[str, str] = field(default_factory=dict)
     admin_key: str | None = None
     tls: TlsOptions | None = None
+    model_version: str = ""  # a classifier version, called directly: needs preprocess="client"
 
     def __post_init__(self) -> None:
         if self.preprocess not in PREPROCESS_MODES:
@@ -61,6 +62,9 @@ class ClassifierOptions:
             raise InvalidInputError(f"concurrency must be at least 1, not {self.concurrency}", hint="--concurrency")
         if self.retries < 0:
             raise InvalidInputError(f"retries must be 0 or more, not {self.retries}", hint="--retries")
+        if self.model_version and self.preprocess != "client":
+            raise InvalidInputError("a model version is called with preprocess='client': an ensemble always runs its "
+                                    "classifier's latest version", hint="preprocess='client' / --preprocess client")
 
     @property
     def connection(self) -> Connection:
@@ -108,10 +112,10 @@ class ImageClassifier:
                  transform: ImageTransform | None = None, max_batch_size: int | None = None, concurrency: int = 4,
                  shared_memory: bool = False, timeout: float = 60.0, ready_timeout: float = 30.0, retries: int = 3,
                  backoff: float = 0.2, headers: Mapping[str, str] | None = None, admin_key: str | None = None,
-                 tls: TlsOptions | None = None) -> None:
+                 tls: TlsOptions | None = None, model_version: str = "") -> None:
         self.options = ClassifierOptions(url, protocol, model, preprocess, transform, max_batch_size, concurrency,
                                          shared_memory, timeout, ready_timeout, retries, backoff, dict(headers or {}),
-                                         admin_key, tls)
+                                         admin_key, tls, str(model_version or ""))
         self._transport = SyncTransport(self.options.connection)
         self._labels: tuple[str, ...] | None = None
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="triton-classify")
@@ -121,7 +125,8 @@ class ImageClassifier:
                                                  self.options.retry)
             self.local: LocalPlan | None = None
             if preprocess == "client":
-                self.local = drive_sync(discover_local(model, transform, self.plan.max_batch_size), self._transport,
+                self.local = drive_sync(discover_local(model, transform, self.plan.max_batch_size,
+                                                       self.options.model_version), self._transport,
                                         self.options.retry)
         except BaseException:
             self.close()

@@ -173,6 +173,11 @@ def add_evaluate(sub) -> None:
     _add_connection_flags(p, protocol="grpc")
     p.add_argument("--compare", metavar="MODEL", help="a second ensemble to compare on the same images (A/B), e.g. "
                                                       "digits_int8_static")
+    p.add_argument("--model-version", default="", metavar="N",
+                   help="evaluate classifier version N of --model (as 'optimize --publish-as versions' publishes "
+                        "them); preprocessing then runs here and needs --admin-key")
+    p.add_argument("--compare-version", default="", metavar="N",
+                   help="compare with classifier version N (of --compare, or of --model)")
     p.add_argument("--min-accuracy", type=float, metavar="X",
                    help=f"fail with exit code {AccuracyGateError.exit_code} when --model's accuracy is below X (0-1)")
     add_common_flags(p, json_help="print report.json on stdout")
@@ -185,7 +190,8 @@ def _run_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
 
     options = EvaluateOptions(
         data_dir=args.data_dir, output=args.output, url=args.url, protocol=args.protocol, model=args.model,
-        compare=args.compare, min_accuracy=args.min_accuracy, batch_size=args.batch_size,
+        compare=args.compare, model_version=args.model_version, compare_version=args.compare_version,
+        min_accuracy=args.min_accuracy, batch_size=args.batch_size,
         concurrency=args.concurrency, timeout_s=args.timeout, ready_timeout_s=args.ready_timeout,
         retries=args.retries, admin_key=args.admin_key, headers=dict(args.header), force=args.force)
     try:

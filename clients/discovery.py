@@ -41,6 +41,7 @@ class Call:
     model: str
     inputs: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)  # name -> (Triton dtype, array)
     outputs: tuple[TensorSpec, ...] = ()
+    version: str = ""  # "" = the version the server's policy picks (the latest)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class LocalPlan:
     transform: ImageTransform
     logits: bool
     labels: tuple[str, ...]
+    version: str = ""  # the classifier version called ("" = latest)
 
 
 def tensors(metadata: dict[str, Any], key: str) -> list[TensorSpec]:
@@ -133,8 +135,9 @@ def discover_ensemble(model: str, max_batch_size: int | None) -> Generator[Call,
     return EnsemblePlan(model, image, class_ids, scores, labels, top_k, limit, source)
 
 
-def discover_local(model: str, transform: ImageTransform | None, batch_size: int) -> Generator[Call, Any, LocalPlan]:
-    """The member models for client-side preprocessing -> ``LocalPlan``."""
+def discover_local(model: str, transform: ImageTransform | None, batch_size: int,
+                   version: str = "") -> Generator[Call, Any, LocalPlan]:
+    """The member models for client-side preprocessing -> ``LocalPlan`` (calling classifier ``version``)."""
     pre, classifier, post = f"{model}_preprocess", f"{model}_classifier", f"{model}_postprocess"
     if transform is None:
         pre_config = _config((yield Call("config", pre)))
@@ -147,7 +150,7 @@ def discover_local(model: str, transform: ImageTransform | None, batch_size: int
             transform = ImageTransform.from_parameters(parameters(pre_config))
         except (TypeError, ValueError) as exc:
             raise ModelMismatchError(f"'{pre}' does not publish usable preprocessing parameters: {exc}") from None
-    meta = yield Call("metadata", classifier)
+    meta = yield Call("metadata", classifier, version=version)
     inputs, outputs = tensors(meta, "inputs"), tensors(meta, "outputs")
     if len(inputs) != 1 or len(outputs) != 1:
         raise ModelMismatchError(f"'{classifier}' should have one input and one output; it has {len(inputs)} and "
@@ -168,7 +171,7 @@ def discover_local(model: str, transform: ImageTransform | None, batch_size: int
             kind = "probabilities"
         else:
             raise ModelMismatchError(f"'{post}' scores one-hot rows as {top1[:3]}..., neither softmax nor identity")
-    return LocalPlan(classifier, tensor_in, tensor_out, transform, kind == "logits", tuple(labels))
+    return LocalPlan(classifier, tensor_in, tensor_out, transform, kind == "logits", tuple(labels), version)
 
 
 def discover_labels(model: str, batch_size: int) -> Generator[Call, Any, tuple[str, ...]]:

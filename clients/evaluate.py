@@ -38,6 +38,8 @@ class EvaluateOptions:
     protocol: str = "grpc"
     model: str = "digits"
     compare: str | None = None  # a second ensemble to compare with ``model`` on the same images
+    model_version: str = ""  # call this classifier version of ``model`` (client-side preprocessing, admin key)
+    compare_version: str = ""  # ... and compare it with this version (of ``compare``, or of ``model`` by default)
     min_accuracy: float | None = None  # gate: fail (AccuracyGateError) when the model's accuracy is lower
     batch_size: int | None = None
     concurrency: int = 4
@@ -53,8 +55,17 @@ class EvaluateOptions:
         if self.min_accuracy is not None and not 0.0 <= self.min_accuracy <= 1.0:
             raise UsageError(f"--min-accuracy must be between 0 and 1, not {self.min_accuracy}",
                              hint="e.g. --min-accuracy 0.97")
-        if self.compare is not None and self.compare == self.model:
-            raise UsageError(f"--compare names the same model as --model ({self.model!r})", hint="check --compare")
+        if self.compare_version and not self.compare:
+            object.__setattr__(self, "compare", self.model)  # versions of one model: A/B of its classifier versions
+        if self.compare is not None and self.targets[0] == self.targets[1]:
+            raise UsageError(f"--compare names the same model as --model ({self.model!r})",
+                             hint="check --compare / --compare-version")
+
+    @property
+    def targets(self) -> list[tuple[str, str]]:
+        """(model, version) of model A and, when comparing, model B."""
+        first = [(self.model, self.model_version)]
+        return first + ([(self.compare, self.compare_version)] if self.compare else [])
 
     @property
     def address(self) -> str:
@@ -134,12 +145,12 @@ def evaluate(options: EvaluateOptions, reporter: Reporter | None = None) -> Eval
     check_output_dir(Path(options.output), force=options.force)
     if not Path(options.data_dir).is_dir():  # before connecting: the cheapest mistake to report
         find_labelled_images(options.data_dir, ())
-    names = [options.model] + ([options.compare] if options.compare else [])
+    names = [run_name(model, version) for model, version in options.targets]
     clients: list[ImageClassifier] = []
     try:
         with reporter.step(f"Connecting to {', '.join(names)} at {options.address} ({options.protocol})"):
-            for name in names:
-                clients.append(_client(options, name))
+            for model, version in options.targets:
+                clients.append(_client(options, model, version))
             labels = clients[0].labels()
             if options.compare:
                 if clients[1].labels() != labels:
@@ -162,8 +173,15 @@ def evaluate(options: EvaluateOptions, reporter: Reporter | None = None) -> Eval
     return evaluation
 
 
-def _client(options: EvaluateOptions, model: str) -> ImageClassifier:
+def run_name(model: str, version: str) -> str:
+    return f"{model}_v{version}" if version else model
+
+
+def _client(options: EvaluateOptions, model: str, version: str) -> ImageClassifier:
+    """An ensemble is called with encoded images; a classifier version directly, with the model's own
+    preprocessing run here (an ensemble always runs its classifier's latest version)."""
     return ImageClassifier(options.address, protocol=options.protocol, model=model,
+                           preprocess="client" if version else "server", model_version=version,
                            concurrency=options.concurrency, timeout=options.timeout_s,
                            ready_timeout=options.ready_timeout_s, retries=options.retries,
                            headers=dict(options.headers), admin_key=options.admin_key)
@@ -174,7 +192,7 @@ def _classify(clients: list[ImageClassifier], data: LabelledImages, options: Eva
     """Every image through every model. Models take turns on chunks of a few requests' worth of images, the order
     swapped each turn, so a slower moment of a shared machine falls on both."""
     files = [str(f) for f in data.files]
-    runs = [ModelRun(c.options.model, []) for c in clients]
+    runs = [ModelRun(run_name(c.options.model, c.options.model_version), []) for c in clients]
     sizes = [options.batch_size or c.max_batch_size for c in clients]
     chunk = max(sizes) * options.concurrency * CHUNK_REQUESTS if len(clients) > 1 else len(files)
     total = len(files) * len(clients)

@@ -104,7 +104,8 @@ def summary(evaluation: Evaluation) -> str:
 
 def markdown(evaluation: Evaluation) -> str:
     options, data = evaluation.options, evaluation.data
-    out = [f"# Evaluation of `{options.model}`" + (f" vs `{options.compare}`" if options.compare else ""),
+    names = [run.model for run in evaluation.runs]
+    out = [f"# Evaluation of `{names[0]}`" + (f" vs `{names[1]}`" if len(names) > 1 else ""),
            "", f"{len(data.files)} labelled images from `{options.data_dir}` ({len(data.labels)} labels), through "
            f"{options.protocol} at {options.address}, batch size {options.batch_size or 'the model maximum'}, "
            f"{options.concurrency} requests in flight.", ""]

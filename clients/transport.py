@@ -215,7 +215,7 @@ class SyncTransport:
     def call(self, call: Call, slot: Slot | None = None) -> Any:
         client = self._client()
         if call.kind == "metadata":
-            return self._guard(call.model, lambda: _metadata(client, call.model, self._kw(), self.connection))
+            return self._guard(call.model, lambda: _metadata(client, call, self._kw(), self.connection))
         if call.kind == "config":
             try:
                 return _config(client, call.model, self._kw(admin=True), self.connection)
@@ -241,7 +241,7 @@ class SyncTransport:
                         region.registered = False  # never reached the server: register again on the retry
                         raise
             request.bind()
-        result = self._guard(call.model, lambda: client.infer(call.model, request.inputs,
+        result = self._guard(call.model, lambda: client.infer(call.model, request.inputs, model_version=call.version,
                                                               outputs=request.output_objects(), **self._kw()))
         return request.answer(result)
 
@@ -278,10 +278,10 @@ class SyncTransport:
                 pass
 
 
-def _metadata(client: Any, model: str, kw: dict[str, Any], connection: Connection) -> dict[str, Any]:
+def _metadata(client: Any, call: Call, kw: dict[str, Any], connection: Connection) -> dict[str, Any]:
     if connection.protocol == "grpc":
-        return client.get_model_metadata(model, as_json=True, **kw)
-    return client.get_model_metadata(model, **kw)
+        return client.get_model_metadata(call.model, call.version, as_json=True, **kw)
+    return client.get_model_metadata(call.model, call.version, **kw)
 
 
 def _config(client: Any, model: str, kw: dict[str, Any], connection: Connection) -> dict[str, Any]:
@@ -400,7 +400,7 @@ class AsyncTransport:
         grpc = self.connection.protocol == "grpc"
         if call.kind == "metadata":
             kw = self._kw() | ({"as_json": True} if grpc else {})
-            return await self._guard(call.model, self.client.get_model_metadata(call.model, **kw))
+            return await self._guard(call.model, self.client.get_model_metadata(call.model, call.version, **kw))
         if call.kind == "config":
             kw = self._kw(admin=True) | ({"as_json": True} if grpc else {})
             try:
@@ -427,7 +427,7 @@ class AsyncTransport:
                         region.registered = False  # never reached the server: register again on the retry
                         raise
             request.bind()
-        result = await self._guard(call.model, self.client.infer(call.model, request.inputs,
+        result = await self._guard(call.model, self.client.infer(call.model, request.inputs, model_version=call.version,
                                                                  outputs=request.output_objects(), **self._kw()))
         return request.answer(result)
 

@@ -94,7 +94,8 @@ def build_digits_cnn():
         x = layers.ReLU()(x)
         x = layers.MaxPooling2D()(x)
     x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dropout(0.2)(x)
+    if DROPOUT:
+        x = layers.Dropout(DROPOUT)(x)
     outputs = layers.Dense(len(LABELS), name=OUTPUT_NAME)(x)  # logits: the postprocess model applies softmax
     return keras.Model(inputs, outputs, name="digits_cnn")
 
@@ -104,6 +105,8 @@ def build_digits_cnn():
 AUGMENTED_PER_IMAGE = 12
 EPOCHS = 2
 BATCH_SIZE = 64
+PEAK_LEARNING_RATE = 3e-3
+DROPOUT = 0.2
 
 
 def training_steps(data: DigitsData, epochs: int = EPOCHS, per_image: int = AUGMENTED_PER_IMAGE,
@@ -142,7 +145,7 @@ def train_digits_model(data: DigitsData, *, epochs: int = EPOCHS, per_image: int
     steps = epochs * len(batches)
     # Warm up, then cosine decay to zero: with two passes over the data the last steps need a small rate to settle.
     schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=1e-4, decay_steps=steps - steps // 10, warmup_target=3e-3, warmup_steps=steps // 10)
+        initial_learning_rate=1e-4, decay_steps=steps - steps // 10, warmup_target=PEAK_LEARNING_RATE, warmup_steps=steps // 10)
     model = build_digits_cnn()
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=schedule),
