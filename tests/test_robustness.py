@@ -147,3 +147,58 @@ def test_manifest_version_1_is_still_read(digits_export, tmp_path):
     (old / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="manifest_version 3; this tool reads versions 1, 2"):
         Manifest.read(old)
+
+
+# ---- a user's model with labelled --samples ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def samples_export(tmp_path_factory):
+    """A tiny RGB Keras model exported with 24 labelled sample images (two labels, varied sizes and modes)."""
+    import keras
+
+    from triton_deploy.export.pipeline import ExportOptions, export_model
+
+    root = tmp_path_factory.mktemp("samples-export")
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((24, 24, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    model.save(root / "tiny.keras")
+    rng = np.random.default_rng(0)
+    for label in ("dark", "light"):
+        (root / "samples" / label).mkdir(parents=True)
+        for i in range(12):
+            level = 40 if label == "dark" else 210
+            size = (20 + 7 * i, 30 + 5 * i)
+            pixels = np.clip(rng.normal(level, 30, (*size[::-1], 3)), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels)
+            (image.convert("L") if i % 3 == 0 else image).save(root / "samples" / label / f"{i}.png")
+    (root / "labels.txt").write_text("dark\nlight\n")
+    export_model(ExportOptions(output=root / "export", keras_model=root / "tiny.keras", samples=root / "samples",
+                               labels_file=root / "labels.txt"))
+    return root
+
+
+@pytest.mark.parametrize("name", [c.name for c in robustness.SAMPLE_CONDITIONS])
+def test_sample_condition_accuracy_matches_an_independent_recomputation(name, samples_export):
+    export = samples_export / "export"
+    manifest = Manifest.read(export)
+    transform = manifest.preprocessing
+    condition = next(c for c in robustness.SAMPLE_CONDITIONS if c.name == name)
+    files = sorted((samples_export / "samples").rglob("*.png"))
+    labels = np.asarray([manifest.labels.index(f.parent.name) for f in files])
+    pixels = []
+    for path in files:
+        data = condition.make(Image.open(path), transform)
+        image = Image.open(io.BytesIO(data))
+        assert image.format in ("PNG", "JPEG")
+        if name == "small":
+            assert max(image.size) == 8  # a quarter of 24 px, but never below 8
+        if name == "other-colour-mode":
+            assert image.mode == "L"  # the model is RGB
+        pixels.append(transform.decode(data))
+    scores = _onnx_scores(export, manifest)(transform.normalise(np.stack(pixels)))
+    reported = next(c for c in manifest.robustness.conditions if c.name == name)
+    assert reported.images == len(files) == 24
+    assert reported.accuracy == pytest.approx(float(np.mean(scores.argmax(-1) == labels)), abs=1e-9)
+    assert manifest.robustness.data.startswith("samples in")
