@@ -117,8 +117,9 @@ def test_bad_input_is_one_line_and_nothing_is_written(case, code, message, trito
 
 @pytest.fixture(scope="module")
 def ab_server(digits_export, tmp_path_factory):
-    """digits and digits_worse (its logits layer drowned in noise) served side by side, as ``optimize --publish-as
-    siblings`` serves variants."""
+    """Both layouts ``optimize --publish`` makes: ``digits`` with classifier version 1 (the trained model) and version
+    2 (its logits layer drowned in noise; served by the ensemble as the latest), and the trained model again as the
+    sibling ensemble ``digits_good``."""
     import hashlib
 
     import onnx
@@ -144,32 +145,41 @@ def ab_server(digits_export, tmp_path_factory):
     (worse / "manifest.json").write_text(json.dumps(manifest))
 
     repo = root / "repo"
-    options = RepositoryOptions(output=repo, classifier_instances=1)
+    options = RepositoryOptions(output=repo, classifier_instances=1, version_policy="all")
     generate_repository([digits_export], options)
-    generate_repository([worse], RepositoryOptions(output=repo, classifier_instances=1, prefix="digits_worse"))
+    generate_repository([worse], options)  # the same model name: classifier version 2
+    generate_repository([digits_export], RepositoryOptions(output=repo, classifier_instances=1, prefix="digits_good"))
     http, grpc, metrics = free_ports(3)
     with TritonServer(ServerOptions(repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
                                     log_file=root / "triton.log", exit_timeout_s=5)) as server:
         yield server
 
 
-def test_a_worse_model_loses_the_ab_comparison(ab_server, labelled_dir, tmp_path):
+@pytest.mark.parametrize("layout", ["siblings", "versions"])
+def test_a_worse_model_loses_the_ab_comparison(layout, ab_server, labelled_dir, tmp_path):
     output = tmp_path / "ab"
+    if layout == "siblings":
+        pair = {"model": "digits_good", "compare": "digits"}
+        names = ("digits_good", "digits")
+    else:
+        pair = {"model": "digits", "model_version": "1", "compare_version": "2", "admin_key": ab_server.admin_key}
+        names = ("digits_v1", "digits_v2")
     evaluation = evaluate(EvaluateOptions(data_dir=labelled_dir, output=output, url=ab_server.grpc_url,
-                                          protocol="grpc", model="digits", compare="digits_worse", batch_size=4))
+                                          protocol="grpc", batch_size=4, **pair))
     good, worse = evaluation.runs
+    assert (good.model, worse.model) == names
     c = evaluation.comparison
     assert c.images == 61 and c.accuracy_a == evaluation.scores[0].accuracy
     assert c.accuracy_a > c.accuracy_b and c.p_value < 0.05 and c.only_a_right > c.only_b_right
-    assert c.verdict("digits", "digits_worse").startswith("digits is more accurate")
+    assert c.verdict(*names).startswith(f"{names[0]} is more accurate")
     predicted = [(a.prediction.class_id, b.prediction.class_id) for a, b in zip(good.outcomes, worse.outcomes)
                  if a.prediction is not None and b.prediction is not None]
     assert len(c.disagreements) == sum(x != y for x, y in predicted) and c.agreement < 1.0
     assert all(run.latency_ms(50) > 0 and run.latency_ms(95) >= run.latency_ms(50) for run in evaluation.runs)
     report = json.loads((output / "report.json").read_text())
-    assert report["comparison"]["model_b"] == "digits_worse" and len(report["comparison"]["disagreements"]) == len(
+    assert report["comparison"]["model_b"] == names[1] and len(report["comparison"]["disagreements"]) == len(
         c.disagreements)
-    assert (output / "confusion-digits_worse.png").is_file() and "## A/B" in (output / "report.md").read_text()
+    assert (output / f"confusion-{names[1]}.png").is_file() and "## A/B" in (output / "report.md").read_text()
 
 
 def test_mcnemar_exact_test_matches_the_binomial_by_hand():
