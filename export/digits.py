@@ -94,19 +94,20 @@ def build_digits_cnn():
         x = layers.ReLU()(x)
         x = layers.MaxPooling2D()(x)
     x = layers.GlobalAveragePooling2D()(x)
-    if DROPOUT:
-        x = layers.Dropout(DROPOUT)(x)
     outputs = layers.Dense(len(LABELS), name=OUTPUT_NAME)(x)  # logits: the postprocess model applies softmax
     return keras.Model(inputs, outputs, name="digits_cnn")
 
 
 # Training set size and length, chosen against the time budget (make demo's training step under 2 minutes on 2
 # cores): every training digit drawn AUGMENTED_PER_IMAGE times, each a different random rendering, then EPOCHS passes.
+# Measured on the robustness suite with the same 32k image-steps (about 200 CPU-seconds): batches of 64 with dropout
+# 0.2 before the classifier reached 0.934 mean / 0.833 worst condition; batches of 32 (twice the updates for the same
+# compute: this CPU trains as many images per second at 32 as at 64) without dropout (the model underfits this
+# short schedule, so dropout only slowed it) reached 0.963 / 0.891.
 AUGMENTED_PER_IMAGE = 12
 EPOCHS = 2
-BATCH_SIZE = 64
+BATCH_SIZE = 32
 PEAK_LEARNING_RATE = 3e-3
-DROPOUT = 0.2
 
 
 def training_steps(data: DigitsData, epochs: int = EPOCHS, per_image: int = AUGMENTED_PER_IMAGE,
