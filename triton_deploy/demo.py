@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ def write_demo_images(folder: Path, count: int = DEMO_IMAGES, seed: int = 7) -> 
 
     images, labels = digits.load_digits_data().split("heldout")
     renderings = render.sample_renderings(count, np.random.default_rng(seed))
+    shutil.rmtree(folder, ignore_errors=True)  # files of an earlier run would join the labelled set
     paths = []
     for i, rendering in enumerate(renderings):
         suffix = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}[rendering.format]
