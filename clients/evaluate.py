@@ -23,7 +23,7 @@ from triton_deploy.progress import Reporter
 from . import scoring
 from .classifier import ImageClassifier
 from .errors import AccuracyGateError, DatasetError
-from .paths import IMAGE_SUFFIXES
+from triton_deploy.contract import IMAGE_SUFFIXES
 from .results import Outcome
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}

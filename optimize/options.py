@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from triton_deploy.errors import UsageError
+from triton_deploy.errors import Problem, raise_problems
 
 from .distill import DistillOptions
 from .quantize import Calibration
@@ -33,19 +33,25 @@ class OptimizeOptions:
     seed: int = 0
 
     def check(self) -> None:
+        """Raise one ``UsageError`` naming every problem (the calibration's and the student's included)."""
+        problems: list[Problem] = []
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown or not self.variants:
-            raise UsageError(f"unknown variants {unknown}" if unknown else "no variant chosen",
-                             hint=f"--variants takes a comma-separated subset of {','.join(VARIANTS)}")
+            problems.append((f"unknown variants {unknown}" if unknown else "no variant chosen",
+                             f"--variants takes a comma-separated subset of {','.join(VARIANTS)}"))
         if self.max_accuracy_drop < 0:
-            raise UsageError(f"--max-accuracy-drop {self.max_accuracy_drop} is negative; it is the largest loss "
-                             "allowed, in percentage points", hint="check --max-accuracy-drop")
+            problems.append((f"--max-accuracy-drop {self.max_accuracy_drop} is negative; it is the largest loss "
+                             "allowed, in percentage points", "check --max-accuracy-drop"))
         if any(b < 1 for b in self.batch_sizes) or not self.batch_sizes:
-            raise UsageError("throughput batch sizes must be positive", hint="check --batch-sizes")
+            problems.append(("throughput batch sizes must be positive", "check --batch-sizes"))
         if self.bench_seconds <= 0 or self.bench_rounds < 1:
-            raise UsageError("--bench-seconds must be > 0 and --bench-rounds >= 1", hint="check --bench-seconds")
+            problems.append(("--bench-seconds must be > 0 and --bench-rounds >= 1", "check --bench-seconds"))
         if self.eval_limit is not None and self.eval_limit < 1:
-            raise UsageError("--eval-limit must be at least 1", hint="check --eval-limit")
-        self.calibration.check()
+            problems.append(("--eval-limit must be at least 1", "check --eval-limit"))
+        if self.calibration_count < 1:
+            problems.append((f"calibration count must be at least 1, got {self.calibration_count}",
+                             "check --calibration-count"))
+        problems += self.calibration.problems()
         if "distilled" in self.variants:
-            self.distill.check()
+            problems += self.distill.problems()
+        raise_problems(problems)

@@ -117,7 +117,7 @@ def _write_variant_export(directory: Path, result: VariantResult, built: BuiltVa
     """An export directory like ``triton-deploy export`` writes: model, manifest, labels, sample image."""
     directory.mkdir()
     shutil.copyfile(result.path, directory / "model.onnx")
-    sample = manifest.extra.get("sample_image", "sample.png")
+    sample = manifest.sample_image or "sample.png"
     if (source / sample).is_file():
         shutil.copyfile(source / sample, directory / sample)
     optimization = {"variant": result.name, "source_sha256": manifest.model_sha256,
@@ -132,7 +132,7 @@ def _write_variant_export(directory: Path, result: VariantResult, built: BuiltVa
         manifest, model_sha256=sha256(directory / "model.onnx"),
         accuracy=result.accuracy if result.accuracy is not None else manifest.accuracy,
         robustness=None,  # the suite measured the FP32 model; a variant's own figures are not measured here
-        extra=manifest.extra | {"variant": result.name, "optimization": optimization},
+        variant=result.name, optimization=optimization,
         **({"parity": parity} | built.manifest_updates))
     variant_manifest.write(directory)
 

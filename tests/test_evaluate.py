@@ -75,9 +75,9 @@ def test_min_accuracy_gate_has_its_own_exit_code_and_still_writes_the_report(tri
 
 
 @pytest.mark.parametrize("case, code, message", [
-    ("missing folder", 38, "data directory {data} not found"),
-    ("empty folder", 38, "no images in {data}"),
-    ("unknown label folder", 38, "folder(s) cat in {data} match none of the model's labels (0, 1, 2"),
+    ("missing folder", 41, "data directory {data} not found"),
+    ("empty folder", 41, "no images in {data}"),
+    ("unknown label folder", 41, "folder(s) cat in {data} match none of the model's labels (0, 1, 2"),
     ("server down", 30, "no Triton server ready at 127.0.0.1:{port}"),
     ("not an image classifier ensemble", 32, "'digits_classifier' should have exactly one encoded-image input"),
     ("output exists", 3, "output directory {output} already exists"),

@@ -11,8 +11,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import encode_digit
 
+from conftest import encode_digit
 from triton_deploy.cli import main
 from triton_deploy.errors import GateError, UsageError
 from triton_deploy.optimize.distill import DistillOptions
@@ -71,7 +71,7 @@ def test_passing_variants_are_export_directories_with_their_own_manifest(optimiz
     for v in passing:
         directory = options.output / v.name
         manifest = Manifest.read(directory)
-        assert manifest.extra["variant"] == v.name
+        assert manifest.variant == v.name
         assert manifest.model_sha256 == v.details["sha256"] != digits_manifest.model_sha256
         assert manifest.accuracy == v.accuracy and (directory / "sample.png").is_file()
         assert manifest.input == digits_manifest.input and manifest.output == digits_manifest.output  # FP32 I/O kept

@@ -68,8 +68,10 @@ def run(reporter: Reporter) -> None:
     from .server import ServerOptions, TritonServer, free_ports, port_is_free
 
     reporter.info("[bold]1. Export[/]  triton-deploy export --output build/digits --force")
-    result = export_model(ExportOptions(output=BUILD / "digits", force=True), reporter)
-    m = result.manifest
+    exported = export_model(ExportOptions(output=BUILD / "digits", force=True), reporter)
+    m = exported.manifest
+    # the built-in digits model records all three
+    assert m.dataset is not None and m.flops_per_image is not None and m.robustness is not None
     worst = m.robustness.worst
     reporter.info(f"   held-out accuracy {m.accuracy:.4f} on {m.dataset['heldout_size']} images; worst robustness "
                   f"condition {worst.name} {worst.accuracy:.4f}; parity max |TF - ORT| {m.parity.max_abs_diff:.1e}, "
@@ -98,7 +100,7 @@ def run(reporter: Reporter) -> None:
         reporter.info(f"[bold]4. Classify[/]  {len(paths)} held-out digits drawn at random sizes, filters, polarities, "
                       f"margins, colours and compressions: "
                       f"triton-deploy classify {BUILD / 'demo-images'} --protocol grpc|http --json")
-        truth_by_path = {str(path): label for path, label in zip(paths, truth)}
+        truth_by_path = {str(path): label for path, label in zip(paths, truth, strict=True)}
         for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
             records = classify_folder(protocol, url, BUILD / "demo-images")
             correct = [r["predictions"][0]["label"] == str(truth_by_path[r["source"]]) for r in records]

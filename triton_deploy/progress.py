@@ -59,7 +59,9 @@ class _Bar:
 
     def advance(self, amount: int = 1, status: str | None = None) -> None:
         if self._progress is not None:
-            self._progress.start_task(self._task)
-            fields = {"status": status} if status is not None else {}
-            self._progress.update(self._task, advance=amount, **fields)
+            self._progress.start_task(self._task)  # a later phase's clock starts when it first advances
+            if status is None:
+                self._progress.update(self._task, advance=amount)
+            else:
+                self._progress.update(self._task, advance=amount, status=status)
 

@@ -19,6 +19,14 @@ Manifest format, version 2 (``manifest_version``; version 1 files, which lack ``
                         margin, compression, colour, noise...), images per condition, and the worst condition;
                         null when the export had no labelled data (new in version 2)
     source, flops_per_image, created_by
+    sample_image        optional: a sample image file in the export directory (the repository's warm-up input)
+    multiply_adds_per_image            optional: the model's multiply-adds for one image
+    largest_activation_bytes_per_image optional: the largest intermediate tensor for one image, in bytes (sizes
+                        the classifier's ONNX Runtime calls; absent in exports made before it was recorded)
+    variant, optimization              optional, written by ``optimize``: the variant's name (e.g. "int8_static")
+                        and how it was made and checked against its FP32 source
+
+Keys the tool does not know are kept in ``Manifest.extra`` and written back unchanged.
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ from .preprocessing import ImageTransform
 MANIFEST_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 is version 2 without ``robustness``
 MANIFEST_FILE = "manifest.json"
+# Optional fields: written only when set, so manifests without them (older exports) read and write back the same.
+OPTIONAL_KEYS = ("sample_image", "multiply_adds_per_image", "largest_activation_bytes_per_image", "variant",
+                 "optimization")
 
 # Triton's datatype names <-> numpy. BYTES covers TYPE_STRING tensors (numpy object arrays of bytes).
 TRITON_TO_NUMPY: dict[str, Any] = {
@@ -159,7 +170,12 @@ class Manifest:
     model_file: str = "model.onnx"
     labels_file: str = "labels.txt"
     manifest_version: int = MANIFEST_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
+    sample_image: str | None = None
+    multiply_adds_per_image: int | None = None
+    largest_activation_bytes_per_image: int | None = None
+    variant: str | None = None
+    optimization: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version of the tool does not know
 
     @property
     def num_classes(self) -> int:
@@ -185,6 +201,7 @@ class Manifest:
             "source": self.source,
             "versions": self.versions,
             "created_by": self.created_by,
+            **{key: getattr(self, key) for key in OPTIONAL_KEYS if getattr(self, key) is not None},
             **self.extra,
         }
 
@@ -238,6 +255,7 @@ class Manifest:
                 robustness=Robustness.from_dict(data["robustness"]) if data.get("robustness") else None,
                 model_file=data.get("model_file", "model.onnx"),
                 labels_file=data.get("labels_file", "labels.txt"),
+                **{key: data[key] for key in OPTIONAL_KEYS if data.get(key) is not None},
                 extra={k: v for k, v in data.items() if k not in known},
             )
         except (KeyError, TypeError, ValueError) as exc:
