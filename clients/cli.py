@@ -20,7 +20,6 @@ from triton_deploy.cliargs import add_common_flags
 from triton_deploy.errors import UsageError
 
 from .errors import AccuracyGateError, DatasetError
-
 from .paths import expand_paths
 
 if TYPE_CHECKING:  # the client stack (tritonclient, numpy, Pillow) is imported when the command runs

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from triton_deploy.contract import IMAGE_SUFFIXES
 from triton_deploy.errors import UsageError
 from triton_deploy.fsutil import atomic_directory, check_output_dir
 from triton_deploy.progress import Reporter
@@ -23,8 +24,7 @@ from triton_deploy.progress import Reporter
 from . import scoring
 from .classifier import ImageClassifier
 from .errors import AccuracyGateError, DatasetError
-from triton_deploy.contract import IMAGE_SUFFIXES
-from .results import Outcome
+from .results import Outcome, Prediction
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 CHUNK_REQUESTS = 4  # requests per model per turn when two models take turns
@@ -89,6 +89,13 @@ class ModelRun:
     def failed(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.error is not None]
 
+    def predicted(self, i: int) -> Prediction:
+        """Image i's prediction; only asked of images that were classified."""
+        prediction = self.outcomes[i].prediction
+        if prediction is None:
+            raise ValueError(f"image {i} ({self.outcomes[i].source}) was not classified")
+        return prediction
+
     def latency_ms(self, q: float) -> float:
         """Percentile of request latency, over images: each image counts the request it travelled in."""
         return scoring.percentile_ms([o.request_s for o in self.outcomes if o.request_s is not None], q)
@@ -107,6 +114,12 @@ class Evaluation:
     @property
     def accuracy(self) -> float:
         return self.scores[0].accuracy
+
+    def disagreeing_files(self) -> list[int]:
+        """File indices of the images on which the two compared models answered differently."""
+        if self.comparison is None or self.compared is None:
+            return []
+        return [int(self.compared[j]) for j in self.comparison.disagreements]
 
     @property
     def passed(self) -> bool:

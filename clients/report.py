@@ -26,7 +26,7 @@ def write_report(evaluation: Evaluation, directory: Path) -> None:
     data = to_dict(evaluation)
     (directory / "report.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     (directory / "report.md").write_text(markdown(evaluation), encoding="utf-8")
-    for i, (run, scores) in enumerate(zip(evaluation.runs, evaluation.scores)):
+    for i, (run, scores) in enumerate(zip(evaluation.runs, evaluation.scores, strict=True)):
         suffix = "" if i == 0 else f"-{run.model}"
         confusion_plot(scores, evaluation.data.labels, run.model, directory / f"confusion{suffix}.png")
         errors_plot(evaluation, run, directory / f"errors{suffix}.png")
@@ -35,7 +35,7 @@ def write_report(evaluation: Evaluation, directory: Path) -> None:
 def to_dict(evaluation: Evaluation) -> dict:
     options, data = evaluation.options, evaluation.data
     models = []
-    for run, scores in zip(evaluation.runs, evaluation.scores):
+    for run, scores in zip(evaluation.runs, evaluation.scores, strict=True):
         models.append({
             "model": run.model, **scores.to_dict(),
             "latency_ms": {"p50": run.latency_ms(50), "p95": run.latency_ms(95)},
@@ -54,14 +54,13 @@ def to_dict(evaluation: Evaluation) -> dict:
         result["comparison"] = {
             "model_a": a.model, "model_b": b.model, **comparison.to_dict(),
             "verdict": comparison.verdict(a.model, b.model),
-            "disagreements": [_disagreement(evaluation, int(evaluation.compared[j]))
-                              for j in comparison.disagreements],
+            "disagreements": [_disagreement(evaluation, i) for i in evaluation.disagreeing_files()],
         }
     return result
 
 
 def _record(evaluation: Evaluation, run: ModelRun, i: int) -> dict:
-    prediction = run.outcomes[i].prediction
+    prediction = run.predicted(i)
     labels = evaluation.data.labels
     return {"file": run.outcomes[i].source, "true": labels[evaluation.data.truth[i]], "predicted": prediction.label,
             "confidence": prediction.score}
@@ -70,13 +69,13 @@ def _record(evaluation: Evaluation, run: ModelRun, i: int) -> dict:
 def _disagreement(evaluation: Evaluation, i: int) -> dict:
     a, b = evaluation.runs
     return {"file": a.outcomes[i].source, "true": evaluation.data.labels[evaluation.data.truth[i]],
-            a.model: a.outcomes[i].prediction.label, b.model: b.outcomes[i].prediction.label}
+            a.model: a.predicted(i).label, b.model: b.predicted(i).label}
 
 
 def summary(evaluation: Evaluation) -> str:
     """The lines the command prints: accuracy, per-class table, top-k, confidence, undecodable images, A/B."""
     lines = []
-    for run, scores in zip(evaluation.runs, evaluation.scores):
+    for run, scores in zip(evaluation.runs, evaluation.scores, strict=True):
         lines.append(f"{run.model}: accuracy {scores.accuracy:.4f} on {scores.images} images "
                      f"({len(run.failed())} undecodable); "
                      + ", ".join(f"top-{k} {v:.4f}" for k, v in scores.top_k.items() if k in (1, 3, 5)))
@@ -109,7 +108,7 @@ def markdown(evaluation: Evaluation) -> str:
            "", f"{len(data.files)} labelled images from `{options.data_dir}` ({len(data.labels)} labels), through "
            f"{options.protocol} at {options.address}, batch size {options.batch_size or 'the model maximum'}, "
            f"{options.concurrency} requests in flight.", ""]
-    for run, scores in zip(evaluation.runs, evaluation.scores):
+    for run, scores in zip(evaluation.runs, evaluation.scores, strict=True):
         out += [f"## `{run.model}`", "",
                 f"Accuracy **{scores.accuracy:.4f}** on {scores.images} images; "
                 + ", ".join(f"top-{k} {v:.4f}" for k, v in scores.top_k.items()) + ".", "",
@@ -135,8 +134,8 @@ def markdown(evaluation: Evaluation) -> str:
                 f"{b.latency_ms(50):.1f} / {b.latency_ms(95):.1f} |", "",
                 f"Agreement {c.agreement:.4f} on {c.images} images both classified; {c.verdict(a.model, b.model)}.",
                 "", "Disagreements (first 50):", ""]
-        for j in c.disagreements[:50]:
-            row = _disagreement(evaluation, int(evaluation.compared[j]))
+        for i in evaluation.disagreeing_files()[:50]:
+            row = _disagreement(evaluation, i)
             out.append(f"- `{row['file']}`: true {row['true']}, {a.model} {row[a.model]}, {b.model} {row[b.model]}")
         out.append("")
     if options.min_accuracy is not None:
@@ -177,15 +176,15 @@ def errors_plot(evaluation: Evaluation, run: ModelRun, path: Path) -> None:
     data = evaluation.data
     wrong = [i for i, o in enumerate(run.outcomes) if o.prediction is not None and o.prediction.class_id !=
              data.truth[i]]
-    wrong.sort(key=lambda i: -run.outcomes[i].prediction.score)
+    wrong.sort(key=lambda i: -run.predicted(i).score)
     wrong = wrong[:evaluation.options.error_grid]
     columns = max(1, min(6, len(wrong)))
     rows = max(1, math.ceil(len(wrong) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.2 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, wrong):
-        prediction = run.outcomes[i].prediction
+    for ax, i in zip(axes.flat, wrong, strict=False):  # more axes than mistakes
+        prediction = run.predicted(i)
         with Image.open(data.files[i]) as image:
             image.thumbnail((128, 128))
             ax.imshow(image.convert("RGB"))

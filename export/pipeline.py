@@ -244,11 +244,12 @@ def _robustness(options: ExportOptions, model: sources.LoadedModel, transform: I
             return robustness.evaluate_samples(predict, images, labels, transform,
                                                data=f"samples in {options.samples}")
     assert model.dataset is not None
-    images, heldout_labels = model.dataset.split("heldout")
+    digit_images, heldout_labels = model.dataset.split("heldout")
     conditions = robustness.DIGIT_CONDITIONS
-    with reporter.bar(len(conditions), f"Robustness suite: {len(images)} held-out digits under each condition") as bar:
+    with reporter.bar(len(conditions), f"Robustness suite: {len(digit_images)} held-out digits under each "
+                      "condition") as bar:
         return robustness.evaluate_digits(
-            predict, images, heldout_labels, transform, seed=options.seed, data="held-out sklearn digits",
+            predict, digit_images, heldout_labels, transform, seed=options.seed, data="held-out sklearn digits",
             progress=lambda name: bar.advance(1, status=name))
 
 

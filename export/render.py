@@ -136,7 +136,7 @@ def model_batch(images: np.ndarray, renderings: list[Rendering], transform: Imag
     """``model_pixels`` for many digits: uint8 (N, H, W, C). ``progress(n)`` is called every 256 images."""
     out = np.empty((len(images), *transform_dims(transform)), dtype=np.uint8)
     seeds = noise_seeds if noise_seeds is not None else np.arange(len(images))
-    for i, (pixels, rendering) in enumerate(zip(images, renderings)):
+    for i, (pixels, rendering) in enumerate(zip(images, renderings, strict=True)):
         out[i] = model_pixels(pixels, rendering, transform, int(seeds[i]))
         if progress is not None and (i + 1) % 256 == 0:
             progress(256)
