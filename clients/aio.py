@@ -51,7 +51,7 @@ class AsyncImageClassifier:
                                          options.retry)
                 if options.preprocess == "client":
                     self.local = await drive_async(discover_local(options.model, options.transform,
-                                                                  plan.max_batch_size),
+                                                                  plan.max_batch_size, options.model_version),
                                                    self._transport, options.retry)
                 self.plan = plan
             except BaseException:

@@ -94,7 +94,7 @@ def client_batch(items: Sequence[Item], plan: EnsemblePlan, local: LocalPlan,
     if decoded:
         tensor = local.transform.normalise(np.stack(arrays)).astype(local.input.numpy_dtype, copy=False)
         answer = yield Call("infer", local.classifier, {local.input.name: (local.input.dtype, tensor)},
-                            (local.output,))
+                            (local.output,), version=local.version)
         # The server's postprocess model computes top-k with its own k; so do we, then cut to the caller's k.
         ids, scores = classify(answer[local.output.name], plan.top_k, logits=local.logits)
         names = label_lookup(local.labels)[ids]

@@ -13,7 +13,9 @@ all outcomes); ``classify_many``/``iter_outcomes`` return an ``Outcome`` per ima
 from __future__ import annotations
 
 import collections
+import dataclasses
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from typing import Any
 from triton_deploy.preprocessing import ImageTransform
 
 from .batches import client_batch, server_batch
-from .discovery import EnsemblePlan, LocalPlan, discover_ensemble, discover_local
+from .discovery import EnsemblePlan, LocalPlan, discover_ensemble, discover_labels, discover_local
 from .errors import ClassificationError, InvalidInputError
 from .inputs import ImageLike, Item, as_items
 from .results import Outcome, Prediction
@@ -51,6 +53,7 @@ class ClassifierOptions:
     headers: Mapping[str, str] = field(default_factory=dict)
     admin_key: str | None = None
     tls: TlsOptions | None = None
+    model_version: str = ""  # a classifier version, called directly: needs preprocess="client"
 
     def __post_init__(self) -> None:
         if self.preprocess not in PREPROCESS_MODES:
@@ -60,6 +63,9 @@ class ClassifierOptions:
             raise InvalidInputError(f"concurrency must be at least 1, not {self.concurrency}", hint="--concurrency")
         if self.retries < 0:
             raise InvalidInputError(f"retries must be 0 or more, not {self.retries}", hint="--retries")
+        if self.model_version and self.preprocess != "client":
+            raise InvalidInputError("a model version is called with preprocess='client': an ensemble always runs its "
+                                    "classifier's latest version", hint="preprocess='client' / --preprocess client")
 
     @classmethod
     def from_arguments(cls, url: str, *, protocol: str = "http", model: str = "digits", preprocess: str = "server",
@@ -67,10 +73,10 @@ class ClassifierOptions:
                        concurrency: int = 4, shared_memory: bool = False, timeout: float = 60.0,
                        ready_timeout: float = 30.0, retries: int = 3, backoff: float = 0.2,
                        headers: Mapping[str, str] | None = None, admin_key: str | None = None,
-                       tls: TlsOptions | None = None) -> ClassifierOptions:
+                       tls: TlsOptions | None = None, model_version: str = "") -> ClassifierOptions:
         """The keyword arguments both ``ImageClassifier`` and ``AsyncImageClassifier`` take, in one place."""
         return cls(url, protocol, model, preprocess, transform, max_batch_size, concurrency, shared_memory, timeout,
-                   ready_timeout, retries, backoff, dict(headers or {}), admin_key, tls)
+                   ready_timeout, retries, backoff, dict(headers or {}), admin_key, tls, str(model_version or ""))
 
     @property
     def connection(self) -> Connection:
@@ -118,6 +124,7 @@ class ImageClassifier:
         """``url`` is HOST:PORT; the keyword arguments are ``ClassifierOptions.from_arguments``'s."""
         self.options = options = ClassifierOptions.from_arguments(url, **arguments)
         self._transport = SyncTransport(options.connection)
+        self._labels: tuple[str, ...] | None = None
         self._executor = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="triton-classify")
         try:
             wait_ready(self._transport, options.model, options.ready_timeout_s, options.retry)
@@ -125,8 +132,8 @@ class ImageClassifier:
                                                  self._transport, options.retry)
             self.local: LocalPlan | None = None
             if options.preprocess == "client":
-                self.local = drive_sync(discover_local(options.model, options.transform, self.plan.max_batch_size),
-                                        self._transport, options.retry)
+                self.local = drive_sync(discover_local(options.model, options.transform, self.plan.max_batch_size,
+                                                       options.model_version), self._transport, options.retry)
         except BaseException:
             self.close()
             raise
@@ -141,6 +148,13 @@ class ImageClassifier:
     @property
     def max_batch_size(self) -> int:
         return self.plan.max_batch_size
+
+    def labels(self) -> tuple[str, ...]:
+        """The model's labels in class order, asked of its ``<model>_postprocess`` model (no admin key needed)."""
+        if self._labels is None:
+            self._labels = drive_sync(discover_labels(self.options.model, self.plan.max_batch_size),
+                                      self._transport, self.options.retry)
+        return self._labels
 
     def classify(self, images: ImageLike | Iterable[ImageLike], top_k: int | None = None,
                  batch_size: int | None = None) -> list[Prediction]:
@@ -171,7 +185,10 @@ class ImageClassifier:
                 with lock:
                     slot = slots.setdefault(threading.get_ident(), pool.slot())
             steps = client_batch(batch, self.plan, self.local, k) if self.local else server_batch(batch, self.plan, k)
-            return drive_sync(steps, self._transport, self.options.retry, slot)
+            start = time.perf_counter()
+            outcomes = drive_sync(steps, self._transport, self.options.retry, slot)
+            took = time.perf_counter() - start
+            return [dataclasses.replace(o, request_s=took) for o in outcomes]
 
         window: collections.deque[Future] = collections.deque()
         batches = iter(split(items, size))

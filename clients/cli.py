@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from triton_deploy.cliargs import add_common_flags
 from triton_deploy.errors import UsageError
 
+from .errors import AccuracyGateError, DatasetError
 from .paths import expand_paths
 
 if TYPE_CHECKING:  # the client stack (tritonclient, numpy, Pillow) is imported when the command runs
@@ -55,14 +56,8 @@ def add_classify(sub) -> None:
                        description="Send images to a served classifier (the ensemble made by 'repo') and print the "
                                    "top-k labels per image. Exit code 0 only if every image was classified.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories (searched recursively) or globs")
-    p.add_argument("--url", metavar="HOST:PORT", help="server address (default 127.0.0.1:8000 for http, :8001 for "
-                                                      "grpc)")
-    p.add_argument("--protocol", choices=["http", "grpc"], default="http", help="default http")
-    p.add_argument("--model", default="digits", help="the ensemble's name (default digits)")
+    _add_connection_flags(p, protocol="http")
     p.add_argument("--top-k", type=int, metavar="K", help="ranked answers per image (default: all the model gives)")
-    p.add_argument("--batch-size", type=int, metavar="N", help="images per request (default: the model's max batch "
-                                                               "size if readable, else 8)")
-    p.add_argument("--concurrency", type=int, default=4, metavar="N", help="requests in flight (default 4)")
     p.add_argument("--shared-memory", action="store_true", help="pass tensors through system shared memory "
                                                                 "(client on the server's host only)")
     p.add_argument("--preprocess", choices=["server", "client"], default="server",
@@ -70,6 +65,19 @@ def add_classify(sub) -> None:
     p.add_argument("--manifest", type=Path, metavar="EXPORT_DIR/manifest.json",
                    help="with --preprocess client: take the preprocessing from the model's export instead of the "
                         "server's config (which needs --admin-key)")
+    add_common_flags(p, json_help="one JSON object per image on stdout")
+    p.set_defaults(handler=_run_classify)
+
+
+def _add_connection_flags(p: argparse.ArgumentParser, *, protocol: str) -> None:
+    """How to reach the served model: the flags ``classify`` and ``evaluate`` share."""
+    p.add_argument("--url", metavar="HOST:PORT", help="server address (default 127.0.0.1:8000 for http, :8001 for "
+                                                      "grpc)")
+    p.add_argument("--protocol", choices=["http", "grpc"], default=protocol, help=f"default {protocol}")
+    p.add_argument("--model", default="digits", help="the ensemble's name (default digits)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="images per request (default: the model's max batch "
+                                                               "size if readable, else 8)")
+    p.add_argument("--concurrency", type=int, default=4, metavar="N", help="requests in flight (default 4)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="per request (default 60)")
     p.add_argument("--ready-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for the model to be ready (default 30)")
@@ -78,8 +86,6 @@ def add_classify(sub) -> None:
                    help="lets the client read model configs (default: $TRITON_ADMIN_KEY)")
     p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", type=_header,
                    help="extra header on every request, e.g. for a gateway (repeatable)")
-    add_common_flags(p, json_help="one JSON object per image on stdout")
-    p.set_defaults(handler=_run_classify)
 
 
 def _header(text: str) -> tuple[str, str]:
@@ -164,3 +170,57 @@ class _no_bar:
 
     def advance(self, amount: int = 1, status: str | None = None) -> None:
         return None
+
+
+# ---- evaluate ---------------------------------------------------------------------------------------------------
+
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="accuracy of a served classifier on labelled images (A/B with --compare, gate with "
+                         "--min-accuracy)",
+        description="Classify DATA_DIR/<label>/* through the served model and write report.md, report.json, "
+                    f"confusion.png and errors.png to --output. Exit codes: 0 done (gate passed), "
+                    f"{AccuracyGateError.exit_code} accuracy below --min-accuracy (report written), "
+                    f"{DatasetError.exit_code} unusable DATA_DIR, 30-36 server/model errors.")
+    p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="one sub-folder per label, named after the label")
+    p.add_argument("--output", "-o", type=Path, required=True, metavar="DIR", help="report directory to write")
+    p.add_argument("--force", action="store_true", help="replace an existing --output directory")
+    _add_connection_flags(p, protocol="grpc")
+    p.add_argument("--compare", metavar="MODEL", help="a second ensemble to compare on the same images (A/B), e.g. "
+                                                      "digits_int8_static")
+    p.add_argument("--model-version", default="", metavar="N",
+                   help="evaluate classifier version N of --model (as 'optimize --publish-as versions' publishes "
+                        "them); preprocessing then runs here and needs --admin-key")
+    p.add_argument("--compare-version", default="", metavar="N",
+                   help="compare with classifier version N (of --compare, or of --model)")
+    p.add_argument("--min-accuracy", type=float, metavar="X",
+                   help=f"fail with exit code {AccuracyGateError.exit_code} when --model's accuracy is below X (0-1)")
+    add_common_flags(p, json_help="print report.json on stdout")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
+    from .evaluate import EvaluateOptions, evaluate
+    from .report import summary, to_dict
+
+    options = EvaluateOptions(
+        data_dir=args.data_dir, output=args.output, url=args.url, protocol=args.protocol, model=args.model,
+        compare=args.compare, model_version=args.model_version, compare_version=args.compare_version,
+        min_accuracy=args.min_accuracy, batch_size=args.batch_size,
+        concurrency=args.concurrency, timeout_s=args.timeout, ready_timeout_s=args.ready_timeout,
+        retries=args.retries, admin_key=args.admin_key, headers=dict(args.header), force=args.force)
+    try:
+        evaluation = evaluate(options, reporter)
+    except AccuracyGateError as exc:
+        _print_evaluation(exc.evaluation, args, reporter, summary, to_dict)
+        raise
+    _print_evaluation(evaluation, args, reporter, summary, to_dict)
+    return 0
+
+
+def _print_evaluation(evaluation, args: argparse.Namespace, reporter: Reporter, summary, to_dict) -> None:
+    if args.json:
+        print(json.dumps(to_dict(evaluation), indent=2))
+    elif not args.quiet:
+        reporter.info(summary(evaluation))

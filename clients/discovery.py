@@ -41,6 +41,7 @@ class Call:
     model: str
     inputs: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)  # name -> (Triton dtype, array)
     outputs: tuple[TensorSpec, ...] = ()
+    version: str = ""  # "" = the version the server's policy picks (the latest)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class LocalPlan:
     transform: ImageTransform
     logits: bool
     labels: tuple[str, ...]
+    version: str = ""  # the classifier version called ("" = latest)
 
 
 def tensors(metadata: dict[str, Any], key: str) -> list[TensorSpec]:
@@ -133,8 +135,9 @@ def discover_ensemble(model: str, max_batch_size: int | None) -> Generator[Call,
     return EnsemblePlan(model, image, class_ids, scores, labels, top_k, limit, source)
 
 
-def discover_local(model: str, transform: ImageTransform | None, batch_size: int) -> Generator[Call, Any, LocalPlan]:
-    """The member models for client-side preprocessing -> ``LocalPlan``."""
+def discover_local(model: str, transform: ImageTransform | None, batch_size: int,
+                   version: str = "") -> Generator[Call, Any, LocalPlan]:
+    """The member models for client-side preprocessing -> ``LocalPlan`` (calling classifier ``version``)."""
     pre, classifier, post = f"{model}_preprocess", f"{model}_classifier", f"{model}_postprocess"
     if transform is None:
         pre_config = _config((yield Call("config", pre)))
@@ -148,7 +151,7 @@ def discover_local(model: str, transform: ImageTransform | None, batch_size: int
             transform = ImageTransform.from_parameters(parameters(pre_config))
         except (TypeError, ValueError) as exc:
             raise ModelMismatchError(f"'{pre}' does not publish usable preprocessing parameters: {exc}") from None
-    meta = yield Call("metadata", classifier)
+    meta = yield Call("metadata", classifier, version=version)
     inputs, outputs = tensors(meta, "inputs"), tensors(meta, "outputs")
     if len(inputs) != 1 or len(outputs) != 1:
         raise ModelMismatchError(f"'{classifier}' should have one input and one output; it has {len(inputs)} and "
@@ -158,14 +161,38 @@ def discover_local(model: str, transform: ImageTransform | None, batch_size: int
         raise ModelMismatchError(f"'{classifier}' takes {tensor_in.name} {list(tensor_in.dims)} but the "
                                  f"preprocessing makes {list(transform.input_dims)}", hint="check transform=")
     classes = tensor_out.shape[-1]
+    labels, top1 = yield from _probe_postprocess(post, batch_size, classes)
+    post_config = _config((yield Call("config", post)))
+    kind = parameters(post_config).get("output_kind")
+    if kind is None:
+        expected_softmax = float(softmax(np.eye(classes, dtype=np.float32)[:1])[0, 0])
+        if all(abs(s - expected_softmax) < 1e-4 for s in top1):
+            kind = "logits"
+        elif all(abs(s - 1.0) < 1e-6 for s in top1):
+            kind = "probabilities"
+        else:
+            raise ModelMismatchError(f"'{post}' scores one-hot rows as {top1[:3]}..., neither softmax nor identity")
+    return LocalPlan(classifier, tensor_in, tensor_out, transform, kind == "logits", tuple(labels), version)
+
+
+def discover_labels(model: str, batch_size: int) -> Generator[Call, Any, tuple[str, ...]]:
+    """The ensemble's labels in class order, asked of its ``<model>_postprocess`` model (no admin key needed)."""
+    labels, _top1 = yield from _probe_postprocess(f"{model}_postprocess", batch_size)
+    return tuple(labels)
+
+
+def _probe_postprocess(post: str, batch_size: int,
+                       classes: int | None = None) -> Generator[Call, Any, tuple[list[str], list[float]]]:
+    """Send one-hot rows: row i's top-1 is class i, so its first label is label i, and its score tells a softmax
+    (logits in) from the identity (probabilities in). ``classes`` defaults to the postprocess model's input width."""
     post_meta = yield Call("metadata", post)
     post_in = _one(tensors(post_meta, "inputs"), ("FP32", "FP16", "FP64"), post, "score input")
+    classes = classes or (post_in.shape[-1] if post_in.shape else -1)
+    if classes < 2:
+        raise ModelMismatchError(f"'{post}' takes scores of shape {list(post_in.shape)}; expected (batch, classes)")
     post_out = tensors(post_meta, "outputs")
     post_scores = _one(post_out, ("FP32", "FP16", "FP64"), post, "score output")
     post_labels = _one(post_out, ("BYTES",), post, "label output")
-    post_config = _config((yield Call("config", post)))
-
-    # One-hot rows: row i's top-1 is class i, so LABELS[i][0] is label i; its score tells softmax from identity.
     probe = np.eye(classes, dtype=np.float32)
     labels: list[str] = []
     top1: list[float] = []
@@ -174,16 +201,7 @@ def discover_local(model: str, transform: ImageTransform | None, batch_size: int
         answer = yield Call("infer", post, {post_in.name: (post_in.dtype, rows)}, (post_scores, post_labels))
         labels += [_text(v) for v in answer[post_labels.name][:, 0]]
         top1 += [float(v) for v in answer[post_scores.name][:, 0]]
-    kind = parameters(post_config).get("output_kind")
-    if kind is None:
-        expected_softmax = float(softmax(probe[:1])[0, 0])
-        if all(abs(s - expected_softmax) < 1e-4 for s in top1):
-            kind = "logits"
-        elif all(abs(s - 1.0) < 1e-6 for s in top1):
-            kind = "probabilities"
-        else:
-            raise ModelMismatchError(f"'{post}' scores one-hot rows as {top1[:3]}..., neither softmax nor identity")
-    return LocalPlan(classifier, tensor_in, tensor_out, transform, kind == "logits", tuple(labels))
+    return labels, top1
 
 
 def _text(value: Any) -> str:

@@ -189,3 +189,16 @@ def _typed(exc: BaseException, url: str, model: str) -> ClientError:
 
 class IncompleteRunError(ClientError):
     """The ``classify`` command classified some images but not all (each failure was reported by name)."""
+
+
+class DatasetError(ClientError):
+    """Labelled images for ``evaluate`` that cannot be used: a missing or empty DATA_DIR, a folder matching no label."""
+
+
+class AccuracyGateError(ClientError):
+    """``evaluate --min-accuracy``: the model scored below the gate (the report is written all the same and
+    ``evaluation`` holds it)."""
+
+    def __init__(self, message: str, *, evaluation=None) -> None:
+        super().__init__(message, hint="see report.md")
+        self.evaluation = evaluation

@@ -53,6 +53,7 @@ class Outcome:
     source: str
     prediction: Prediction | None = None
     error: ImageError | None = None
+    request_s: float | None = None  # how long the request that carried this image took (retries included)
 
     @property
     def ok(self) -> bool:

@@ -261,7 +261,8 @@ class SyncTransport:
     def call(self, call: Call, slot: Slot | None = None) -> Any:
         client = self._client()
         if call.kind == "metadata":
-            return self._guard(call.model, lambda: client.get_model_metadata(call.model, **self.protocol.json_kw()))
+            return self._guard(call.model, lambda: client.get_model_metadata(call.model, call.version,
+                                                                             **self.protocol.json_kw()))
         if call.kind == "config":
             try:
                 return client.get_model_config(call.model, **self.protocol.json_kw(admin=True))
@@ -282,8 +283,9 @@ class SyncTransport:
                 except ServerUnavailableError as exc:
                     steps.throw(exc)
             request.bind()
-        result = self._guard(call.model, lambda: client.infer(call.model, request.inputs,
-                                                              outputs=request.output_objects(), **self.protocol.kw()))
+        result = self._guard(call.model, lambda: client.infer(call.model, request.inputs, model_version=call.version,
+                                                              outputs=request.output_objects(),
+                                                              **self.protocol.kw()))
         return request.answer(result)
 
     def unregister(self, region: Region) -> None:
@@ -436,7 +438,8 @@ class AsyncTransport:
 
     async def call(self, call: Call, slot: Slot | None = None) -> Any:
         if call.kind == "metadata":
-            return await self._guard(call.model, self.client.get_model_metadata(call.model, **self.protocol.json_kw()))
+            return await self._guard(call.model, self.client.get_model_metadata(call.model, call.version,
+                                                                                **self.protocol.json_kw()))
         if call.kind == "config":
             try:
                 return await self.client.get_model_config(call.model, **self.protocol.json_kw(admin=True))
@@ -457,9 +460,9 @@ class AsyncTransport:
                 except ServerUnavailableError as exc:
                     steps.throw(exc)
             request.bind()
-        result = await self._guard(call.model, self.client.infer(call.model, request.inputs,
-                                                                 outputs=request.output_objects(),
-                                                                 **self.protocol.kw()))
+        answer = self.client.infer(call.model, request.inputs, model_version=call.version,
+                                   outputs=request.output_objects(), **self.protocol.kw())
+        result = await self._guard(call.model, answer)
         return request.answer(result)
 
     async def unregister(self, region: Region) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 from triton_deploy.cliargs import add_common_flags, float_list
 from triton_deploy.progress import Reporter
 
+from .digits import EPOCHS
+
 
 def add_export(sub) -> None:
     from .sources import ARCHITECTURES
@@ -41,7 +43,8 @@ def add_export(sub) -> None:
     p.add_argument("--output-name", help="ONNX output name (default: logits or probabilities)")
     p.add_argument("--atol", type=float, default=1e-4, help="parity tolerance, max |TF - ORT| (default 1e-4)")
     p.add_argument("--min-agreement", type=float, default=1.0, help="required top-1 agreement (default 1.0)")
-    p.add_argument("--epochs", type=int, default=8, help="training epochs for the digits model (default 8)")
+    p.add_argument("--epochs", type=int, default=EPOCHS,
+                   help=f"passes over the augmented training digits (default {EPOCHS})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     norm = p.add_argument_group("preprocessing overrides",
                                 "model input = (pixel * scale - mean) / std. Defaults come from the model source: "
@@ -83,6 +86,9 @@ def run_export(args: argparse.Namespace, reporter: Reporter) -> int:
             f"  parity     max |TF - ORT| = {m.parity.max_abs_diff:.2e} (atol {m.parity.atol:g}), "
             f"top-1 agreement {m.parity.top1_agreement:.1%} on {m.parity.samples} samples\n"
             f"  accuracy   {accuracy}"
+            + (f"\n  robustness worst condition {m.robustness.worst.name}: {m.robustness.worst.accuracy:.4f} "
+               f"({len(m.robustness.conditions)} conditions on {m.robustness.data}; all in manifest.json)"
+               if m.robustness is not None else "")
             + (f"\n  compute    {m.flops_per_image / 2e6:.1f}M multiply-adds ({m.flops_per_image / 1e6:.0f} MFLOPs) per image"
                if m.flops_per_image else "")
         )

@@ -23,9 +23,9 @@ from triton_deploy.monitoring.model_metrics import reference_distributions
 from triton_deploy.postprocessing import softmax
 from triton_deploy.preprocessing import ImageDecodeError, ImageTransform
 from triton_deploy.progress import Reporter
-from triton_deploy.spec import Manifest, Reference, TensorSpec
+from triton_deploy.spec import Manifest, Reference, Robustness, TensorSpec
 
-from . import convert, digits, graph, sources, validate
+from . import convert, digits, graph, robustness, sources, validate
 
 SAMPLE_IMAGE = "sample.png"
 
@@ -49,7 +49,7 @@ class ExportOptions:
     min_agreement: float = 1.0
     input_name: str = "image"
     output_name: str | None = None  # default: "logits" or "probabilities"
-    epochs: int = 8
+    epochs: int = digits.EPOCHS  # passes over the augmented training digits
     seed: int = 0
     force: bool = False
     allow_chance_accuracy: bool = False  # write an export whose measured accuracy guessing would reach
@@ -75,6 +75,7 @@ class ExportResult:
             "parity": {"max_abs_diff": m.parity.max_abs_diff, "top1_agreement": m.parity.top1_agreement,
                        "atol": m.parity.atol, "samples": m.parity.samples},
             "flops_per_image": m.flops_per_image,
+            "robustness_worst": m.robustness.to_dict()["worst"] if m.robustness is not None else None,
             "model_sha256": m.model_sha256,
         }
 
@@ -108,7 +109,7 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
                                    batch_sizes=(1, min(16, len(samples))))
         with reporter.step(f"Checking parity TensorFlow vs ONNX Runtime at batch {plan.batch_sizes}"):
             parity = validate.check_parity(model, session, samples, plan, nchw=options.nchw)
-        accuracy = reference = None
+        accuracy = reference = suite = None
         if sample_labels is not None:
             with reporter.step(f"Measuring held-out accuracy on {len(samples)} images"):
                 outputs = validate.run_batches(session, samples, nchw=options.nchw)
@@ -119,6 +120,7 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             # data that stands for real traffic; the 32 parity images of an unlabelled export do not.
             probabilities = softmax(outputs.astype(np.float32)) if kind == "logits" else outputs
             reference = Reference.from_dict(reference_distributions(probabilities))
+            suite = _robustness(options, model, transform, session, sample_labels, reporter)
         (staging / SAMPLE_IMAGE).write_bytes(sample_png)
         manifest = Manifest(
             name=options.name or model.name,
@@ -138,6 +140,7 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             else None,
             created_by=f"triton-deploy {__version__}",
             reference=reference,
+            robustness=suite,
             sample_image=SAMPLE_IMAGE,
             largest_activation_bytes_per_image=graph.largest_activation_bytes(model_path),
             multiply_adds_per_image=model.extra.get("multiply_adds_per_image"),
@@ -187,19 +190,24 @@ def _load(options: ExportOptions, reporter: Reporter) -> sources.LoadedModel:
         with reporter.step(f"Building {options.arch} ({'random weights' if options.weights is None else 'weights'})"):
             return sources.from_architecture(options.arch, image_size=options.image_size, weights=options.weights,
                                              seed=options.seed)
-    with reporter.bar(options.epochs, "Training the digits CNN") as bar:
-        return sources.from_digits(seed=options.seed, epochs=options.epochs, progress=_EpochCallback(bar))
+    data = digits.load_digits_data(seed=options.seed)
+    drawn = len(data.train_indices) * digits.AUGMENTED_PER_IMAGE
+    steps = digits.training_steps(data, options.epochs)
+    with reporter.bars((drawn, f"Drawing {digits.AUGMENTED_PER_IMAGE} renderings of each training digit"),
+                       (steps, f"Training the digits CNN ({options.epochs} passes)")) as (draw_bar, train_bar):
+        return sources.from_digits(seed=options.seed, epochs=options.epochs, progress=_BatchCallback(train_bar),
+                                   render_progress=draw_bar.advance)
 
 
-def _EpochCallback(bar):  # noqa: N802  (a factory: keras is imported lazily)
+def _BatchCallback(bar):  # noqa: N802  (a factory: keras is imported lazily)
     import keras
 
-    class EpochProgress(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
+    class BatchProgress(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
             logs = logs or {}
             bar.advance(1, status=f"loss {logs.get('loss', 0):.3f} acc {logs.get('accuracy', 0):.3f}")
 
-    return EpochProgress()
+    return BatchProgress()
 
 
 def _labels(options: ExportOptions, model: sources.LoadedModel) -> tuple[str, ...]:
@@ -253,13 +261,49 @@ def load_sample_folder(directory: Path, transform: ImageTransform,
     return _samples_from_dir(directory, transform, labels)
 
 
-def _samples_from_dir(directory: Path, transform: ImageTransform,
-                      labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None, bytes, str | None]:
+def _robustness(options: ExportOptions, model: sources.LoadedModel, transform: ImageTransform, session,
+                labels: np.ndarray, reporter: Reporter) -> Robustness:
+    """The robustness suite: held-out digits drawn under every digit condition, or the user's labelled samples
+    under the conditions any image can meet."""
+    predict = validate.onnx_predictor(session, nchw=options.nchw)
+    if options.samples is not None:
+        files = _sample_files(Path(options.samples))
+        with reporter.step(f"Robustness suite: {len(robustness.SAMPLE_CONDITIONS)} conditions on {len(files)} "
+                           "samples"):
+            images = [_open_sample(path) for path in files]
+            return robustness.evaluate_samples(predict, images, labels, transform,
+                                               data=f"samples in {options.samples}")
+    assert model.dataset is not None
+    digit_images, heldout_labels = model.dataset.split("heldout")
+    conditions = robustness.DIGIT_CONDITIONS
+    with reporter.bar(len(conditions), f"Robustness suite: {len(digit_images)} held-out digits under each "
+                      "condition") as bar:
+        return robustness.evaluate_digits(
+            predict, digit_images, heldout_labels, transform, seed=options.seed, data="held-out sklearn digits",
+            progress=lambda name: bar.advance(1, status=name))
+
+
+def _sample_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         raise ModelSourceError(f"samples directory {directory} not found", hint="check --samples")
     files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise ModelSourceError(f"no images in {directory}", hint="--samples needs .png/.jpg/... files")
+    return files
+
+
+def _open_sample(path: Path):
+    """A sample as a PIL image at its own size, in a mode PNG can store (the suite re-saves it)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image if image.mode in ("L", "LA", "RGB", "RGBA", "P") else image.convert("RGB")
+
+
+def _samples_from_dir(directory: Path, transform: ImageTransform,
+                      labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None, bytes, str | None]:
+    files = _sample_files(directory)
     arrays, classes = [], []
     index = {label: i for i, label in enumerate(labels)}
     for path in files:

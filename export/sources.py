@@ -52,9 +52,9 @@ def _keras():
     return keras
 
 
-def from_digits(*, seed: int, epochs: int, progress=None) -> LoadedModel:
+def from_digits(*, seed: int, epochs: int, progress=None, render_progress=None) -> LoadedModel:
     data = digits.load_digits_data(seed=seed)
-    model = digits.train_digits_model(data, epochs=epochs, progress=progress)
+    model = digits.train_digits_model(data, epochs=epochs, progress=progress, render_progress=render_progress)
     return LoadedModel(
         name="digits",
         call=lambda x: model(x, training=False),
@@ -62,7 +62,7 @@ def from_digits(*, seed: int, epochs: int, progress=None) -> LoadedModel:
         num_classes=len(digits.LABELS),
         transform=digits.TRANSFORM,
         labels=digits.LABELS,
-        source={"kind": "digits", "epochs": epochs},
+        source={"kind": "digits", "epochs": epochs, "augmented_per_image": digits.AUGMENTED_PER_IMAGE},
         output_kind="logits",
         keras_model=model,
         dataset=data,

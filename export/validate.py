@@ -98,6 +98,11 @@ def run_batches(session, samples: np.ndarray, *, nchw: bool, batch_size: int = 6
     return np.concatenate(outputs)
 
 
+def onnx_predictor(session, *, nchw: bool, batch_size: int = 64):
+    """A function from float NHWC images to the model's output, through ONNX Runtime in batches."""
+    return lambda samples: run_batches(session, samples, nchw=nchw, batch_size=batch_size)
+
+
 def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy of model outputs (logits or probabilities) against class ids."""
     return float(np.mean(outputs.argmax(-1) == labels))

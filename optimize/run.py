@@ -132,6 +132,7 @@ def _write_variant_export(directory: Path, result: VariantResult, built: BuiltVa
     variant_manifest = dataclasses.replace(
         manifest, model_sha256=sha256(directory / "model.onnx"),
         accuracy=result.accuracy if result.accuracy is not None else manifest.accuracy,
+        robustness=None,  # the suite measured the FP32 model; a variant's own figures are not measured here
         variant=result.name, optimization=optimization,
         **({"parity": parity} | built.manifest_updates))
     variant_manifest.write(directory)

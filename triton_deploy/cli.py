@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from . import __version__
 from .cliargs import PROG
-from .clients.cli import add_classify
+from .clients.cli import add_classify, add_evaluate
 from .errors import TritonDeployError
 from .export.cli import add_export
 from .loadtests.cli import add_bench, add_loadtest
@@ -61,7 +61,7 @@ def _known_words(parser: argparse.ArgumentParser) -> set[str]:
 # ---- entry point ----------------------------------------------------------------------------------------------
 
 # In the order `--help` lists them: the pipeline first, then what builds on it.
-SUBCOMMANDS: list[Callable] = [add_export, add_repo, add_serve, add_classify, add_loadtest, add_bench,
+SUBCOMMANDS: list[Callable] = [add_export, add_repo, add_serve, add_classify, add_evaluate, add_loadtest, add_bench,
                                add_optimize, add_tensorrt_check, add_monitor]
 
 

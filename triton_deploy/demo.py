@@ -3,17 +3,19 @@
 1. train and export the digits CNN            triton-deploy export --output build/digits --force
 2. generate the Triton model repository       triton-deploy repo build/digits --output model_repository
 3. start the real Triton server               triton-deploy serve --repository model_repository
-4. classify held-out digits written as PNG/JPEG files of several sizes, over HTTP and gRPC
-                                              triton-deploy classify build/demo-images --url ... --protocol grpc
+4. classify held-out digits drawn the ways people send them (sizes, filters, polarity, margins, colour, JPEG...),
+   over HTTP and gRPC                         triton-deploy classify build/demo-images --url ... --protocol grpc
 5. a short Locust load test with SLO gates     triton-deploy loadtest --url ... --protocol grpc --users 4
-6. stop the server (SIGTERM: Triton drains in-flight requests first)
+6. the served model's accuracy on those labelled images, with plots
+                                              triton-deploy evaluate build/demo-images --url ... --output build/eval
+7. stop the server (SIGTERM: Triton drains in-flight requests first)
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,22 +26,23 @@ from .errors import TritonDeployError
 from .progress import Reporter
 
 BUILD = Path("build")
-FORMATS = [(28, "PNG"), (64, "JPEG"), (96, "PNG"), (128, "JPEG"), (200, "PNG")]
+DEMO_IMAGES = 300
 
 
-def write_demo_images(folder: Path, count: int = 100) -> tuple[list[Path], list[int]]:
-    """Held-out digits the model never saw in training, as image files in one folder per label."""
-    from .export import digits
+def write_demo_images(folder: Path, count: int = DEMO_IMAGES, seed: int = 7) -> tuple[list[Path], list[int]]:
+    """Held-out digits the model never saw in training, each drawn with a random rendering (any size, filter,
+    polarity, margin, colour, compression: ``render.sample_renderings`` with its own seed), in one folder per label."""
+    from .export import digits, render
 
     images, labels = digits.load_digits_data().split("heldout")
+    renderings = render.sample_renderings(count, np.random.default_rng(seed))
+    shutil.rmtree(folder, ignore_errors=True)  # files of an earlier run would join the labelled set
     paths = []
-    for i in range(count):
-        size, fmt = FORMATS[i % len(FORMATS)]
-        path = folder / str(labels[i]) / f"digit_{i:03d}_{size}px.{fmt.lower()}"
+    for i, rendering in enumerate(renderings):
+        suffix = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}[rendering.format]
+        path = folder / str(labels[i]) / f"digit_{i:03d}_{rendering.size}px.{suffix}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        digits.digit_image(images[i], size).save(buffer, format=fmt)
-        path.write_bytes(buffer.getvalue())
+        path.write_bytes(render.render(images[i], rendering, noise_seed=i))
         paths.append(path)
     return paths, [int(label) for label in labels[:count]]
 
@@ -67,10 +70,14 @@ def run(reporter: Reporter) -> None:
     reporter.info("[bold]1. Export[/]  triton-deploy export --output build/digits --force")
     exported = export_model(ExportOptions(output=BUILD / "digits", force=True), reporter)
     m = exported.manifest
-    assert m.dataset is not None and m.flops_per_image is not None  # the built-in digits model records both
-    reporter.info(f"   held-out accuracy {m.accuracy:.4f} on {m.dataset['heldout_size']} images; parity max |TF - ORT| "
-                  f"{m.parity.max_abs_diff:.1e}, top-1 agreement {m.parity.top1_agreement:.0%}; "
-                  f"{m.flops_per_image / 2e6:.0f}M multiply-adds/image")
+    # the built-in digits model records all three
+    assert m.dataset is not None and m.flops_per_image is not None and m.robustness is not None
+    worst = m.robustness.worst
+    reporter.info(f"   held-out accuracy {m.accuracy:.4f} on {m.dataset['heldout_size']} images; worst robustness "
+                  f"condition {worst.name} {worst.accuracy:.4f}; parity max |TF - ORT| {m.parity.max_abs_diff:.1e}, "
+                  f"top-1 agreement {m.parity.top1_agreement:.0%}; {m.flops_per_image / 2e6:.0f}M multiply-adds/image")
+    reporter.info("   robustness (held-out digits drawn each way; accuracy): " + ", ".join(
+        f"{c.name} {c.accuracy:.3f}" for c in m.robustness.conditions))
 
     reporter.info("[bold]2. Repository[/]  triton-deploy repo build/digits --output model_repository")
     repo = generate_repository([BUILD / "digits"], RepositoryOptions(output=Path("model_repository")))
@@ -90,7 +97,8 @@ def run(reporter: Reporter) -> None:
         reporter.info(f"   HTTP {server.http_url}   gRPC {server.grpc_url}   metrics {server.metrics_url}")
 
         paths, truth = write_demo_images(BUILD / "demo-images")
-        reporter.info(f"[bold]4. Classify[/]  {len(paths)} held-out digits as PNG/JPEG files of 28-200 px: "
+        reporter.info(f"[bold]4. Classify[/]  {len(paths)} held-out digits drawn at random sizes, filters, polarities, "
+                      f"margins, colours and compressions: "
                       f"triton-deploy classify {BUILD / 'demo-images'} --protocol grpc|http --json")
         truth_by_path = {str(path): label for path, label in zip(paths, truth, strict=True)}
         for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
@@ -119,8 +127,20 @@ def run(reporter: Reporter) -> None:
             reporter.info("   Triton's view of the same requests (from its metrics):")
             reporter.info(server_view.read_text().rstrip())
         reporter.info(f"   report, CSVs and plots in {result.directory}")
+
+        reporter.info(f"[bold]6. Evaluate[/]  triton-deploy evaluate {BUILD / 'demo-images'} --url {server.grpc_url} "
+                      f"--protocol grpc --model digits --output {BUILD / 'eval'} --force")
+        from .clients.evaluate import EvaluateOptions, evaluate
+
+        evaluation = evaluate(EvaluateOptions(data_dir=BUILD / "demo-images", output=BUILD / "eval",
+                                              url=server.grpc_url, protocol="grpc", model="digits", force=True),
+                              reporter)
+        scores = evaluation.scores[0]
+        reporter.info(f"   accuracy {scores.accuracy:.4f} on {scores.images} images (top-3 "
+                      f"{scores.top_k.get(3, float('nan')):.4f}); confusion plot {BUILD / 'eval' / 'confusion.png'}, "
+                      f"mistakes {BUILD / 'eval' / 'errors.png'}, report {BUILD / 'eval' / 'report.md'}")
     finally:
-        reporter.info("[bold]6. Stop[/]  SIGTERM: Triton drains in-flight requests, then exits")
+        reporter.info("[bold]7. Stop[/]  SIGTERM: Triton drains in-flight requests, then exits")
         status = server.stop()
         reporter.info(f"   tritonserver exited with status {status}")
 

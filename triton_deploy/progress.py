@@ -34,16 +34,23 @@ class Reporter:
 
     @contextlib.contextmanager
     def bar(self, total: int | None, description: str) -> Iterator[_Bar]:
+        with self.bars((total, description)) as (bar,):
+            yield bar
+
+    @contextlib.contextmanager
+    def bars(self, *tasks: tuple[int | None, str]) -> Iterator[tuple[_Bar, ...]]:
+        """Several counted phases of one job, one line each, shown together (one live display at a time)."""
         if self.quiet:
-            yield _Bar(None, None)
+            yield tuple(_Bar(None, None) for _ in tasks)
             return
         progress = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=self.console, transient=False,
         )
         with progress:
-            task = progress.add_task(description, total=total, status="")
-            yield _Bar(progress, task)
+            # Later phases start their clocks when they first advance.
+            yield tuple(_Bar(progress, progress.add_task(description, total=total, status="", start=i == 0))
+                        for i, (total, description) in enumerate(tasks))
 
 
 class _Bar:
@@ -52,6 +59,7 @@ class _Bar:
 
     def advance(self, amount: int = 1, status: str | None = None) -> None:
         if self._progress is not None:
+            self._progress.start_task(self._task)  # a later phase's clock starts when it first advances
             if status is None:
                 self._progress.update(self._task, advance=amount)
             else:

@@ -3,7 +3,7 @@
 ``manifest.json`` is written by ``triton-deploy export`` and read by the repository generator, the clients and the
 load tests. Nothing downstream re-types a tensor name, a shape or a normalisation constant by hand.
 
-Manifest format, version 1 (``manifest_version``)::
+Manifest format, version 2 (``manifest_version``; version 1 files, which lack ``robustness``, are still read)::
 
     name                model name, also the default prefix of the Triton models
     model_file          "model.onnx";  model_sha256: its sha256
@@ -15,6 +15,9 @@ Manifest format, version 1 (``manifest_version``)::
     parity              max_abs_diff, top1_agreement, atol, samples, batch_sizes: TensorFlow vs ONNX Runtime
     accuracy            held-out top-1 accuracy of the ONNX model, or null without labelled data
     dataset             for the built-in digits model: seed, test_fraction and the held-out indices
+    robustness          accuracy per named condition (how the images were made: resampling filter, size, polarity,
+                        margin, compression, colour, noise...), images per condition, and the worst condition;
+                        null when the export had no labelled data (new in version 2)
     source, flops_per_image, created_by
     reference           optional: how the model answers held-out data (``Reference``), the baseline of the drift
                         score the postprocess model reports; older manifests without it still read (no drift score)
@@ -41,7 +44,8 @@ import numpy as np
 from .errors import ManifestError
 from .preprocessing import ImageTransform
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 is version 2 without ``robustness``
 MANIFEST_FILE = "manifest.json"
 # Optional fields: written only when set, so manifests without them (older exports) read and write back the same.
 OPTIONAL_KEYS = ("sample_image", "multiply_adds_per_image", "largest_activation_bytes_per_image", "variant",
@@ -138,6 +142,44 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class ConditionAccuracy:
+    """Top-1 accuracy of the exported model on images made one named way (see ``export/robustness.py``)."""
+
+    name: str
+    description: str
+    accuracy: float
+    images: int
+
+
+@dataclass(frozen=True)
+class Robustness:
+    """Accuracy per condition of the robustness suite, on ``data`` (held-out digits or the user's samples)."""
+
+    data: str
+    conditions: tuple[ConditionAccuracy, ...]
+
+    def __post_init__(self) -> None:
+        if not self.conditions:
+            raise ManifestError("robustness needs at least one condition")
+
+    @property
+    def worst(self) -> ConditionAccuracy:
+        return min(self.conditions, key=lambda c: c.accuracy)
+
+    def to_dict(self) -> dict[str, Any]:
+        worst = self.worst
+        return {"data": self.data,
+                "worst": {"condition": worst.name, "accuracy": worst.accuracy},
+                "conditions": [dataclasses.asdict(c) for c in self.conditions]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Robustness:
+        return cls(data=str(data["data"]), conditions=tuple(
+            ConditionAccuracy(name=str(c["name"]), description=str(c.get("description", "")),
+                              accuracy=float(c["accuracy"]), images=int(c["images"])) for c in data["conditions"]))
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     input: TensorSpec
@@ -154,6 +196,7 @@ class Manifest:
     dataset: dict[str, Any] | None = None
     flops_per_image: int | None = None
     created_by: str = ""
+    robustness: Robustness | None = None
     model_file: str = "model.onnx"
     labels_file: str = "labels.txt"
     manifest_version: int = MANIFEST_VERSION
@@ -185,6 +228,7 @@ class Manifest:
             "accuracy": self.accuracy,
             "dataset": self.dataset,
             "flops_per_image": self.flops_per_image,
+            "robustness": self.robustness.to_dict() if self.robustness is not None else None,
             "source": self.source,
             "versions": self.versions,
             "created_by": self.created_by,
@@ -215,8 +259,9 @@ class Manifest:
         except json.JSONDecodeError as exc:
             raise ManifestError(f"{path} is not valid JSON: {exc}") from None
         version = data.get("manifest_version")
-        if version != MANIFEST_VERSION:
-            raise ManifestError(f"{path} has manifest_version {version!r}; this tool reads version {MANIFEST_VERSION}")
+        if version not in READABLE_VERSIONS:
+            raise ManifestError(f"{path} has manifest_version {version!r}; this tool reads versions "
+                                f"{', '.join(map(str, READABLE_VERSIONS))}")
         try:
             labels_path = directory / data.get("labels_file", "labels.txt")
             labels = tuple(line for line in labels_path.read_text(encoding="utf-8").splitlines())
@@ -239,6 +284,7 @@ class Manifest:
                 dataset=data.get("dataset"),
                 flops_per_image=data.get("flops_per_image"),
                 created_by=data.get("created_by", ""),
+                robustness=Robustness.from_dict(data["robustness"]) if data.get("robustness") else None,
                 model_file=data.get("model_file", "model.onnx"),
                 labels_file=data.get("labels_file", "labels.txt"),
                 reference=Reference.from_dict(data["reference"]) if data.get("reference") else None,
