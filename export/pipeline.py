@@ -22,10 +22,11 @@ from triton_deploy.preprocessing import ImageDecodeError, ImageTransform
 from triton_deploy.progress import Reporter
 from triton_deploy.spec import Manifest, TensorSpec
 
-from . import convert, digits, graph, sources, validate
+from . import convert, digits, graph, sources, tflite, validate
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 SAMPLE_IMAGE = "sample.png"
+KERAS_FILE = "model.keras"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class ExportOptions:
     epochs: int = 8
     seed: int = 0
     force: bool = False
+    tflite: bool = False  # also write model.tflite (float32), validated with LiteRT
     transform_overrides: dict = field(default_factory=dict)  # scale / mean / std / channel_order from flags
 
 
@@ -71,7 +73,7 @@ class ExportResult:
                        "atol": m.parity.atol, "samples": m.parity.samples},
             "flops_per_image": m.flops_per_image,
             "model_sha256": m.model_sha256,
-        }
+        } | ({"tflite": m.extra["tflite"]} if "tflite" in m.extra else {})
 
 
 def export_model(options: ExportOptions, reporter: Reporter | None = None) -> ExportResult:
@@ -92,22 +94,25 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             model.output_kind or ("probabilities" if validate.looks_like_probabilities(reference) else "logits"))
         output_name = options.output_name or kind
         model_path = staging / "model.onnx"
-        with reporter.step(f"Converting to ONNX (opset {options.opset}, {transform.layout})"):
-            proto = convert.convert(model, input_name=options.input_name, output_name=output_name,
-                                    opset=options.opset, nchw=options.nchw)
-            onnx.save(proto, str(model_path))
-        with reporter.step("Checking the ONNX graph (checker, shape inference)"):
-            validate.check_graph(model_path)
-        session = validate.onnx_session(model_path)
         plan = validate.ParityPlan(atol=options.atol, min_agreement=options.min_agreement,
                                    batch_sizes=(1, min(16, len(samples))))
-        with reporter.step(f"Checking parity TensorFlow vs ONNX Runtime at batch {plan.batch_sizes}"):
-            parity = validate.check_parity(model, session, samples, plan, nchw=options.nchw)
+        session, parity = convert_and_check(model, model_path, samples, plan, input_name=options.input_name,
+                                            output_name=output_name, opset=options.opset, nchw=options.nchw,
+                                            reporter=reporter)
         accuracy = None
         if sample_labels is not None:
             with reporter.step(f"Measuring held-out accuracy on {len(samples)} images"):
                 accuracy = validate.accuracy(session, samples, sample_labels, nchw=options.nchw)
         (staging / SAMPLE_IMAGE).write_bytes(sample_png)
+        edge = {}
+        if model.keras_model is not None:  # the source pruning and TFLite conversion start from
+            model.keras_model.save(staging / KERAS_FILE)
+            edge["keras_file"] = KERAS_FILE
+        if options.tflite:
+            with reporter.step(f"Converting to TFLite and validating with LiteRT on {len(samples)} images"):
+                edge["tflite"] = tflite.write(model.keras_model, staging, samples, model.predict(samples),
+                                              atol=options.atol, min_agreement=options.min_agreement,
+                                              labels=sample_labels)
         manifest = Manifest(
             name=options.name or model.name,
             input=TensorSpec(options.input_name, (-1, *transform.input_dims), "FP32", layout=transform.layout),
@@ -125,13 +130,31 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             flops_per_image=2 * model.extra["multiply_adds_per_image"] if "multiply_adds_per_image" in model.extra
             else None,
             created_by=f"triton-deploy {__version__}",
-            extra={"sample_image": SAMPLE_IMAGE,
+            extra=edge | {"sample_image": SAMPLE_IMAGE,
                    "largest_activation_bytes_per_image": graph.largest_activation_bytes(model_path)}
             | ({"multiply_adds_per_image": model.extra["multiply_adds_per_image"]}
                if "multiply_adds_per_image" in model.extra else {}),
         )
         manifest.write(staging)
     return ExportResult(Path(options.output), manifest)
+
+
+def convert_and_check(model: sources.LoadedModel, path: Path, samples: np.ndarray, plan: validate.ParityPlan, *,
+                      input_name: str, output_name: str, opset: int, nchw: bool, reporter: Reporter | None = None):
+    """The checks every ONNX file this project writes passes: tf2onnx conversion, the ONNX checker with strict
+    shape inference, and TensorFlow vs ONNX Runtime parity on ``samples`` (NHWC floats). Returns (session, parity).
+
+    Used by ``export`` and by every optimisation that makes a new network (pruning, distillation)."""
+    reporter = reporter or Reporter(quiet=True)
+    with reporter.step(f"Converting to ONNX (opset {opset}, {'NCHW' if nchw else 'NHWC'})"):
+        proto = convert.convert(model, input_name=input_name, output_name=output_name, opset=opset, nchw=nchw)
+        onnx.save(proto, str(path))
+    with reporter.step("Checking the ONNX graph (checker, shape inference)"):
+        validate.check_graph(path)
+    session = validate.onnx_session(path)
+    with reporter.step(f"Checking parity TensorFlow vs ONNX Runtime at batch {plan.batch_sizes}"):
+        parity = validate.check_parity(model, session, samples, plan, nchw=nchw)
+    return session, parity
 
 
 def _check_options(options: ExportOptions) -> None:
@@ -142,6 +165,9 @@ def _check_options(options: ExportOptions) -> None:
                          hint="keep one of --model/--keras-model/--saved-model/--arch")
     if not chosen and options.model != "digits":
         raise UsageError(f"unknown built-in model {options.model!r}", hint="--model takes: digits")
+    if options.tflite and options.saved_model is not None:
+        raise UsageError("--tflite converts a Keras model; a SavedModel source has none",
+                         hint="drop --tflite, or export the Keras model with --keras-model")
     if options.weights is not None and options.arch is None:
         raise UsageError("--weights applies to --arch models only", hint="drop --weights or add --arch")
     if not 7 <= options.opset <= 21:

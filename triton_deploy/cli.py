@@ -84,6 +84,9 @@ def _add_export(sub) -> None:
     p.add_argument("--atol", type=float, default=1e-4, help="parity tolerance, max |TF - ORT| (default 1e-4)")
     p.add_argument("--min-agreement", type=float, default=1.0, help="required top-1 agreement (default 1.0)")
     p.add_argument("--epochs", type=int, default=8, help="training epochs for the digits model (default 8)")
+    p.add_argument("--tflite", action="store_true",
+                   help="also write model.tflite (LiteRT, float32) for Keras sources, validated with LiteRT's "
+                        "interpreter against TensorFlow within --atol")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     norm = p.add_argument_group("preprocessing overrides (default: from the model source)")
     norm.add_argument("--scale", type=float, help="pixel multiplier, e.g. 0.00392 for 1/255")
@@ -104,7 +107,7 @@ def _run_export(args: argparse.Namespace, reporter: Reporter) -> int:
         arch=args.arch, weights=args.weights, image_size=args.image_size, name=args.name, labels_file=args.labels,
         samples=args.samples, output_kind=args.output_kind, opset=args.opset, nchw=args.nchw, atol=args.atol,
         min_agreement=args.min_agreement, input_name=args.input_name, output_name=args.output_name,
-        epochs=args.epochs, seed=args.seed, force=args.force, transform_overrides=overrides,
+        epochs=args.epochs, seed=args.seed, force=args.force, tflite=args.tflite, transform_overrides=overrides,
     )
     result = export_model(options, reporter)
     summary = result.summary()
@@ -123,6 +126,10 @@ def _run_export(args: argparse.Namespace, reporter: Reporter) -> int:
             f"  accuracy   {accuracy}"
             + (f"\n  compute    {m.flops_per_image / 2e6:.1f}M multiply-adds ({m.flops_per_image / 1e6:.0f} MFLOPs) per image"
                if m.flops_per_image else "")
+            + (f"\n  tflite     {summary['tflite']['file']}  (LiteRT max |TF - LiteRT| = "
+               f"{summary['tflite']['validation']['max_abs_diff']:.2e}, "
+               f"{summary['tflite']['latency_ms_batch1']['p50']:.2f} ms per image, 1 thread)"
+               if "tflite" in summary else "")
         )
     return 0
 
