@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import sys
 import time
@@ -201,12 +202,12 @@ def record(content: bytes, model: LiteRTModel, result: TFLiteCheck, latency: dic
 
 @contextlib.contextmanager
 def _quiet_native_output():
-    """The converter prints the traced signature to stdout and LiteRT logs its delegate to stderr from C++: keep
-    both off the terminal (stdout carries ``--json`` output). Errors still surface as exceptions."""
+    """The converter prints the traced signature to stdout (from Python) and LiteRT logs its delegate to stderr (from
+    C++): keep both off the terminal, where stdout carries ``--json`` output. Errors still surface as exceptions."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
-    with open(os.devnull, "wb") as null:
+    with open(os.devnull, "wb") as null, contextlib.redirect_stdout(io.StringIO()):
         try:
             os.dup2(null.fileno(), 1)
             os.dup2(null.fileno(), 2)
