@@ -317,3 +317,90 @@ def fine_tune(model, x: np.ndarray, y: np.ndarray, *, epochs: int, from_logits: 
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch(epoch, logs or {})))
     model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0, callbacks=callbacks)
     return model
+
+
+# ---- from an export directory to a validated, smaller ONNX model -------------------------------------------------
+
+
+@dataclass
+class PrunedExport:
+    pruned: PrunedModel
+    parity: object  # triton_deploy.spec.Parity: the pruned Keras model vs its ONNX export
+    fine_tune_epochs: int  # 0 when there was nothing labelled to fine-tune on
+    note: str
+
+    def details(self) -> dict:
+        return {"tool": "keras structured pruning", **self.pruned.summary(),
+                "fine_tune_epochs": self.fine_tune_epochs, "note": self.note,
+                "parity_tf_vs_onnx": {"max_abs_diff": self.parity.max_abs_diff,
+                                      "top1_agreement": self.parity.top1_agreement}}
+
+
+def keras_source(export_dir, manifest):
+    """The Keras model an export was converted from (``model.keras``, written by ``export`` for Keras sources)."""
+    from pathlib import Path
+
+    import keras
+
+    name = manifest.extra.get("keras_file")
+    path = Path(export_dir) / name if name else None
+    if path is None or not path.is_file():
+        raise PruneError(f"{export_dir} has no Keras source (model.keras); pruning and TFLite conversion rebuild the "
+                         "network from it", hint="re-export the built-in model, a --keras-model or an --arch with "
+                                                 "this version of 'triton-deploy export'")
+    try:
+        return keras.models.load_model(str(path), compile=False)
+    except Exception as exc:  # noqa: BLE001
+        raise PruneError(f"cannot load {path}: {str(exc).strip().splitlines()[0][:200]}") from None
+
+
+def prune_export(export_dir, manifest, options: PruneOptions, target, *, fine_tune_epochs: int = 3, seed: int = 0,
+                 reporter=None) -> PrunedExport:
+    """Prune the export's Keras source, fine-tune it on the digits training split when the model is the labelled
+    digits classifier, and write it to ``target`` through the export's own checks (tf2onnx, ONNX checker, parity)."""
+    from triton_deploy.progress import Reporter
+
+    from . import digits, pipeline, validate
+    from .sources import LoadedModel
+
+    reporter = reporter or Reporter(quiet=True)
+    if fine_tune_epochs < 0:
+        raise UsageError("--fine-tune-epochs must be 0 or more", hint="check --fine-tune-epochs")
+    source = keras_source(export_dir, manifest)
+    pruned = prune(source, options)
+    for line in pruned.skipped:
+        reporter.info(f"pruning: {line}")
+    nhwc = type(manifest.preprocessing).from_dict(manifest.preprocessing.to_dict() | {"layout": "NHWC"})
+    record = manifest.dataset or {}
+    data = digits.load_digits_data(seed=int(record.get("seed", seed)),
+                                   test_fraction=float(record.get("test_fraction", 0.25)))
+    labelled = record.get("name") == "sklearn-digits" and manifest.num_classes == len(digits.LABELS)
+    epochs = fine_tune_epochs if labelled else 0
+    if epochs:
+        # The training data function of the built-in model (its augmentation, when it has one, belongs there).
+        images, labels = data.split("train")
+        x = digits.to_model_input(images, nhwc)
+        percent = round(options.fraction * 100)
+        with reporter.bar(epochs, f"Fine-tuning the {percent} % pruned model") as bar:
+            fine_tune(pruned.model, x, labels, epochs=epochs, from_logits=manifest.output_kind == "logits",
+                      seed=seed, on_epoch=lambda _e, logs: bar.advance(
+                          1, status=f"loss {logs.get('loss', 0):.3f} acc {logs.get('accuracy', 0):.3f}"))
+        note = f"fine-tuned {epochs} epochs on the digits training split"
+    elif labelled:
+        note = "not fine-tuned (--fine-tune-epochs 0)"
+    else:
+        note = ("no labelled training data for this model (random-weight --arch or a user model): pruned for speed "
+                "measurement only, not fine-tuned")
+    model = pruned.model
+    height, width, channels = (int(d) for d in model.inputs[0].shape[1:])
+    loaded = LoadedModel(name=manifest.name, call=lambda x: model(x, training=False),
+                         input_shape=(height, width, channels), num_classes=manifest.num_classes,
+                         transform=manifest.preprocessing, labels=manifest.labels, source={},
+                         output_kind=manifest.output_kind, keras_model=model)
+    heldout, _ = data.split("heldout")
+    samples = np.stack([nhwc.resize(digits.digit_image(image)) for image in heldout[:32]])
+    plan = validate.ParityPlan(atol=manifest.parity.atol, batch_sizes=(1, 16))
+    _, parity = pipeline.convert_and_check(loaded, target, nhwc.normalise(samples), plan,
+                                           input_name=manifest.input.name, output_name=manifest.output.name,
+                                           opset=manifest.opset, nchw=manifest.preprocessing.layout == "NCHW")
+    return PrunedExport(pruned, parity, epochs, note)
