@@ -14,10 +14,14 @@ import pytest
 from conftest import encode_digit
 
 from triton_deploy.cli import main
-from triton_deploy.errors import UsageError
-from triton_deploy.export import optimize as opt
-from triton_deploy.export.distill import DistillOptions
-from triton_deploy.export.quantize import Calibration
+from triton_deploy.errors import GateError, UsageError
+from triton_deploy.optimize.distill import DistillOptions
+from triton_deploy.optimize.options import OptimizeOptions
+from triton_deploy.optimize.quantize import Calibration
+from triton_deploy.optimize.report import REPORT_JSON, REPORT_MD
+from triton_deploy.optimize.run import optimize
+from triton_deploy.optimize.variants import VARIANTS
+from triton_deploy.repository.publish import Publisher, publish
 from triton_deploy.spec import Manifest
 
 pytestmark = pytest.mark.slow
@@ -27,16 +31,16 @@ pytestmark = pytest.mark.slow
 def optimized(digits_export, tmp_path_factory):
     """All five variants, quick timing, published as sibling models."""
     root = tmp_path_factory.mktemp("optimize")
-    options = opt.OptimizeOptions(
-        export_dir=digits_export, output=root / "variants", variants=opt.VARIANTS,
-        distill=DistillOptions(epochs=6), bench_seconds=0.05, bench_rounds=1,
-        publish=root / "siblings_repo", publish_as="siblings", publish_max_batch_size=16)
-    return opt.optimize(options), options
+    options = OptimizeOptions(
+        export_dir=digits_export, output=root / "variants", variants=VARIANTS,
+        distill=DistillOptions(epochs=6), bench_seconds=0.05, bench_rounds=1)
+    publisher = Publisher(root / "siblings_repo", mode="siblings", max_batch_size=16)
+    return optimize(options, publish=publisher), options, publisher
 
 
 def test_every_variant_is_built_measured_and_reported(optimized, digits_manifest):
-    report, options = optimized
-    assert [v.name for v in report.variants] == ["fp32", *opt.VARIANTS]
+    report, options, _ = optimized
+    assert [v.name for v in report.variants] == ["fp32", *VARIANTS]
     base = report.variant("fp32")
     assert base.accuracy == pytest.approx(digits_manifest.accuracy)
     for v in report.variants:
@@ -47,21 +51,21 @@ def test_every_variant_is_built_measured_and_reported(optimized, digits_manifest
     assert report.variant("int8_static").size_bytes < 0.4 * base.size_bytes
     assert report.variant("int8_static").details["calibration_images"] == 128
     assert report.variant("distilled").details["flops_per_image"] < digits_manifest.flops_per_image / 2
-    on_disk = json.loads((options.output / opt.REPORT_JSON).read_text())
+    on_disk = json.loads((options.output / REPORT_JSON).read_text())
     assert on_disk["recommendation"] == report.recommendation and on_disk["published"]["mode"] == "siblings"
-    table = (options.output / opt.REPORT_MD).read_text()
-    assert all(f"| {name} |" in table for name in ["fp32", *opt.VARIANTS]) and "Recommendation:" in table
+    table = (options.output / REPORT_MD).read_text()
+    assert all(f"| {name} |" in table for name in ["fp32", *VARIANTS]) and "Recommendation:" in table
 
 
 def test_dynamic_int8_is_never_recommended_for_a_cnn(optimized):
-    report, _ = optimized
+    report, _, _ = optimized
     assert report.recommendation["variant"] != "int8_dynamic"
     assert "ConvInteger" in report.variant("int8_dynamic").details["note"]
     assert "ConvInteger" in report.variant("int8_dynamic").tensorrt["unsupported_operators"]
 
 
 def test_passing_variants_are_export_directories_with_their_own_manifest(optimized, digits_manifest):
-    report, options = optimized
+    report, options, _ = optimized
     passing = [v for v in report.variants[1:] if v.passed]
     assert {"fp32_slim", "fp16", "int8_static"} <= {v.name for v in passing}
     for v in passing:
@@ -89,27 +93,27 @@ def test_harmful_calibration_is_refused_by_the_gate_and_not_written(digits_expor
     assert report["recommendation"]["variant"] == "fp32"
     assert not (out / "int8_static").exists()
     code = main([*argv, "--force", "--publish", str(tmp_path / "repo")])
-    assert code == opt.GateError.exit_code
+    assert code == GateError.exit_code
     assert "nothing to publish" in capsys.readouterr().err and not (tmp_path / "repo").exists()
 
 
 def test_bad_options_name_the_flag(digits_export, tmp_path):
     with pytest.raises(UsageError, match="--max-accuracy-drop"):
-        opt.optimize(opt.OptimizeOptions(digits_export, tmp_path / "o", max_accuracy_drop=-0.5))
+        optimize(OptimizeOptions(digits_export, tmp_path / "o", max_accuracy_drop=-0.5))
     with pytest.raises(UsageError, match="--variants"):
-        opt.optimize(opt.OptimizeOptions(digits_export, tmp_path / "o", variants=("int4",)))
+        optimize(OptimizeOptions(digits_export, tmp_path / "o", variants=("int4",)))
     with pytest.raises(UsageError, match="--calibration-method"):
-        opt.optimize(opt.OptimizeOptions(digits_export, tmp_path / "o", calibration=Calibration(method="mse")))
+        optimize(OptimizeOptions(digits_export, tmp_path / "o", calibration=Calibration(method="mse")))
 
 
 def test_publishing_as_versions_puts_the_recommendation_last(optimized, tmp_path):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    report, options = optimized
+    report, _, publisher = optimized
     repo = tmp_path / "versions_repo"
-    published = opt.publish(report, dataclasses.replace(options, publish=repo, publish_as="versions",
-                                                        version_policy="all"))
+    published = publish(report, dataclasses.replace(publisher, repository=repo, mode="versions",
+                                                    version_policy="all"))
     passing = [v.name for v in report.variants[1:] if v.passed]
     versions = published["classifier_versions"]
     assert versions["1"] == "fp32" and sorted(versions.values()) == sorted(["fp32", *passing])
@@ -125,11 +129,11 @@ def test_published_siblings_serve_side_by_side_with_the_measured_accuracy(optimi
 
     from triton_deploy.server import ServerOptions, TritonServer, free_ports
 
-    report, options = optimized
+    report, _, publisher = optimized
     assert report.published["ensembles"]["int8_static"] == "digits_int8_static"
     images, labels = heldout_digits
     http_port, grpc_port, metrics_port = free_ports(3)
-    server_options = ServerOptions(repository=options.publish, http_port=http_port, grpc_port=grpc_port,
+    server_options = ServerOptions(repository=publisher.repository, http_port=http_port, grpc_port=grpc_port,
                                    metrics_port=metrics_port, log_file=tmp_path / "triton.log", exit_timeout_s=5)
     with TritonServer(server_options) as server:
         client = httpclient.InferenceServerClient(server.http_url)

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from triton_deploy.errors import UsageError
-from triton_deploy.export import digits, pipeline, prune, validate
+from triton_deploy.export import digits, pipeline, validate
 from triton_deploy.export.sources import LoadedModel
+from triton_deploy.optimize import prune
 
 pytestmark = pytest.mark.slow
 

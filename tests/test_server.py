@@ -247,7 +247,7 @@ def test_an_exposed_serve_without_a_body_cap_is_refused_before_starting(digits_r
 
 
 def test_loopback_hosts_count_as_not_exposed():
-    from triton_deploy.cli import _is_loopback
+    from triton_deploy.server import is_loopback as _is_loopback
 
     assert all(_is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
     assert not any(_is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.1", "example.com"))

@@ -15,7 +15,7 @@ from tritonclient.grpc import model_config_pb2
 
 from triton_deploy.cli import main
 from triton_deploy.errors import UsageError
-from triton_deploy.export import tensorrt
+from triton_deploy.optimize import tensorrt
 
 
 def _graph(op: str = "Relu", *, domain: str = "", batch="batch", inner=(8,), opset: int = 17) -> onnx.ModelProto:

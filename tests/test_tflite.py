@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from triton_deploy.cli import main
-from triton_deploy.export import digits, quantize, tflite
+from triton_deploy.export import digits, tflite
+from triton_deploy.optimize import quantize
 from triton_deploy.spec import Manifest
 
 pytestmark = pytest.mark.slow

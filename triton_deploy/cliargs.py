@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+PROG = "triton-deploy"  # the command name every subcommand's messages start with
+
 
 def add_common_flags(parser: argparse.ArgumentParser, json_help: str = "print a machine-readable summary on stdout"):
     parser.add_argument("--json", action="store_true", help=json_help)

@@ -73,3 +73,9 @@ class ClientError(TritonDeployError):
     """A request to a Triton server failed; subclasses in ``triton_deploy.clients`` say how."""
 
     exit_code = 10
+
+
+class GateError(TritonDeployError):
+    """No variant could be published (e.g. ``--publish`` while every variant failed the accuracy gate)."""
+
+    exit_code = 22

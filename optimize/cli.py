@@ -1,4 +1,7 @@
-"""The ``optimize`` and ``tensorrt-check`` subcommands: flags -> frozen options -> one core function each."""
+"""The ``optimize`` and ``tensorrt-check`` subcommands: flags -> frozen options -> one core function each.
+
+``optimize --publish`` hands a ``repository.publish.Publisher`` to ``optimize``: the orchestration is here, so the
+optimiser itself never imports the repository writer."""
 
 from __future__ import annotations
 
@@ -9,11 +12,8 @@ from pathlib import Path
 from triton_deploy.cliargs import add_common_flags, int_list, word_list
 
 
-
-
-
 def add_optimize(sub) -> None:
-    from .optimize import DEFAULT_VARIANTS, VARIANTS
+    from .variants import DEFAULT_VARIANTS, VARIANTS
 
     p = sub.add_parser("optimize", help="FP16 / INT8 / distilled variants with accuracy gates and a speed report",
                        description="Build optimised variants of an export, measure accuracy, agreement, size, "
@@ -61,9 +61,12 @@ def add_optimize(sub) -> None:
 
 
 def run_optimize(args: argparse.Namespace, reporter) -> int:
+    from triton_deploy.repository.publish import Publisher
+
     from .distill import DistillOptions
-    from .optimize import OptimizeOptions, optimize
+    from .options import OptimizeOptions
     from .quantize import Calibration
+    from .run import optimize
 
     variants = args.variants + (("distilled",) if args.distill and "distilled" not in args.variants else ())
     options = OptimizeOptions(
@@ -74,10 +77,15 @@ def run_optimize(args: argparse.Namespace, reporter) -> int:
         distill=DistillOptions(temperature=args.distill_temperature, alpha=args.distill_alpha,
                                epochs=args.distill_epochs, channels=args.student_channels, seed=0),
         batch_sizes=args.batch_sizes, bench_seconds=args.bench_seconds, bench_rounds=args.bench_rounds,
-        threads=args.threads, eval_limit=args.eval_limit, force=args.force, publish=args.publish,
-        publish_as=args.publish_as, version_policy=args.version_policy, publish_max_batch_size=args.max_batch_size,
+        threads=args.threads, eval_limit=args.eval_limit, force=args.force,
     )
-    report = optimize(options, reporter)
+    publisher = None
+    if args.publish is not None:  # the repository's step, after optimisation: data flows one way
+        options.check()
+        publisher = Publisher(args.publish, mode=args.publish_as, version_policy=args.version_policy,
+                              max_batch_size=args.max_batch_size)
+        publisher.check()
+    report = optimize(options, reporter, publish=publisher)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     elif not args.quiet:

@@ -221,7 +221,7 @@ def prune(model, options: PruneOptions) -> PrunedModel:
     weights (not fine-tuned)."""
     import keras
 
-    from .digits import count_multiply_adds
+    from triton_deploy.export.digits import count_multiply_adds
 
     options.check()
     if not isinstance(model, keras.Model) or not hasattr(model, "inputs") or not model.inputs:
@@ -360,8 +360,8 @@ def prune_export(export_dir, manifest, options: PruneOptions, target, *, fine_tu
     digits classifier, and write it to ``target`` through the export's own checks (tf2onnx, ONNX checker, parity)."""
     from triton_deploy.progress import Reporter
 
-    from . import digits, pipeline, validate
-    from .sources import LoadedModel
+    from triton_deploy.export import digits, pipeline, validate
+    from triton_deploy.export.sources import LoadedModel
 
     reporter = reporter or Reporter(quiet=True)
     if fine_tune_epochs < 0:

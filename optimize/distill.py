@@ -19,8 +19,8 @@ import onnx
 from triton_deploy.errors import UsageError
 from triton_deploy.spec import Manifest, Parity
 
-from . import convert, digits, validate
-from .sources import LoadedModel
+from triton_deploy.export import convert, digits, validate
+from triton_deploy.export.sources import LoadedModel
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,7 @@ def calibration_samples(transform: ImageTransform, *, directory: Path | None = N
     if count < 1:
         raise UsageError(f"calibration count must be at least 1, got {count}", hint="check --calibration-count")
     if directory is None:
-        from . import digits
+        from triton_deploy.export import digits
 
         images, _ = digits.load_digits_data(seed=seed).split("train")
         chosen = np.random.default_rng(seed).permutation(len(images))[:count]

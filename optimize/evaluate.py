@@ -1,0 +1,86 @@
+"""How every variant is judged the same way: the evaluation set, accuracy and agreement with FP32, the accuracy
+gate, and the recommendation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from triton_deploy.export import digits
+from triton_deploy.spec import Manifest
+
+from .report import VariantResult
+from .variants import BASELINE
+
+MIN_SPEEDUP = 1.05  # below this a variant is not worth a deployment change
+
+
+def evaluation_set(manifest: Manifest, limit: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The digits held-out split through the export's transform; labels only for a digits classifier."""
+    record = manifest.dataset or {}
+    data = digits.load_digits_data(seed=int(record.get("seed", 0)),
+                                   test_fraction=float(record.get("test_fraction", 0.25)))
+    images, labels = data.split("heldout")
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    inputs = digits.to_model_input(images, manifest.preprocessing)
+    labelled = record.get("name") == "sklearn-digits" and manifest.num_classes == len(digits.LABELS)
+    return inputs, (labels if labelled else None)
+
+
+def run_model(session, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The model's outputs on every input, in float64 for exact comparisons."""
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: inputs[i:i + batch_size]})[0]
+                           for i in range(0, len(inputs), batch_size)]).astype(np.float64)
+
+
+def accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
+    return None if labels is None else float(np.mean(outputs.argmax(-1) == labels))
+
+
+def agreement(outputs: np.ndarray, reference: np.ndarray) -> float:
+    """The share of inputs whose top-1 class is the FP32 model's."""
+    return float(np.mean(outputs.argmax(-1) == reference.argmax(-1)))
+
+
+def max_abs_diff(outputs: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.max(np.abs(outputs.astype(np.float64) - reference)))
+
+
+def gate(result: VariantResult, baseline_accuracy: float | None, manifest: Manifest,
+         max_accuracy_drop: float) -> None:
+    """Mark ``result`` refused, with the reason, when it loses too much accuracy (or, without labels, agreement),
+    or, for the lossless ``fp32_slim``, leaves the export's parity tolerance."""
+    if baseline_accuracy is not None and result.accuracy is not None:
+        result.accuracy_drop = (baseline_accuracy - result.accuracy) * 100.0
+        what = "accuracy drop"
+    else:
+        result.accuracy_drop = (1.0 - result.agreement) * 100.0
+        what = "disagreement with FP32"
+    if result.accuracy_drop > max_accuracy_drop + 1e-9:
+        result.passed = False
+        result.reason = f"{what} {result.accuracy_drop:.2f} pts > {max_accuracy_drop:g}"
+    elif result.name == "fp32_slim" and result.max_abs_diff > manifest.parity.atol:
+        result.passed = False
+        result.reason = f"max |diff| {result.max_abs_diff:.3g} > atol {manifest.parity.atol:g}"
+
+
+def gate_rule(max_accuracy_drop: float, baseline_accuracy: float | None, evaluation_images: int) -> dict:
+    return {"max_accuracy_drop_points": max_accuracy_drop,
+            "measure": "accuracy" if baseline_accuracy is not None else "agreement",
+            "rule": (f"held-out accuracy may drop at most {max_accuracy_drop:g} points below FP32"
+                     if baseline_accuracy is not None else
+                     f"top-1 disagreement with FP32 at most {max_accuracy_drop:g} points (no labels)"),
+            "evaluation_images": evaluation_images}
+
+
+def recommend(results: list[VariantResult], convolutional: bool, batch: int) -> dict:
+    """The fastest passing variant, if it is at least ``MIN_SPEEDUP`` faster than FP32; otherwise FP32."""
+    candidates = [r for r in results[1:] if r.passed and not (r.name == "int8_dynamic" and convolutional)]
+    best = max(candidates, key=lambda r: r.speedup or 0.0, default=None)
+    if best is None or (best.speedup or 0.0) < MIN_SPEEDUP:
+        return {"variant": BASELINE, "reason": f"no passing variant is at least {MIN_SPEEDUP:.2f}x faster than FP32 "
+                                               f"at batch {batch} on this CPU"}
+    drop = "n/a" if best.accuracy_drop is None else f"{best.accuracy_drop:+.2f} pts"
+    return {"variant": best.name, "reason": f"{best.speedup:.2f}x the FP32 throughput at batch {batch}, "
+                                            f"accuracy drop {drop}, top-1 agreement {best.agreement:.4f}"}

@@ -1,0 +1,140 @@
+"""``optimize``: make cheaper variants of an export, measure them all the same way, gate them, write the passing ones.
+
+Variants (``variants.REGISTRY``): ``fp32_slim`` (onnxslim), ``fp16`` (FP32 inputs/outputs kept), ``int8_dynamic``,
+``int8_static`` (QDQ, per-channel, calibrated on real images) and ``distilled`` (a smaller student trained on the
+teacher's soft targets). Every variant and the FP32 original are measured in one run:
+
+* held-out accuracy on the digits held-out split (through the export's ``ImageTransform``) when the model is a digits
+  classifier; top-1 agreement with the FP32 model and the max absolute output difference for every model;
+* size on disk; ONNX Runtime latency p50/p95 at batch 1 and throughput at batch 8 and 32 (``timing``).
+
+The gate (``evaluate``): a variant whose accuracy drops more than ``max_accuracy_drop`` percentage points below FP32
+is reported but not written. Without labelled data the disagreement with FP32 (which bounds any accuracy loss) is
+gated instead. ``fp32_slim`` must also keep numerical parity within the export's ``atol``. Passing variants are
+written as export directories (``OUTPUT/<variant>/``) that ``triton-deploy repo`` takes as they are. Publishing them
+into a model repository is the repository's job (``triton_deploy.repository.publish``): the caller passes it in as
+``publish`` so data flows one way, export -> optimise -> repository.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+
+from triton_deploy.export import validate
+from triton_deploy.fsutil import atomic_directory, check_output_dir
+from triton_deploy.progress import Reporter
+from triton_deploy.spec import Manifest, Parity
+
+from . import evaluate, tensorrt, timing, variants
+from .options import OptimizeOptions
+from .report import OptimizeReport, VariantResult, write_reports
+from .variants import BASELINE, BuildContext, BuiltVariant
+
+Publish = Callable[[OptimizeReport], dict]  # writes the report's passing variants somewhere; returns a summary
+
+
+def optimize(options: OptimizeOptions, reporter: Reporter | None = None,
+             publish: Publish | None = None) -> OptimizeReport:
+    """Build, validate, measure and gate ``options.variants``; write the passing ones and report.md/json to
+    ``options.output``; then, if given, ``publish(report)`` and record what it returns in the report."""
+    reporter = reporter or Reporter(quiet=True)
+    options.check()
+    source = Path(options.export_dir)
+    manifest = Manifest.read(source)
+    source_model = source / manifest.model_file
+    check_output_dir(options.output, force=options.force)
+
+    inputs, labels = evaluate.evaluation_set(manifest, options.eval_limit)
+    threads = options.threads or (os.cpu_count() or 1)
+    reference = evaluate.run_model(validate.onnx_session(source_model, threads), inputs)
+    baseline_accuracy = evaluate.accuracy(reference, labels)
+    convolutional = any(n.op_type in ("Conv", "ConvTranspose") for n in onnx.load(str(source_model)).graph.node)
+
+    with atomic_directory(options.output, force=options.force) as staging:
+        work = staging / ".work"
+        work.mkdir()
+        results = [VariantResult(BASELINE, source_model, baseline_accuracy, 1.0, 0.0, source_model.stat().st_size,
+                                 accuracy_drop=0.0, details={"sha256": manifest.model_sha256})]
+        built: dict[str, BuiltVariant] = {}
+        for name in options.variants:
+            path = work / f"{name}.onnx"
+            with reporter.step(f"Building {name}"):
+                built[name] = variants.build(name, BuildContext(source_model, path, manifest, options, work))
+            with reporter.step(f"Validating {name} on {len(inputs)} held-out images"):
+                validate.check_graph(path)
+                outputs = evaluate.run_model(validate.onnx_session(path, threads), inputs)
+            result = VariantResult(name, path, evaluate.accuracy(outputs, labels),
+                                   evaluate.agreement(outputs, reference), evaluate.max_abs_diff(outputs, reference),
+                                   path.stat().st_size, details=dict(built[name].details))
+            evaluate.gate(result, baseline_accuracy, manifest, options.max_accuracy_drop)
+            if name == "int8_dynamic" and convolutional:
+                result.details["note"] = ("dynamic INT8 runs convolutions as ConvInteger, a slow fallback on CPU: "
+                                          "never recommended for convolutional models")
+            results.append(result)
+
+        timing.benchmark(results, inputs, options.batch_sizes, seconds=options.bench_seconds,
+                         rounds=options.bench_rounds, threads=threads, reporter=reporter)
+        base = results[0]
+        first = options.batch_sizes[0]
+        for r in results:
+            r.speedup = r.throughput[first] / base.throughput[first] if base.throughput.get(first) else None
+            precision = "int8" if r.name.startswith("int8") else ("fp16" if r.name == "fp16" else "fp32")
+            r.tensorrt = tensorrt.check_model(r.path, precision=precision).to_dict()
+            r.details["sha256"] = sha256(r.path)
+        recommendation = evaluate.recommend(results, convolutional, first)
+
+        for r in results[1:]:
+            if r.passed:
+                _write_variant_export(staging / r.name, r, built[r.name], manifest, source, options)
+        shutil.rmtree(work)
+        report = OptimizeReport(
+            source=source, output=Path(options.output), model=manifest.name,
+            gate=evaluate.gate_rule(options.max_accuracy_drop, baseline_accuracy, int(len(inputs))),
+            variants=results, recommendation=recommendation,
+            machine=timing.machine(threads, seconds=options.bench_seconds, rounds=options.bench_rounds,
+                                   batch_sizes=options.batch_sizes))
+        for r in results[1:]:
+            r.path = (Path(options.output) / r.name / "model.onnx") if r.passed else Path("")
+        results[0].path = source_model
+        write_reports(staging, report)
+
+    if publish is not None:
+        with reporter.step(f"Publishing to {publish}"):
+            report.published = publish(report)
+        write_reports(Path(options.output), report)
+    return report
+
+
+def _write_variant_export(directory: Path, result: VariantResult, built: BuiltVariant, manifest: Manifest,
+                          source: Path, options: OptimizeOptions) -> None:
+    """An export directory like ``triton-deploy export`` writes: model, manifest, labels, sample image."""
+    directory.mkdir()
+    shutil.copyfile(result.path, directory / "model.onnx")
+    sample = manifest.extra.get("sample_image", "sample.png")
+    if (source / sample).is_file():
+        shutil.copyfile(source / sample, directory / sample)
+    optimization = {"variant": result.name, "source_sha256": manifest.model_sha256,
+                    "parity_reference": "the FP32 ONNX model on the held-out images",
+                    "agreement_with_fp32": result.agreement, "max_abs_diff_vs_fp32": result.max_abs_diff,
+                    "accuracy_drop_points": result.accuracy_drop, "max_accuracy_drop_points": options.max_accuracy_drop,
+                    **{k: v for k, v in result.details.items() if k != "sha256"}}
+    # A rewrite of the same model: its parity is against the FP32 ONNX model on the held-out images.
+    parity = Parity(max_abs_diff=result.max_abs_diff, top1_agreement=result.agreement,
+                    atol=manifest.parity.atol, samples=int(manifest.parity.samples), batch_sizes=(64,))
+    variant_manifest = dataclasses.replace(
+        manifest, model_sha256=sha256(directory / "model.onnx"),
+        accuracy=result.accuracy if result.accuracy is not None else manifest.accuracy,
+        extra=manifest.extra | {"variant": result.name, "optimization": optimization},
+        **({"parity": parity} | built.manifest_updates))
+    variant_manifest.write(directory)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

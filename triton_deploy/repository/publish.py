@@ -1,0 +1,89 @@
+"""Publishing ``optimize``'s passing variants into a model repository, next to the code that writes repositories.
+
+``versions``: one classifier, FP32 first, the recommended variant last, so ``latest:1`` serves the recommendation and
+``all`` / ``specific:N`` serve an A/B set. ``siblings``: the FP32 model under its own prefix and each variant as
+``<name>_<variant>``, all in one repository. A ``Publisher`` is what the CLI hands to ``optimize`` as its
+``publish`` step, so the optimiser never imports the repository writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from triton_deploy.errors import GateError, UsageError
+
+if TYPE_CHECKING:
+    from triton_deploy.optimize.report import OptimizeReport
+
+PUBLISH_MODES = ("versions", "siblings")
+
+
+@dataclass(frozen=True)
+class Publisher:
+    repository: Path
+    mode: str = "versions"
+    version_policy: str = "latest:1"
+    max_batch_size: int = 32
+
+    def check(self) -> None:
+        from .render import version_policy_text
+
+        problems, hints = [], []
+        if self.mode not in PUBLISH_MODES:
+            problems.append(f"unknown publish mode {self.mode!r}")
+            hints.append("--publish-as takes versions|siblings")
+        try:
+            version_policy_text(self.version_policy)
+        except ValueError as exc:
+            problems.append(str(exc))
+            hints.append("check --version-policy")
+        if problems:
+            raise UsageError("; ".join(problems), hint="; ".join(hints))
+
+    def __str__(self) -> str:
+        return f"{self.repository} as {self.mode}"
+
+    def __call__(self, report: OptimizeReport) -> dict:
+        return publish(report, self)
+
+
+def publish(report: OptimizeReport, publisher: Publisher) -> dict:
+    """Write the FP32 original and every passing variant of ``report`` into ``publisher.repository``."""
+    from .render import RepositoryOptions
+    from .writer import generate_repository
+
+    passing = [v for v in report.variants[1:] if v.passed]
+    if not passing:
+        raise GateError("no variant passed the accuracy gate, nothing to publish",
+                        hint="see the report; relax --max-accuracy-drop or change --variants")
+    output = Path(report.output)
+    repository = Path(publisher.repository)
+    base = RepositoryOptions(output=repository, version_policy=publisher.version_policy,
+                             max_batch_size=publisher.max_batch_size)
+    if publisher.mode == "versions":
+        recommended = report.recommendation["variant"]
+        ordered = sorted(passing, key=lambda v: v.name == recommended)  # stable: the recommendation goes last
+        exports = [Path(report.source), *(output / v.name for v in ordered)]
+        result = generate_repository(exports, base)
+        classifier = repository / f"{report.model}_classifier"
+        baseline = report.variants[0]  # the export's own model
+        by_sha = {baseline.details["sha256"]: baseline.name, **{v.details["sha256"]: v.name for v in passing}}
+        versions = {}
+        for version_dir in sorted((p for p in classifier.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
+            sha = hashlib.sha256((version_dir / "model.onnx").read_bytes()).hexdigest()
+            versions[version_dir.name] = by_sha.get(sha, "earlier export")
+        return {"repository": str(repository), "mode": "versions", "ensemble": report.model,
+                "classifier_versions": versions, "version_policy": publisher.version_policy,
+                "latest": result.ensembles.get(report.model)}
+    models = {report.variants[0].name: report.model}
+    generate_repository([Path(report.source)], base)
+    for v in passing:
+        prefix = f"{report.model}_{v.name}"
+        generate_repository([output / v.name], dataclasses.replace(base, prefix=prefix))
+        models[v.name] = prefix
+    return {"repository": str(repository), "mode": "siblings", "ensembles": models,
+            "version_policy": publisher.version_policy}

@@ -1,0 +1,21 @@
+"""Run the real ``tritonserver`` that the nvidia-pytriton wheel ships, on a model repository.
+
+``install`` locates the binary and stages its backend directory; ``options`` holds ``ServerOptions``, their policy
+and the command line; ``process`` is ``TritonServer`` (start, health, stop); ``supervisor`` watches python-backend
+stubs and their shared memory and restarts Triton when a stub dies; ``background`` keeps the state of a server
+left running by ``serve --background`` and stops it; ``cli`` holds the ``serve`` and ``stop`` subcommands.
+"""
+
+from .background import DEFAULT_STATE_FILE, stop_background
+from .install import HTTP_MAX_INPUT_SIZE_FLAG, ServerInstallation
+from .options import (ADMIN_HEADER, RESTRICTED_APIS, ServerOptions, effective_http_max_input_size, is_loopback,
+                      server_command)
+from .process import TritonServer, free_ports, port_is_free
+from .supervisor import SHM_REGION_PREFIX, STUB_BINARY, SupervisionPolicy, supervise
+
+__all__ = [
+    "ADMIN_HEADER", "DEFAULT_STATE_FILE", "HTTP_MAX_INPUT_SIZE_FLAG", "RESTRICTED_APIS", "SHM_REGION_PREFIX",
+    "STUB_BINARY", "ServerInstallation", "ServerOptions", "SupervisionPolicy", "TritonServer",
+    "effective_http_max_input_size", "free_ports", "is_loopback", "port_is_free", "server_command",
+    "stop_background", "supervise",
+]

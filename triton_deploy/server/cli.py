@@ -1,0 +1,134 @@
+"""The ``serve`` and ``stop`` subcommands: flags -> ``ServerOptions`` -> a ``TritonServer``, supervised or left in
+the background."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from triton_deploy.cliargs import PROG, add_common_flags
+
+from .background import DEFAULT_STATE_FILE
+
+
+def add_serve(sub) -> None:
+    from .options import ServerOptions
+
+    d = ServerOptions(repository=Path("model_repository"))
+    p = sub.add_parser("serve", help="run the real Triton server on a model repository",
+                       description="Start tritonserver (from the nvidia-pytriton wheel), wait until every model is "
+                                   "ready, and forward SIGINT/SIGTERM so Triton drains in-flight requests.")
+    p.add_argument("--repository", type=Path, default=d.repository, help="model repository (default model_repository)")
+    p.add_argument("--host", default=d.host, help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it)")
+    p.add_argument("--http-port", type=int, default=d.http_port)
+    p.add_argument("--grpc-port", type=int, default=d.grpc_port)
+    p.add_argument("--metrics-port", type=int, default=d.metrics_port)
+    p.add_argument("--exit-timeout", type=int, default=d.exit_timeout_s, metavar="SECONDS",
+                   help="how long Triton drains in-flight requests on shutdown (default 30)")
+    p.add_argument("--ready-timeout", type=float, default=d.ready_timeout_s, metavar="SECONDS")
+    p.add_argument("--model-control-mode", choices=["none", "explicit", "poll"], default=d.model_control_mode,
+                   help="none (default) never lets a caller load models")
+    p.add_argument("--log-verbose", type=int, default=d.log_verbose)
+    p.add_argument("--log-file", type=Path, help="write Triton's log here (default: a file in the temp dir)")
+    p.add_argument("--shm-default-bytes", type=int, default=d.shm_default_bytes,
+                   help="python-backend shared memory per model instance")
+    p.add_argument("--shm-growth-bytes", type=int, default=d.shm_growth_bytes)
+    p.add_argument("--http-max-input-size", type=_positive_int, default=d.http_max_input_size, metavar="BYTES",
+                   help="largest HTTP request body Triton accepts (default 33554432 = 32 MiB, the per-image limit); "
+                        "only Triton releases with this flag enforce it, the wheel's 2.51 does not")
+    p.add_argument("--allow-uncapped-http", action="store_true",
+                   help="serve on a non-loopback --host even though this Triton cannot cap HTTP request bodies "
+                        "(a proxy in front caps them)")
+    p.add_argument("--admin-key", default=os.environ.get("TRITON_ADMIN_KEY"),
+                   help="header value that unlocks the model-repository/config/logging/trace APIs "
+                        "(default: $TRITON_ADMIN_KEY or a random key)")
+    p.add_argument("--unrestricted-apis", dest="restrict_apis", action="store_false",
+                   help="leave the admin APIs open (not recommended)")
+    p.add_argument("--keep-healthy-models", action="store_true",
+                   help="serve the models that load even if others fail (readiness stays false and the failures "
+                        "are listed); default: fail fast with the model's own error")
+    p.add_argument("--stub-failure", choices=["restart", "exit"], default="restart",
+                   help="when a python-backend stub dies: restart Triton (default) or exit with an error")
+    p.add_argument("--max-restarts", type=int, default=3, metavar="N",
+                   help="stub failures survived by restarting before serve gives up (default 3)")
+    p.add_argument("--background", action="store_true", help="return once ready; stop with 'triton-deploy stop'")
+    p.add_argument("--pid-file", type=Path, default=DEFAULT_STATE_FILE, help=f"for --background (default "
+                                                                             f"{DEFAULT_STATE_FILE})")
+    add_common_flags(p)
+    p.set_defaults(handler=run_serve)
+
+    s = sub.add_parser("stop", help="stop a server started with 'serve --background'")
+    s.add_argument("--pid-file", type=Path, default=DEFAULT_STATE_FILE)
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for Triton to drain and exit")
+    add_common_flags(s)
+    s.set_defaults(handler=run_stop)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of bytes, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of bytes, got {text}")
+    return value
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG} serve: {message}", file=sys.stderr, flush=True)
+
+
+def run_serve(args: argparse.Namespace, reporter) -> int:
+    from .background import endpoints, write_state
+    from .install import HTTP_MAX_INPUT_SIZE_FLAG
+    from .options import ServerOptions
+    from .process import TritonServer
+    from .supervisor import SupervisionPolicy, supervise
+
+    options = ServerOptions(
+        repository=args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port, exit_timeout_s=args.exit_timeout, model_control_mode=args.model_control_mode,
+        log_verbose=args.log_verbose, shm_default_bytes=args.shm_default_bytes, shm_growth_bytes=args.shm_growth_bytes,
+        restrict_apis=args.restrict_apis, admin_key=args.admin_key, ready_timeout_s=args.ready_timeout,
+        log_file=args.log_file, keep_healthy_models=args.keep_healthy_models,
+        http_max_input_size=args.http_max_input_size, allow_uncapped_http=args.allow_uncapped_http,
+    )
+    policy = SupervisionPolicy(stub_failure=args.stub_failure, max_restarts=args.max_restarts)
+    policy.check()
+    server = TritonServer(options)
+    server.start()
+    try:
+        with reporter.step(f"Starting Triton on {args.repository} (log: {server.log_path})"):
+            server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    if args.json:
+        print(json.dumps(endpoints(server)), flush=True)
+    else:
+        reporter.info(f"Triton is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}")
+    if server.http_max_input_size is None:
+        _warn(f"warning: this Triton ({server.version() or 'version unknown'}) cannot cap HTTP request bodies (no "
+              f"{HTTP_MAX_INPUT_SIZE_FLAG}); the Helm chart's image does. If you expose this server, put a proxy "
+              f"that caps request bodies in front of it")
+    for name, reason in server.failed_models.items():
+        _warn(f"model '{name}' failed to load and is not served (readiness stays false): "
+              f"{reason.splitlines()[0] if reason else 'unknown reason'}")
+    if args.background:
+        write_state(args.pid_file, server)
+        reporter.info(f"Running in the background (pid {server.process.pid}); stop it with 'triton-deploy stop'")
+        return 0
+    status = supervise(server, policy, _warn)
+    reporter.info(f"Triton exited with status {status}")
+    return status
+
+
+def run_stop(args: argparse.Namespace, reporter) -> int:
+    from .background import stop_background
+
+    pid, was_running = stop_background(args.pid_file, args.timeout)
+    reporter.info(f"Stopped the server {pid}" if was_running else f"Server {pid} was not running")
+    return 0
