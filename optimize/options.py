@@ -9,7 +9,7 @@ from triton_deploy.errors import UsageError
 
 from .distill import DistillOptions
 from .quantize import Calibration
-from .variants import DEFAULT_VARIANTS, VARIANTS
+from .variants import DEFAULT_VARIANTS, FAMILIES, VARIANTS, known
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,27 @@ class OptimizeOptions:
     threads: int | None = None  # ONNX Runtime intra-op threads (default: all cores)
     eval_limit: int | None = None  # use only the first N held-out images (tests)
     tensorrt_max_batch_size: int = 32
+    prune_criterion: str = "l1"  # how the pruned_<p> variants rank filters (see optimize/prune.py)
+    fine_tune_epochs: int = 3  # of the pruned_<p> variants, on the digits training split
     force: bool = False
     seed: int = 0
 
     def check(self) -> None:
-        unknown = [v for v in self.variants if v not in VARIANTS]
+        from .prune import CRITERIA
+
+        unknown = [v for v in self.variants if not known(v)]
         if unknown or not self.variants:
+            examples = ",".join([*VARIANTS, *(example for _, _, example in FAMILIES)])
             raise UsageError(f"unknown variants {unknown}" if unknown else "no variant chosen",
-                             hint=f"--variants takes a comma-separated subset of {','.join(VARIANTS)}")
+                             hint=f"--variants takes a comma-separated subset of {examples}")
+        pruned = [v for v in self.variants if v.startswith("pruned_")]
+        if pruned and not 0 < min(int(v.split("_")[1]) for v in pruned):
+            raise UsageError("a pruned variant removes 0 % of the filters", hint="--prune takes fractions in (0, 1)")
+        if self.prune_criterion not in CRITERIA:
+            raise UsageError(f"unknown pruning criterion {self.prune_criterion!r}",
+                             hint=f"--prune-criterion takes {'|'.join(CRITERIA)}")
+        if self.fine_tune_epochs < 0:
+            raise UsageError("--fine-tune-epochs must be 0 or more", hint="check --fine-tune-epochs")
         if self.max_accuracy_drop < 0:
             raise UsageError(f"--max-accuracy-drop {self.max_accuracy_drop} is negative; it is the largest loss "
                              "allowed, in percentage points", hint="check --max-accuracy-drop")

@@ -367,7 +367,8 @@ def prune_export(export_dir, manifest, options: PruneOptions, target, *, fine_tu
     if fine_tune_epochs < 0:
         raise UsageError("--fine-tune-epochs must be 0 or more", hint="check --fine-tune-epochs")
     source = keras_source(export_dir, manifest)
-    pruned = prune(source, options)
+    with reporter.step(f"Pruning {options.fraction:.0%} of the filters ({options.criterion} ranking)"):
+        pruned = prune(source, options)
     for line in pruned.skipped:
         reporter.info(f"pruning: {line}")
     nhwc = type(manifest.preprocessing).from_dict(manifest.preprocessing.to_dict() | {"layout": "NHWC"})
@@ -402,5 +403,6 @@ def prune_export(export_dir, manifest, options: PruneOptions, target, *, fine_tu
     plan = validate.ParityPlan(atol=manifest.parity.atol, batch_sizes=(1, 16))
     _, parity = pipeline.convert_and_check(loaded, target, nhwc.normalise(samples), plan,
                                            input_name=manifest.input.name, output_name=manifest.output.name,
-                                           opset=manifest.opset, nchw=manifest.preprocessing.layout == "NCHW")
+                                           opset=manifest.opset, nchw=manifest.preprocessing.layout == "NCHW",
+                                           reporter=reporter)
     return PrunedExport(pruned, parity, epochs, note)

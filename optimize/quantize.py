@@ -17,6 +17,7 @@ Notes that drive the choices here:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -93,6 +94,12 @@ class Calibration:
         if not 50.0 < self.percentile <= 100.0:
             raise UsageError(f"calibration percentile {self.percentile} must be in (50, 100]",
                              hint="check --calibration-percentile")
+
+
+def for_tensorrt(calibration: Calibration) -> Calibration:
+    """The same calibration with symmetric INT8 Q/DQ (zero points 0, float biases): what TensorRT's explicit
+    quantisation reads, and what ``tensorrt-check`` accepts for INT8."""
+    return dataclasses.replace(calibration, symmetric_activations=True)
 
 
 def int8_static(source: Path, target: Path, samples: np.ndarray, calibration: Calibration = Calibration()) -> None:
