@@ -157,6 +157,17 @@ def convert_and_check(model: sources.LoadedModel, path: Path, samples: np.ndarra
     return session, parity
 
 
+def export_like(model: sources.LoadedModel, manifest: Manifest, path: Path, samples: np.ndarray,
+                reporter: Reporter | None = None):
+    """A new network made from an export (pruned, distilled) converted and checked the way that export was: same
+    tensor names, opset, layout and parity tolerance. Returns the new model's TensorFlow vs ONNX parity."""
+    plan = validate.ParityPlan(atol=manifest.parity.atol, batch_sizes=(1, min(16, len(samples))))
+    _, parity = convert_and_check(model, path, samples, plan, input_name=manifest.input.name,
+                                  output_name=manifest.output.name, opset=manifest.opset,
+                                  nchw=manifest.preprocessing.layout == "NCHW", reporter=reporter)
+    return parity
+
+
 def _check_options(options: ExportOptions) -> None:
     chosen = [flag for flag, value in (("--keras-model", options.keras_model), ("--saved-model", options.saved_model),
                                        ("--arch", options.arch)) if value is not None]

@@ -67,6 +67,11 @@ def add_optimize(sub) -> None:
                      help="next classifier versions (default) or sibling models <name>_<variant>")
     pub.add_argument("--version-policy", default="latest:1", help="latest:N, all, specific:1,2 (default latest:1)")
     pub.add_argument("--max-batch-size", type=int, default=32, help="of the published models (default 32)")
+    pub.add_argument("--publish-backend", choices=["python", "onnxruntime", "tensorrt"], default="python",
+                     help="classifier backend of the published models (default python, the local server); tensorrt "
+                          "publishes only variants that pass the TensorRT check (INT8: the symmetric flavours)")
+    pub.add_argument("--publish-tensorrt-accelerator", action="store_true",
+                     help="the onnxruntime backend will run with the TensorRT accelerator: publish as for tensorrt")
     add_common_flags(p, "print the machine-readable report on stdout")
     p.set_defaults(handler=run_optimize)
 
@@ -100,7 +105,8 @@ def run_optimize(args: argparse.Namespace, reporter) -> int:
     if args.publish is not None:  # the repository's step, after optimisation: data flows one way
         options.check()
         publisher = Publisher(args.publish, mode=args.publish_as, version_policy=args.version_policy,
-                              max_batch_size=args.max_batch_size)
+                              max_batch_size=args.max_batch_size, classifier_backend=args.publish_backend,
+                              tensorrt_accelerator=args.publish_tensorrt_accelerator)
         publisher.check()
     report = optimize(options, reporter, publish=publisher)
     if args.json:

@@ -360,7 +360,7 @@ def prune_export(export_dir, manifest, options: PruneOptions, target, *, fine_tu
     digits classifier, and write it to ``target`` through the export's own checks (tf2onnx, ONNX checker, parity)."""
     from triton_deploy.progress import Reporter
 
-    from triton_deploy.export import digits, pipeline, validate
+    from triton_deploy.export import digits, pipeline
     from triton_deploy.export.sources import LoadedModel
 
     reporter = reporter or Reporter(quiet=True)
@@ -399,10 +399,5 @@ def prune_export(export_dir, manifest, options: PruneOptions, target, *, fine_tu
                          transform=manifest.preprocessing, labels=manifest.labels, source={},
                          output_kind=manifest.output_kind, keras_model=model)
     heldout, _ = data.split("heldout")
-    samples = np.stack([nhwc.resize(digits.digit_image(image)) for image in heldout[:32]])
-    plan = validate.ParityPlan(atol=manifest.parity.atol, batch_sizes=(1, 16))
-    _, parity = pipeline.convert_and_check(loaded, target, nhwc.normalise(samples), plan,
-                                           input_name=manifest.input.name, output_name=manifest.output.name,
-                                           opset=manifest.opset, nchw=manifest.preprocessing.layout == "NCHW",
-                                           reporter=reporter)
+    parity = pipeline.export_like(loaded, manifest, target, digits.to_model_input(heldout[:32], nhwc), reporter)
     return PrunedExport(pruned, parity, epochs, note)
