@@ -144,6 +144,7 @@ def plot_report(report: OptimizeReport, path: Path) -> Path:
     of the variants that passed the gate (green) and the gate (red dashed line); refused variants are grey crosses,
     LiteRT files squares, FP32 a star."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -163,11 +164,17 @@ def plot_report(report: OptimizeReport, path: Path) -> Path:
         line = sorted((p for p in points if p.name in front), key=x_of)
         ax.plot([x_of(p) for p in line], [p.accuracy for p in line], color="tab:green", alpha=0.5,
                 label="Pareto front")
+        span = (max(p.accuracy for p in points) - min(p.accuracy for p in points)) or 1.0
+        placed: list[tuple[float, float]] = []
         for p in points:
             marker = "x" if not p.passed else ("*" if p.name == BASELINE else ("s" if p.runtime == "litert" else "o"))
             color = "tab:gray" if not p.passed else ("tab:green" if p.name in front else "tab:blue")
             ax.scatter(x_of(p), p.accuracy, marker=marker, s=120 if marker == "*" else 45, color=color, zorder=3)
-            ax.annotate(p.name, (x_of(p), p.accuracy), textcoords="offset points", xytext=(5, 4), fontsize=7)
+            # Variants often coincide (same accuracy, similar speed): stack their labels instead of overprinting.
+            near = sum(1 for x, y in placed if abs(np.log(x_of(p) / x)) < 0.25 and abs(p.accuracy - y) < 0.03 * span)
+            placed.append((x_of(p), p.accuracy))
+            ax.annotate(p.name, (x_of(p), p.accuracy), textcoords="offset points", xytext=(5, 4 - 9 * near),
+                        fontsize=7)
         ax.axhline(gate, color="tab:red", linestyle="--", linewidth=1,
                    label=f"gate: {report.gate['max_accuracy_drop_points']:g} pts below FP32")
         ax.set_xscale("log")
