@@ -24,6 +24,7 @@ import io
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def convert(keras_model, *, representative: np.ndarray | None = None) -> bytes:
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     try:
-        with _quiet_native_output():
+        with _quiet_native_output(), warnings.catch_warnings():
+            # INT8 inputs draw "Statistics for quantized inputs were expected": the representative data provides them.
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
             return converter.convert()
     except Exception as exc:  # noqa: BLE001  (the converter raises many kinds; the first line says what)
         kind = "INT8" if representative is not None else "float32"

@@ -31,12 +31,21 @@ def heldout_inputs(digits_manifest):
     return digits.to_model_input(images[:160], digits_manifest.preprocessing), labels[:160]
 
 
-def test_float_tflite_matches_tensorflow_and_keeps_the_accuracy(digits_keras, heldout_inputs, tmp_path):
+@pytest.fixture(scope="module")
+def float_tflite(digits_keras, heldout_inputs, tmp_path_factory):
+    """The digits model as a validated float TFLite file: (directory, manifest entry)."""
+    inputs, labels = heldout_inputs
+    directory = tmp_path_factory.mktemp("tflite")
+    reference = np.asarray(digits_keras(inputs, training=False))
+    return directory, tflite.write(digits_keras, directory, inputs, reference, atol=1e-4, min_agreement=1.0,
+                                   labels=labels, latency_seconds=0.2)
+
+
+def test_float_tflite_matches_tensorflow_and_keeps_the_accuracy(float_tflite, digits_keras, heldout_inputs):
     inputs, labels = heldout_inputs
     reference = np.asarray(digits_keras(inputs, training=False))
-    entry = tflite.write(digits_keras, tmp_path, inputs, reference, atol=1e-4, min_agreement=1.0, labels=labels,
-                         latency_seconds=0.2)
-    content = (tmp_path / "model.tflite").read_bytes()
+    directory, entry = float_tflite
+    content = (directory / "model.tflite").read_bytes()
     assert entry["sha256"] == hashlib.sha256(content).hexdigest() and entry["size_bytes"] == len(content)
     assert entry["validation"]["max_abs_diff"] <= 1e-4 and entry["validation"]["top1_agreement"] == 1.0
     assert entry["input"]["dtype"] == "float32" and entry["input"]["quantization"] is None
@@ -59,8 +68,8 @@ def test_int8_tflite_is_integer_end_to_end_and_agrees_with_tensorflow(digits_ker
     assert (tmp_path / "model.tflite").stat().st_size < 400_000
 
 
-def test_damaged_tflite_files_are_refused_with_one_line(digits_keras, tmp_path):
-    content = tflite.convert(digits_keras)
+def test_damaged_tflite_files_are_refused_with_one_line(float_tflite, tmp_path):
+    content = (float_tflite[0] / "model.tflite").read_bytes()
     for name, damaged in (("garbage", b"not a flatbuffer at all" * 10), ("truncated", content[: len(content) // 3])):
         path = tmp_path / f"{name}.tflite"
         path.write_bytes(damaged)
