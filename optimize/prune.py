@@ -66,8 +66,8 @@ class PrunedModel:
     model: object  # the rebuilt, smaller keras.Model with the kept weights
     widths: dict[str, tuple[int, int]]  # producing layer -> (channels before, channels after)
     multiply_adds: tuple[int, int]  # per image, before and after
+    options: PruneOptions
     skipped: tuple[str, ...] = ()  # one line per layer whose channels were left whole because it cannot be sliced
-    options: PruneOptions = field(default=None)  # type: ignore[assignment]
 
     def summary(self) -> dict:
         before, after = self.multiply_adds
@@ -273,8 +273,8 @@ def prune(model, options: PruneOptions) -> PrunedModel:
             continue
         sliced = _slice_weights(layer, kept(layer.name, analysis.inputs), kept(layer.name, analysis.outputs))
         smaller.get_layer(layer.name).set_weights(sliced)
-    return PrunedModel(smaller, widths, (count_multiply_adds(model), count_multiply_adds(smaller)), tuple(skipped),
-                       options)
+    return PrunedModel(smaller, widths, (count_multiply_adds(model), count_multiply_adds(smaller)), options,
+                       tuple(skipped))
 
 
 def _slice_weights(layer, in_keep: np.ndarray | None, out_keep: np.ndarray | None) -> list[np.ndarray]:
@@ -336,24 +336,6 @@ class PrunedExport:
                                       "top1_agreement": self.parity.top1_agreement}}
 
 
-def keras_source(export_dir, manifest):
-    """The Keras model an export was converted from (``model.keras``, written by ``export`` for Keras sources)."""
-    from pathlib import Path
-
-    import keras
-
-    name = manifest.extra.get("keras_file")
-    path = Path(export_dir) / name if name else None
-    if path is None or not path.is_file():
-        raise PruneError(f"{export_dir} has no Keras source (model.keras); pruning and TFLite conversion rebuild the "
-                         "network from it", hint="re-export the built-in model, a --keras-model or an --arch with "
-                                                 "this version of 'triton-deploy export'")
-    try:
-        return keras.models.load_model(str(path), compile=False)
-    except Exception as exc:  # noqa: BLE001
-        raise PruneError(f"cannot load {path}: {str(exc).strip().splitlines()[0][:200]}") from None
-
-
 def prune_export(export_dir, manifest, options: PruneOptions, target, *, fine_tune_epochs: int = 3, seed: int = 0,
                  reporter=None) -> PrunedExport:
     """Prune the export's Keras source, fine-tune it on the digits training split when the model is the labelled
@@ -361,12 +343,12 @@ def prune_export(export_dir, manifest, options: PruneOptions, target, *, fine_tu
     from triton_deploy.progress import Reporter
 
     from triton_deploy.export import digits, pipeline
-    from triton_deploy.export.sources import LoadedModel
+    from triton_deploy.export.sources import LoadedModel, keras_from_export
 
     reporter = reporter or Reporter(quiet=True)
     if fine_tune_epochs < 0:
         raise UsageError("--fine-tune-epochs must be 0 or more", hint="check --fine-tune-epochs")
-    source = keras_source(export_dir, manifest)
+    source = keras_from_export(export_dir, manifest)
     with reporter.step(f"Pruning {options.fraction:.0%} of the filters ({options.criterion} ranking)"):
         pruned = prune(source, options)
     for line in pruned.skipped:

@@ -1,12 +1,15 @@
 """``optimize``: make cheaper variants of an export, measure them all the same way, gate them, write the passing ones.
 
-Variants (``variants.REGISTRY``): ``fp32_slim`` (onnxslim), ``fp16`` (FP32 inputs/outputs kept), ``int8_dynamic``,
-``int8_static`` (QDQ, per-channel, calibrated on real images) and ``distilled`` (a smaller student trained on the
-teacher's soft targets). Every variant and the FP32 original are measured in one run:
+Variants (``variants.REGISTRY`` and its families): ``fp32_slim`` (onnxslim), ``fp16`` (FP32 inputs/outputs kept),
+``int8_dynamic``, ``int8_static`` (QDQ, per-channel, calibrated on real images), ``int8_symmetric`` (the TensorRT-ready
+flavour), ``pruned_<p>`` and ``pruned_<p>_int8_*`` (structured pruning of the Keras source, fine-tuned),
+``distilled`` (a smaller student trained on the teacher's soft targets) and ``tflite_fp32`` / ``tflite_int8`` (LiteRT
+files for the edge). Every variant and the FP32 original are measured in one run:
 
 * held-out accuracy on the digits held-out split (through the export's ``ImageTransform``) when the model is a digits
   classifier; top-1 agreement with the FP32 model and the max absolute output difference for every model;
-* size on disk; ONNX Runtime latency p50/p95 at batch 1 and throughput at batch 8 and 32 (``timing``).
+* size on disk; latency p50/p95 at batch 1 and throughput at batch 8 and 32 (``timing``), in ONNX Runtime or, for
+  the ``.tflite`` variants, in LiteRT's interpreter.
 
 The gate (``evaluate``): a variant whose accuracy drops more than ``max_accuracy_drop`` percentage points below FP32
 is reported but not written. Without labelled data the disagreement with FP32 (which bounds any accuracy loss) is
@@ -29,6 +32,7 @@ from pathlib import Path
 import onnx
 
 from triton_deploy.export import validate
+from triton_deploy.export.sources import keras_file
 from triton_deploy.fsutil import atomic_directory, check_output_dir
 from triton_deploy.progress import Reporter
 from triton_deploy.spec import Manifest, Parity
@@ -51,6 +55,8 @@ def optimize(options: OptimizeOptions, reporter: Reporter | None = None,
     manifest = Manifest.read(source)
     source_model = source / manifest.model_file
     check_output_dir(options.output, force=options.force)
+    if any(variants.needs_keras_source(name) for name in options.variants):
+        keras_file(source, manifest)  # fail before minutes of work, not after
 
     inputs, labels = evaluate.evaluation_set(manifest, options.eval_limit)
     threads = options.threads or (os.cpu_count() or 1)

@@ -91,6 +91,11 @@ def runtime(name: str) -> Runtime:
     return RUNTIMES.get(name, ONNX_RUNTIME)
 
 
+def needs_keras_source(name: str) -> bool:
+    """Pruned and LiteRT variants rebuild the network from the export's ``model.keras``."""
+    return bool(re.fullmatch(PRUNED, name)) or runtime(name) is LITERT
+
+
 def shows_progress(name: str, work: Path) -> bool:
     """True when building ``name`` fine-tunes a network (a progress bar of its own, not a spinner)."""
     match = re.fullmatch(PRUNED, name)
@@ -228,10 +233,9 @@ def _tflite_int8(ctx: BuildContext) -> BuiltVariant:
 def _tflite(ctx: BuildContext, flavour: str) -> BuiltVariant:
     """The Keras source converted for LiteRT and checked against TensorFlow (float parity / INT8 agreement)."""
     from triton_deploy.export import digits, tflite
+    from triton_deploy.export.sources import keras_from_export
 
-    from .prune import keras_source
-
-    model = keras_source(ctx.options.export_dir, ctx.manifest)
+    model = keras_from_export(ctx.options.export_dir, ctx.manifest)
     nhwc = type(ctx.manifest.preprocessing).from_dict(ctx.manifest.preprocessing.to_dict() | {"layout": "NHWC"})
     record = ctx.manifest.dataset or {}
     heldout, _ = digits.load_digits_data(seed=int(record.get("seed", 0)),

@@ -111,6 +111,18 @@ def test_bad_options_name_the_flag(digits_export, tmp_path):
         optimize(OptimizeOptions(digits_export, tmp_path / "o", calibration=Calibration(method="mse")))
 
 
+def test_pruning_an_export_without_its_keras_source_names_the_file(digits_export, tmp_path):
+    import shutil
+
+    from triton_deploy.errors import ModelSourceError
+
+    bare = tmp_path / "bare"
+    shutil.copytree(digits_export, bare, ignore=shutil.ignore_patterns("model.keras"))
+    with pytest.raises(ModelSourceError, match="no Keras source \\(model.keras\\)"):
+        optimize(OptimizeOptions(bare, tmp_path / "o", variants=("pruned_50",)))
+    assert not (tmp_path / "o").exists()
+
+
 def test_publishing_as_versions_puts_the_recommendation_last(optimized, tmp_path):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
