@@ -83,7 +83,6 @@ def run_optimize(args: argparse.Namespace, reporter) -> int:
     from .options import OptimizeOptions
     from .quantize import Calibration
     from .run import optimize
-
     from .variants import TFLITE_VARIANTS, pruned_names
 
     flavours = tuple(f for f in ("int8_static", "int8_symmetric") if f in args.variants) or ("int8_static",)

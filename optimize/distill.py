@@ -17,10 +17,9 @@ import numpy as np
 import onnx
 
 from triton_deploy.errors import UsageError
-from triton_deploy.spec import Manifest, Parity
-
 from triton_deploy.export import digits, pipeline, validate
 from triton_deploy.export.sources import LoadedModel
+from triton_deploy.spec import Manifest, Parity
 
 
 @dataclass(frozen=True)

@@ -162,7 +162,7 @@ def analyse(model) -> _Analysis:
         incoming = [t for t in _flatten(layer.input)]
         in_groups = [tensor_group.get(_key(t)) for t in incoming]
         in_groups = [g if g is not None else groups.new(int(t.shape[-1]), frozen_by="")
-                     for g, t in zip(in_groups, incoming)]
+                     for g, t in zip(in_groups, incoming, strict=True)]
         out_tensors = _flatten(layer.output)
         reason = _unsupported_reason(layer)
         known = kind in ("Conv2D", "Dense", "DepthwiseConv2D", "BatchNormalization", "Activation") \
@@ -340,10 +340,9 @@ def prune_export(export_dir, manifest, options: PruneOptions, target, *, fine_tu
                  reporter=None) -> PrunedExport:
     """Prune the export's Keras source, fine-tune it on the digits training split when the model is the labelled
     digits classifier, and write it to ``target`` through the export's own checks (tf2onnx, ONNX checker, parity)."""
-    from triton_deploy.progress import Reporter
-
     from triton_deploy.export import digits, pipeline
     from triton_deploy.export.sources import LoadedModel, keras_from_export
+    from triton_deploy.progress import Reporter
 
     reporter = reporter or Reporter(quiet=True)
     if fine_tune_epochs < 0:

@@ -11,8 +11,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import encode_digit
 
+from conftest import encode_digit
 from triton_deploy.cli import main
 from triton_deploy.errors import GateError, UsageError
 from triton_deploy.optimize.distill import DistillOptions
