@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from triton_deploy.errors import TritonDeployError, UsageError
+from triton_deploy.spec import Parity
 
 CRITERIA = ("l1", "l2")
 
@@ -325,7 +326,7 @@ def fine_tune(model, x: np.ndarray, y: np.ndarray, *, epochs: int, from_logits: 
 @dataclass
 class PrunedExport:
     pruned: PrunedModel
-    parity: object  # triton_deploy.spec.Parity: the pruned Keras model vs its ONNX export
+    parity: Parity  # the pruned Keras model vs its ONNX export
     fine_tune_epochs: int  # 0 when there was nothing labelled to fine-tune on
     note: str
 
