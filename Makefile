@@ -24,8 +24,12 @@ $(STAMP): pyproject.toml constraints.txt scripts/setup-system.sh
 demo: $(STAMP)  ## train + export the digits model, build the Triton repository, serve it and classify through it
 	$(BIN)/python -m triton_deploy.demo
 
-test: $(STAMP)  ## the whole test suite, slow tests included (what CI runs)
+test: lint  ## lint and type checks, then the whole test suite, slow tests included (what CI runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff (rules in pyproject.toml) and mypy on the installed package shape
+	$(BIN)/ruff check triton_deploy export optimize clients loadtests tests scripts
+	$(BIN)/python scripts/typecheck.py
 
 test-fast: $(STAMP)  ## only the tests that need neither training nor a server
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -12,9 +12,8 @@ loop stays responsive.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
-
-from triton_deploy.preprocessing import ImageTransform
+from collections.abc import Iterable
+from typing import Any
 
 from .batches import client_batch, server_batch
 from .classifier import ClassifierOptions, batch_size_for, check_top_k, split
@@ -23,20 +22,15 @@ from .errors import ClassificationError
 from .inputs import ImageLike, Item, as_items
 from .results import Outcome, Prediction
 from .shm import ShmPool
-from .transport import AsyncTransport, TlsOptions, drive_async, wait_ready_async
+from .transport import AsyncTransport, drive_async, wait_ready_async
 
 
 class AsyncImageClassifier:
     """Same arguments and behaviour as ``ImageClassifier``; every method is a coroutine."""
 
-    def __init__(self, url: str, *, protocol: str = "http", model: str = "digits", preprocess: str = "server",
-                 transform: ImageTransform | None = None, max_batch_size: int | None = None, concurrency: int = 4,
-                 shared_memory: bool = False, timeout: float = 60.0, ready_timeout: float = 30.0, retries: int = 3,
-                 backoff: float = 0.2, headers: Mapping[str, str] | None = None, admin_key: str | None = None,
-                 tls: TlsOptions | None = None) -> None:
-        self.options = ClassifierOptions(url, protocol, model, preprocess, transform, max_batch_size, concurrency,
-                                         shared_memory, timeout, ready_timeout, retries, backoff, dict(headers or {}),
-                                         admin_key, tls)
+    def __init__(self, url: str, **arguments: Any) -> None:
+        """``url`` is HOST:PORT; the keyword arguments are ``ClassifierOptions.from_arguments``'s."""
+        self.options = ClassifierOptions.from_arguments(url, **arguments)
         self._transport: AsyncTransport | None = None
         self._connecting: asyncio.Lock | None = None
         self.plan: EnsemblePlan | None = None

@@ -76,7 +76,7 @@ def _send_encoded(pending: list[tuple[Item, bytes]], plan: EnsemblePlan,
         sources = [item.source for item, _data in pending]
         found = predictions(sources, answer[plan.class_ids.name], answer[plan.scores.name],
                             answer[plan.labels.name], k)
-        outcomes += [Outcome(item.index, item.source, prediction=p) for (item, _d), p in zip(pending, found)]
+        outcomes += [Outcome(item.index, item.source, prediction=p) for (item, _d), p in zip(pending, found, strict=True)]
         pending = []
     return outcomes
 
@@ -99,5 +99,5 @@ def client_batch(items: Sequence[Item], plan: EnsemblePlan, local: LocalPlan,
         ids, scores = classify(answer[local.output.name], plan.top_k, logits=local.logits)
         names = label_lookup(local.labels)[ids]
         found = predictions([item.source for item in decoded], ids, scores, names, k)
-        outcomes += [Outcome(item.index, item.source, prediction=p) for item, p in zip(decoded, found)]
+        outcomes += [Outcome(item.index, item.source, prediction=p) for item, p in zip(decoded, found, strict=True)]
     return sorted(outcomes, key=lambda o: o.index)

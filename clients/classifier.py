@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from triton_deploy.preprocessing import ImageTransform
 
@@ -60,6 +61,17 @@ class ClassifierOptions:
         if self.retries < 0:
             raise InvalidInputError(f"retries must be 0 or more, not {self.retries}", hint="--retries")
 
+    @classmethod
+    def from_arguments(cls, url: str, *, protocol: str = "http", model: str = "digits", preprocess: str = "server",
+                       transform: ImageTransform | None = None, max_batch_size: int | None = None,
+                       concurrency: int = 4, shared_memory: bool = False, timeout: float = 60.0,
+                       ready_timeout: float = 30.0, retries: int = 3, backoff: float = 0.2,
+                       headers: Mapping[str, str] | None = None, admin_key: str | None = None,
+                       tls: TlsOptions | None = None) -> ClassifierOptions:
+        """The keyword arguments both ``ImageClassifier`` and ``AsyncImageClassifier`` take, in one place."""
+        return cls(url, protocol, model, preprocess, transform, max_batch_size, concurrency, shared_memory, timeout,
+                   ready_timeout, retries, backoff, dict(headers or {}), admin_key, tls)
+
     @property
     def connection(self) -> Connection:
         return Connection(self.url, self.protocol, self.timeout_s, dict(self.headers), self.admin_key, self.tls)
@@ -102,24 +114,19 @@ class ImageClassifier:
     client on the server's host.
     """
 
-    def __init__(self, url: str, *, protocol: str = "http", model: str = "digits", preprocess: str = "server",
-                 transform: ImageTransform | None = None, max_batch_size: int | None = None, concurrency: int = 4,
-                 shared_memory: bool = False, timeout: float = 60.0, ready_timeout: float = 30.0, retries: int = 3,
-                 backoff: float = 0.2, headers: Mapping[str, str] | None = None, admin_key: str | None = None,
-                 tls: TlsOptions | None = None) -> None:
-        self.options = ClassifierOptions(url, protocol, model, preprocess, transform, max_batch_size, concurrency,
-                                         shared_memory, timeout, ready_timeout, retries, backoff, dict(headers or {}),
-                                         admin_key, tls)
-        self._transport = SyncTransport(self.options.connection)
-        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="triton-classify")
+    def __init__(self, url: str, **arguments: Any) -> None:
+        """``url`` is HOST:PORT; the keyword arguments are ``ClassifierOptions.from_arguments``'s."""
+        self.options = options = ClassifierOptions.from_arguments(url, **arguments)
+        self._transport = SyncTransport(options.connection)
+        self._executor = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="triton-classify")
         try:
-            wait_ready(self._transport, model, self.options.ready_timeout_s)
-            self.plan: EnsemblePlan = drive_sync(discover_ensemble(model, max_batch_size), self._transport,
-                                                 self.options.retry)
+            wait_ready(self._transport, options.model, options.ready_timeout_s)
+            self.plan: EnsemblePlan = drive_sync(discover_ensemble(options.model, options.max_batch_size),
+                                                 self._transport, options.retry)
             self.local: LocalPlan | None = None
-            if preprocess == "client":
-                self.local = drive_sync(discover_local(model, transform, self.plan.max_batch_size), self._transport,
-                                        self.options.retry)
+            if options.preprocess == "client":
+                self.local = drive_sync(discover_local(options.model, options.transform, self.plan.max_batch_size),
+                                        self._transport, options.retry)
         except BaseException:
             self.close()
             raise

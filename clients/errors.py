@@ -17,50 +17,34 @@ from triton_deploy.errors import ClientError
 class ServerUnavailableError(ClientError):
     """Nothing answers at the URL, the connection broke, or the server said 503/UNAVAILABLE (after retries)."""
 
-    exit_code = 30
-
 
 class ModelNotFoundError(ClientError):
     """The server does not know the model, or it never became ready."""
-
-    exit_code = 31
 
 
 class ModelMismatchError(ClientError):
     """The model exists but is not an image classifier this client can drive (tensor names, kinds, shapes)."""
 
-    exit_code = 32
-
 
 class InvalidInputError(ClientError):
     """An argument the client cannot use: an input of an unsupported kind, a top-k above what the model returns."""
-
-    exit_code = 33
 
 
 class RequestTooLargeError(ClientError):
     """The server refused a request for its size (batch above the model's max batch size, body above the cap)."""
 
-    exit_code = 34
-
 
 class RequestTimeoutError(ClientError):
     """No answer within the client's timeout."""
-
-    exit_code = 35
 
 
 class InferenceError(ClientError):
     """Any other error the server reported for an inference request."""
 
-    exit_code = 36
-
 
 class ImageError(ClientError):
     """One input image could not be classified (unreadable file, not an image, rejected by the server).
     Carries ``source`` (a path, or ``#i`` for in-memory inputs) and ``index`` in the caller's list."""
-
-    exit_code = 37
 
     def __init__(self, source: str, message: str, *, index: int = -1) -> None:
         super().__init__(f"{source}: {message}")
@@ -69,8 +53,6 @@ class ImageError(ClientError):
 
 class ClassificationError(ClientError):
     """Raised by ``classify`` when some images failed; ``outcomes`` holds every image's result or error, in order."""
-
-    exit_code = 37
 
     def __init__(self, outcomes: list) -> None:
         failures = [o for o in outcomes if o.error is not None]
@@ -165,5 +147,3 @@ def _typed(exc: BaseException, url: str, model: str) -> ClientError:
 
 class IncompleteRunError(ClientError):
     """The ``classify`` command classified some images but not all (each failure was reported by name)."""
-
-    exit_code = 37

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -23,7 +23,7 @@ from triton_deploy.preprocessing import ImageDecodeError, ImageTransform
 
 from .errors import ImageError, InvalidInputError
 
-ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+ImageLike = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
 PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA"})
 TIFF_MODES = frozenset({"I", "I;16", "F", "CMYK"})

@@ -7,8 +7,7 @@ import glob
 from collections.abc import Sequence
 from pathlib import Path
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
-                            ".pbm", ".pnm"})
+from triton_deploy.contract import IMAGE_SUFFIXES
 
 
 def expand_paths(arguments: Sequence[str]) -> list[str]:

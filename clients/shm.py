@@ -80,7 +80,7 @@ class Slot:
 
     def write(self, placed: list[Placed], payloads: list[np.ndarray]) -> None:
         assert self.input is not None and self.input.handle is not None
-        for where, payload in zip(placed, payloads):
+        for where, payload in zip(placed, payloads, strict=True):
             system_shm.set_shared_memory_region(self.input.handle, [payload], offset=where.offset)
 
     def read(self, placed: list[Placed], specs: dict[str, TensorSpec]) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ unavailable (``None``) when the server refuses it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import threading
 import time
@@ -23,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from triton_deploy.contract import ADMIN_HEADER
 from triton_deploy.errors import ClientError
-from triton_deploy.server import ADMIN_HEADER
 
 from .discovery import Call
 from .errors import InvalidInputError, ModelNotFoundError, ServerUnavailableError, is_restricted, translate
@@ -36,6 +37,7 @@ GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 # After answering a request with an error, Triton can hold the request's shared-memory regions a moment longer and
 # refuses to unregister them meanwhile ("currently in use"); wait that out rather than leave them registered.
 IN_USE_WAIT_S = 5.0
+IN_USE_POLL_S = 0.02
 
 
 def _in_use(exc: Exception) -> bool:
@@ -63,6 +65,9 @@ class RetryPolicy:
         # Full jitter keeps many clients that failed together from retrying in lockstep.
         return [min(self.max_backoff_s, self.backoff_s * 2 ** n) * (0.5 + random.random() / 2)
                 for n in range(self.retries)]
+
+
+UNREGISTER_RETRY = RetryPolicy(retries=2, backoff_s=0.05)  # a cleanup call: a short retry, then a warning
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,30 @@ class Connection:
         return headers or None
 
 
+class _Protocol:
+    """What differs between HTTP and gRPC around a call, in one place: headers, the per-call timeout, JSON answers
+    and the gRPC client's TLS arguments. Both transports, sync and asyncio, ask it rather than branching."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.grpc = connection.protocol == "grpc"
+
+    def kw(self, admin: bool = False) -> dict[str, Any]:
+        kw: dict[str, Any] = {"headers": self.connection.call_headers(admin=admin)}
+        if self.grpc:
+            kw["client_timeout"] = self.connection.timeout_s
+        return kw
+
+    def json_kw(self, admin: bool = False) -> dict[str, Any]:
+        """``kw`` for calls whose answer is a document: gRPC returns protobuf messages unless asked for JSON."""
+        return self.kw(admin) | ({"as_json": True} if self.grpc else {})
+
+    def grpc_client_args(self) -> dict[str, Any]:
+        tls = self.connection.tls
+        return {"ssl": tls is not None, "root_certificates": tls and tls.root_certificates,
+                "private_key": tls and tls.private_key, "certificate_chain": tls and tls.certificate_chain}
+
+
 # ---- building requests and reading results (shared by all four transports) ------------------------------------
 
 
@@ -125,15 +154,17 @@ class _Request:
 
     def bind(self) -> None:
         """Point the shared-memory tensors at the slot's regions (after they were sized)."""
+        slot = self.slot
+        assert slot is not None  # only calls placed in a slot are bound
         placed_in = {p.name: p for p in self.placed_in}
         for tensor in self.inputs:
             where = placed_in.get(tensor.name())
-            if where is not None:
-                tensor.set_shared_memory(self.slot.input.name, where.nbytes, where.offset)
+            if where is not None and slot.input is not None:
+                tensor.set_shared_memory(slot.input.name, where.nbytes, where.offset)
         for _spec, output, where in self.outputs:
-            if where is not None:
-                output.set_shared_memory(self.slot.output.name, where.nbytes, where.offset)
-        self.slot.write(self.placed_in, self.payloads)
+            if where is not None and slot.output is not None:
+                output.set_shared_memory(slot.output.name, where.nbytes, where.offset)
+        slot.write(self.placed_in, self.payloads)
 
     def answer(self, result: Any) -> dict[str, np.ndarray]:
         specs = {spec.name: spec for spec, _o, _w in self.outputs}
@@ -147,10 +178,33 @@ class _Request:
         return [output for _s, output, _w in self.outputs]
 
 
-def _regions_to_register(slot: Slot, request: _Request) -> tuple[list[Region], list[Region]]:
+def _shm_steps(slot: Slot, request: _Request) -> Generator[tuple[str, Region], None, None]:
+    """The shared-memory work before an inference, as steps both transports carry out: ``("unregister", region)``
+    for a region too small for this request (destroyed once unregistered), then ``("register", region)`` for each
+    region the server does not know yet. An error thrown back into a registration step is re-raised."""
     stale, _fresh = slot.resize(request.in_bytes, request.out_bytes)
-    current = [r for r in (slot.input, slot.output) if r is not None]
-    return stale, current
+    for region in stale:
+        yield "unregister", region
+        region.destroy()
+    for region in (r for r in (slot.input, slot.output) if r is not None):
+        if region.handle is None:
+            region.create()
+        if not region.registered:
+            region.registered = True  # set first: a call that fails late (or is cancelled) may still have registered it
+            try:
+                yield "register", region
+            except ServerUnavailableError:
+                region.registered = False  # never reached the server: register again on the retry
+                raise
+
+
+def _give_up_unregistering(region: Region, exc: ClientError, deadline: float) -> bool:
+    """After a failed unregister: keep trying while Triton still holds the region, else warn and give up."""
+    if _in_use(exc) and time.monotonic() < deadline:
+        return False
+    # The region is unlinked locally anyway; say what the server may still hold.
+    warnings.warn(f"could not unregister shared-memory region {region.name}: {exc}", stacklevel=3)
+    return True
 
 
 # ---- sync -----------------------------------------------------------------------------------------------------
@@ -162,6 +216,7 @@ class SyncTransport:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
+        self.protocol = _Protocol(connection)
         self._local = threading.local()
         self._clients: list[Any] = []
         self._lock = threading.Lock()
@@ -182,21 +237,12 @@ class SyncTransport:
                 with self._lock:
                     client = self._clients[0] if self._clients else None
                 if client is None:
-                    tls = c.tls
-                    client = self.module.InferenceServerClient(
-                        c.url, ssl=tls is not None, root_certificates=tls and tls.root_certificates,
-                        private_key=tls and tls.private_key, certificate_chain=tls and tls.certificate_chain)
+                    client = self.module.InferenceServerClient(c.url, **self.protocol.grpc_client_args())
             with self._lock:
                 if client not in self._clients:
                     self._clients.append(client)
             self._local.client = client
         return client
-
-    def _kw(self, admin: bool = False) -> dict[str, Any]:
-        kw: dict[str, Any] = {"headers": self.connection.call_headers(admin=admin)}
-        if self.connection.protocol == "grpc":
-            kw["client_timeout"] = self.connection.timeout_s
-        return kw
 
     def _guard(self, model: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -207,42 +253,37 @@ class SyncTransport:
             raise translate(exc, url=self.connection.url, model=model) from exc
 
     def server_ready(self) -> bool:
-        return self._guard("", lambda: self._client().is_server_ready(**self._kw()))
+        return self._guard("", lambda: self._client().is_server_ready(**self.protocol.kw()))
 
     def model_ready(self, model: str) -> bool:
-        return self._guard(model, lambda: self._client().is_model_ready(model, **self._kw()))
+        return self._guard(model, lambda: self._client().is_model_ready(model, **self.protocol.kw()))
 
     def call(self, call: Call, slot: Slot | None = None) -> Any:
         client = self._client()
         if call.kind == "metadata":
-            return self._guard(call.model, lambda: _metadata(client, call.model, self._kw(), self.connection))
+            return self._guard(call.model, lambda: client.get_model_metadata(call.model, **self.protocol.json_kw()))
         if call.kind == "config":
             try:
-                return _config(client, call.model, self._kw(admin=True), self.connection)
+                return client.get_model_config(call.model, **self.protocol.json_kw(admin=True))
             except Exception as exc:
                 if is_restricted(exc):
                     return None
                 raise translate(exc, url=self.connection.url, model=call.model) from exc
         request = _Request(self.module, call, slot)
         if slot is not None:
-            stale, current = _regions_to_register(slot, request)
-            for region in stale:
-                self.unregister(region)
-                region.destroy()
-            for region in current:
-                if region.handle is None:
-                    region.create()
-                if not region.registered:
-                    region.registered = True  # set first: a call that fails late may still have registered it
-                    try:
-                        self._guard(call.model, lambda r=region: client.register_system_shared_memory(
-                            r.name, r.key, r.size, **self._kw()))
-                    except ServerUnavailableError:
-                        region.registered = False  # never reached the server: register again on the retry
-                        raise
+            steps = _shm_steps(slot, request)
+            for action, region in steps:
+                if action == "unregister":
+                    self.unregister(region)
+                    continue
+                try:
+                    self._guard(call.model, functools.partial(client.register_system_shared_memory, region.name,
+                                                              region.key, region.size, **self.protocol.kw()))
+                except ServerUnavailableError as exc:
+                    steps.throw(exc)
             request.bind()
         result = self._guard(call.model, lambda: client.infer(call.model, request.inputs,
-                                                              outputs=request.output_objects(), **self._kw()))
+                                                              outputs=request.output_objects(), **self.protocol.kw()))
         return request.answer(result)
 
     def unregister(self, region: Region) -> None:
@@ -250,23 +291,21 @@ class SyncTransport:
         if not region.registered:
             return
         deadline = time.monotonic() + IN_USE_WAIT_S
+        unregister = functools.partial(self._guard, "", lambda: self._client().unregister_system_shared_memory(
+            region.name, **self.protocol.kw()))
         while True:
             try:
-                with_retry(lambda: self._guard("", lambda: self._client().unregister_system_shared_memory(
-                    region.name, **self._kw())), RetryPolicy(retries=2, backoff_s=0.05))
+                with_retry(unregister, UNREGISTER_RETRY)
                 break
             except ClientError as exc:
-                if _in_use(exc) and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                    continue
-                # The region is unlinked locally anyway; say what the server may still hold.
-                warnings.warn(f"could not unregister shared-memory region {region.name}: {exc}", stacklevel=2)
-                break
+                if _give_up_unregistering(region, exc, deadline):
+                    break
+                time.sleep(IN_USE_POLL_S)
         region.registered = False
 
     def shm_status(self) -> list[str]:
-        status = self._guard("", lambda: self._client().get_system_shared_memory_status(**self._kw()))
-        return _region_names(status)
+        return _region_names(self._guard("", lambda: self._client().get_system_shared_memory_status(
+            **self.protocol.json_kw())))
 
     def close(self) -> None:
         with self._lock:
@@ -276,18 +315,6 @@ class SyncTransport:
                 client.close()
             except Exception:  # noqa: BLE001 - closing a broken connection must not hide the real error
                 pass
-
-
-def _metadata(client: Any, model: str, kw: dict[str, Any], connection: Connection) -> dict[str, Any]:
-    if connection.protocol == "grpc":
-        return client.get_model_metadata(model, as_json=True, **kw)
-    return client.get_model_metadata(model, **kw)
-
-
-def _config(client: Any, model: str, kw: dict[str, Any], connection: Connection) -> dict[str, Any]:
-    if connection.protocol == "grpc":
-        return client.get_model_config(model, as_json=True, **kw)
-    return client.get_model_config(model, **kw)
 
 
 def _region_names(status: Any) -> list[str]:
@@ -305,7 +332,7 @@ def drive_sync(steps: Generator[Call, Any, Any], transport: SyncTransport, retry
         call = next(steps)
         while True:
             try:
-                result = with_retry(lambda: transport.call(call, slot), retry)
+                result = with_retry(functools.partial(transport.call, call, slot), retry)
             except ClientError as exc:
                 call = steps.throw(exc)
             else:
@@ -362,23 +389,15 @@ class AsyncTransport:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
+        self.protocol = _Protocol(connection)
         c = connection
         if c.protocol == "http":
             import tritonclient.http.aio as module
             self.client = module.InferenceServerClient(c.url, conn_timeout=c.timeout_s)
         else:
             import tritonclient.grpc.aio as module
-            tls = c.tls
-            self.client = module.InferenceServerClient(
-                c.url, ssl=tls is not None, root_certificates=tls and tls.root_certificates,
-                private_key=tls and tls.private_key, certificate_chain=tls and tls.certificate_chain)
+            self.client = module.InferenceServerClient(c.url, **self.protocol.grpc_client_args())
         self.module = module
-
-    def _kw(self, admin: bool = False) -> dict[str, Any]:
-        kw: dict[str, Any] = {"headers": self.connection.call_headers(admin=admin)}
-        if self.connection.protocol == "grpc":
-            kw["client_timeout"] = self.connection.timeout_s
-        return kw
 
     async def _guard(self, model: str, awaitable: Any) -> Any:
         try:
@@ -391,44 +410,37 @@ class AsyncTransport:
             raise translate(exc, url=self.connection.url, model=model) from exc
 
     async def server_ready(self) -> bool:
-        return await self._guard("", self.client.is_server_ready(**self._kw()))
+        return await self._guard("", self.client.is_server_ready(**self.protocol.kw()))
 
     async def model_ready(self, model: str) -> bool:
-        return await self._guard(model, self.client.is_model_ready(model, **self._kw()))
+        return await self._guard(model, self.client.is_model_ready(model, **self.protocol.kw()))
 
     async def call(self, call: Call, slot: Slot | None = None) -> Any:
-        grpc = self.connection.protocol == "grpc"
         if call.kind == "metadata":
-            kw = self._kw() | ({"as_json": True} if grpc else {})
-            return await self._guard(call.model, self.client.get_model_metadata(call.model, **kw))
+            return await self._guard(call.model, self.client.get_model_metadata(call.model, **self.protocol.json_kw()))
         if call.kind == "config":
-            kw = self._kw(admin=True) | ({"as_json": True} if grpc else {})
             try:
-                return await self.client.get_model_config(call.model, **kw)
+                return await self.client.get_model_config(call.model, **self.protocol.json_kw(admin=True))
             except Exception as exc:
                 if is_restricted(exc):
                     return None
                 raise translate(exc, url=self.connection.url, model=call.model) from exc
         request = _Request(self.module, call, slot)
         if slot is not None:
-            stale, current = _regions_to_register(slot, request)
-            for region in stale:
-                await self.unregister(region)
-                region.destroy()
-            for region in current:
-                if region.handle is None:
-                    region.create()
-                if not region.registered:
-                    region.registered = True  # set first: a cancelled call may still have registered it
-                    try:
-                        await self._guard(call.model, self.client.register_system_shared_memory(
-                            region.name, region.key, region.size, **self._kw()))
-                    except ServerUnavailableError:
-                        region.registered = False  # never reached the server: register again on the retry
-                        raise
+            steps = _shm_steps(slot, request)
+            for action, region in steps:
+                if action == "unregister":
+                    await self.unregister(region)
+                    continue
+                try:
+                    await self._guard(call.model, self.client.register_system_shared_memory(
+                        region.name, region.key, region.size, **self.protocol.kw()))
+                except ServerUnavailableError as exc:
+                    steps.throw(exc)
             request.bind()
         result = await self._guard(call.model, self.client.infer(call.model, request.inputs,
-                                                                 outputs=request.output_objects(), **self._kw()))
+                                                                 outputs=request.output_objects(),
+                                                                 **self.protocol.kw()))
         return request.answer(result)
 
     async def unregister(self, region: Region) -> None:
@@ -438,19 +450,17 @@ class AsyncTransport:
         while True:
             try:
                 await with_retry_async(lambda: self._guard("", self.client.unregister_system_shared_memory(
-                    region.name, **self._kw())), RetryPolicy(retries=2, backoff_s=0.05))
+                    region.name, **self.protocol.kw())), UNREGISTER_RETRY)
                 break
             except ClientError as exc:
-                if _in_use(exc) and time.monotonic() < deadline:
-                    await asyncio.sleep(0.02)
-                    continue
-                warnings.warn(f"could not unregister shared-memory region {region.name}: {exc}", stacklevel=2)
-                break
+                if _give_up_unregistering(region, exc, deadline):
+                    break
+                await asyncio.sleep(IN_USE_POLL_S)
         region.registered = False
 
     async def shm_status(self) -> list[str]:
-        kw = self._kw() | ({"as_json": True} if self.connection.protocol == "grpc" else {})
-        return _region_names(await self._guard("", self.client.get_system_shared_memory_status(**kw)))
+        return _region_names(await self._guard("", self.client.get_system_shared_memory_status(
+            **self.protocol.json_kw())))
 
     async def close(self) -> None:
         try:
@@ -470,7 +480,7 @@ async def drive_async(steps: Generator[Call, Any, Any], transport: AsyncTranspor
     try:
         while True:
             try:
-                result = await with_retry_async(lambda: transport.call(call, slot), retry)
+                result = await with_retry_async(functools.partial(transport.call, call, slot), retry)
             except ClientError as exc:
                 call = steps.throw(exc)
             else:

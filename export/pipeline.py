@@ -16,7 +16,8 @@ import numpy as np
 import onnx
 
 from triton_deploy import __version__
-from triton_deploy.errors import ModelSourceError, UsageError
+from triton_deploy.contract import IMAGE_SUFFIXES
+from triton_deploy.errors import ModelSourceError, Problem, raise_problems
 from triton_deploy.fsutil import atomic_directory, check_output_dir
 from triton_deploy.preprocessing import ImageDecodeError, ImageTransform
 from triton_deploy.progress import Reporter
@@ -24,7 +25,6 @@ from triton_deploy.spec import Manifest, TensorSpec
 
 from . import convert, digits, graph, sources, tflite, validate
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 SAMPLE_IMAGE = "sample.png"
 KERAS_FILE = "model.keras"
 
@@ -73,7 +73,7 @@ class ExportResult:
                        "atol": m.parity.atol, "samples": m.parity.samples},
             "flops_per_image": m.flops_per_image,
             "model_sha256": m.model_sha256,
-        } | ({"tflite": m.extra["tflite"]} if "tflite" in m.extra else {})
+        } | ({"tflite": m.tflite} if m.tflite else {})
 
 
 def export_model(options: ExportOptions, reporter: Reporter | None = None) -> ExportResult:
@@ -104,15 +104,16 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             with reporter.step(f"Measuring held-out accuracy on {len(samples)} images"):
                 accuracy = validate.accuracy(session, samples, sample_labels, nchw=options.nchw)
         (staging / SAMPLE_IMAGE).write_bytes(sample_png)
-        edge = {}
+        keras_file = None
         if model.keras_model is not None:  # the source pruning and TFLite conversion start from
             model.keras_model.save(staging / KERAS_FILE)
-            edge["keras_file"] = KERAS_FILE
+            keras_file = KERAS_FILE
+        tflite_record = None
         if options.tflite:
             with reporter.step(f"Converting to TFLite and validating with LiteRT on {len(samples)} images"):
-                edge["tflite"] = tflite.write(model.keras_model, staging, samples, model.predict(samples),
-                                              atol=options.atol, min_agreement=options.min_agreement,
-                                              labels=sample_labels)
+                tflite_record = tflite.write(model.keras_model, staging, samples, model.predict(samples),
+                                             atol=options.atol, min_agreement=options.min_agreement,
+                                             labels=sample_labels)
         manifest = Manifest(
             name=options.name or model.name,
             input=TensorSpec(options.input_name, (-1, *transform.input_dims), "FP32", layout=transform.layout),
@@ -130,10 +131,11 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             flops_per_image=2 * model.extra["multiply_adds_per_image"] if "multiply_adds_per_image" in model.extra
             else None,
             created_by=f"triton-deploy {__version__}",
-            extra=edge | {"sample_image": SAMPLE_IMAGE,
-                   "largest_activation_bytes_per_image": graph.largest_activation_bytes(model_path)}
-            | ({"multiply_adds_per_image": model.extra["multiply_adds_per_image"]}
-               if "multiply_adds_per_image" in model.extra else {}),
+            sample_image=SAMPLE_IMAGE,
+            largest_activation_bytes_per_image=graph.largest_activation_bytes(model_path),
+            multiply_adds_per_image=model.extra.get("multiply_adds_per_image"),
+            keras_file=keras_file,
+            tflite=tflite_record,
         )
         manifest.write(staging)
     return ExportResult(Path(options.output), manifest)
@@ -169,29 +171,32 @@ def export_like(model: sources.LoadedModel, manifest: Manifest, path: Path, samp
 
 
 def _check_options(options: ExportOptions) -> None:
+    """Raise one ``UsageError`` naming every problem with ``options``."""
+    problems: list[Problem] = []
     chosen = [flag for flag, value in (("--keras-model", options.keras_model), ("--saved-model", options.saved_model),
                                        ("--arch", options.arch)) if value is not None]
     if len(chosen) > 1:
-        raise UsageError(f"{' and '.join(chosen)} were both given; export one model per run",
-                         hint="keep one of --model/--keras-model/--saved-model/--arch")
+        problems.append((f"{' and '.join(chosen)} were both given; export one model per run",
+                         "keep one of --model/--keras-model/--saved-model/--arch"))
     if not chosen and options.model != "digits":
-        raise UsageError(f"unknown built-in model {options.model!r}", hint="--model takes: digits")
+        problems.append((f"unknown built-in model {options.model!r}", "--model takes: digits"))
     if options.tflite and options.saved_model is not None:
-        raise UsageError("--tflite converts a Keras model; a SavedModel source has none",
-                         hint="drop --tflite, or export the Keras model with --keras-model")
+        problems.append(("--tflite converts a Keras model; a SavedModel source has none",
+                         "drop --tflite, or export the Keras model with --keras-model"))
     if options.weights is not None and options.arch is None:
-        raise UsageError("--weights applies to --arch models only", hint="drop --weights or add --arch")
+        problems.append(("--weights applies to --arch models only", "drop --weights or add --arch"))
     if not 7 <= options.opset <= 21:
-        raise UsageError(f"opset {options.opset} is outside the supported range 7-21", hint="check --opset")
+        problems.append((f"opset {options.opset} is outside the supported range 7-21", "check --opset"))
     if options.atol <= 0 or not 0 < options.min_agreement <= 1:
-        raise UsageError("--atol must be > 0 and --min-agreement in (0, 1]", hint="check --atol / --min-agreement")
+        problems.append(("--atol must be > 0 and --min-agreement in (0, 1]", "check --atol / --min-agreement"))
     if options.output_kind not in ("auto", "logits", "probabilities"):
-        raise UsageError(f"unknown output kind {options.output_kind!r}", hint="--outputs takes auto|logits|probabilities")
+        problems.append((f"unknown output kind {options.output_kind!r}", "--outputs takes auto|logits|probabilities"))
     for flag, name in (("--input-name", options.input_name), ("--output-name", options.output_name),
                        ("--name", options.name)):
         if name is not None and not _is_identifier(name):
-            raise UsageError(f"{flag} {name!r} must be letters, digits and underscores, starting with a letter",
-                             hint=f"check {flag}")
+            problems.append((f"{flag} {name!r} must be letters, digits and underscores, starting with a letter",
+                             f"check {flag}"))
+    raise_problems(problems)
 
 
 def _is_identifier(name: str) -> bool:
@@ -250,11 +255,12 @@ def _samples(options: ExportOptions, model: sources.LoadedModel, transform: Imag
     if options.samples is not None:
         return _samples_from_dir(Path(options.samples), nhwc, labels)
     data = model.dataset or digits.load_digits_data(seed=options.seed)
-    images, labels = data.split("heldout")
+    images, heldout_labels = data.split("heldout")
+    known: np.ndarray | None = heldout_labels
     if model.dataset is None:
-        images, labels = images[:32], None  # real digit images, rendered at the model's size, for parity only
+        images, known = images[:32], None  # real digit images, rendered at the model's size, for parity only
     pixels = np.stack([nhwc.resize(digits.digit_image(image)) for image in images])
-    return nhwc.normalise(pixels), labels, _png(digits.digit_image(images[0]))
+    return nhwc.normalise(pixels), known, _png(digits.digit_image(images[0]))
 
 
 def _samples_from_dir(directory: Path, transform: ImageTransform,

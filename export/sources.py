@@ -167,7 +167,9 @@ def from_saved_model(directory: Path) -> LoadedModel:
     input_shape = _image_shape(tuple(input_spec.shape), directory, "--saved-model")
     num_classes = _num_classes(tuple(output_spec.shape), directory, "--saved-model")
     # Keep `loaded` alive with the function: the signature's variables belong to it.
-    call = (lambda x, _keep=loaded: signature(**{input_key: x})[output_key])
+    def call(x, _keep=loaded):
+        return signature(**{input_key: x})[output_key]
+
     return LoadedModel(
         name=_safe_name(directory.name), call=call, input_shape=input_shape, num_classes=num_classes,
         transform=_default_transform(input_shape), labels=_default_labels(num_classes),
@@ -177,7 +179,7 @@ def from_saved_model(directory: Path) -> LoadedModel:
 
 def keras_file(export_dir: Path, manifest) -> Path:
     """``model.keras`` of an export (written by ``export`` for Keras sources); a clear error when there is none."""
-    name = manifest.extra.get("keras_file")
+    name = manifest.keras_file
     path = Path(export_dir) / name if name else None
     if path is None or not path.is_file():
         raise ModelSourceError(f"{export_dir} has no Keras source (model.keras); pruning and TFLite conversion "

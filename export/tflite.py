@@ -39,8 +39,6 @@ FLAVOURS = ("fp32", "int8")
 class TFLiteError(TritonDeployError):
     """Conversion to TFLite failed, or a TFLite file cannot be loaded or run."""
 
-    exit_code = 24
-
 
 def convert(keras_model, *, representative: np.ndarray | None = None) -> bytes:
     """The model as a TFLite flatbuffer: float32, or full-integer INT8 when ``representative`` inputs are given."""

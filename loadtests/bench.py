@@ -16,6 +16,7 @@ import platform
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from triton_deploy.errors import UsageError
 from triton_deploy.loadtests import driver, plots, server_stats
@@ -68,7 +69,7 @@ def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchR
     output.mkdir(parents=True, exist_ok=True)
     work = Path(options.work_dir or output / "work")
     work.mkdir(parents=True, exist_ok=True)
-    report = {"started": datetime.now().isoformat(timespec="seconds"), "machine": _machine(),
+    report: dict[str, Any] = {"started": datetime.now().isoformat(timespec="seconds"), "machine": _machine(),
               "options": {"duration_s": options.measure_s, "concurrencies": list(options.concurrencies),
                           "quick": options.quick}, "models": {}}
     exports = list(options.exports) or [_export(name, work, options, reporter) for name in options.models]
@@ -204,11 +205,12 @@ def _bench_server(name: str, repository: Path, label: str, options: BenchOptions
             out["batched_requests"] = {}
             for batch in (b for b in options.baseline_batches if b > 1):
                 with reporter.step(f"{name}: {batch} images per request, concurrency {max(options.concurrencies)}"):
-                    before = cpu_seconds(server)
+                    cpu_before = cpu_seconds(server)
                     m = driver.drive(server.grpc_url, name, pool, concurrency=max(options.concurrencies),
                                      duration_s=options.measure_s, batch_size=batch)
                 out["batched_requests"][str(batch)] = m.summary() | {
-                    "concurrency": max(options.concurrencies), "cpu_ms_per_image": cpu_per_image(server, before, m)}
+                    "concurrency": max(options.concurrencies),
+                    "cpu_ms_per_image": cpu_per_image(server, cpu_before, m)}
             out["protocols"] = {}
             for protocol in ("http", "grpc"):
                 url = server.http_url if protocol == "http" else server.grpc_url

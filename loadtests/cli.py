@@ -12,10 +12,6 @@ from pathlib import Path
 from triton_deploy.cliargs import add_common_flags, int_list, word_list
 from triton_deploy.progress import Reporter
 
-
-
-
-
 # ---- loadtest -------------------------------------------------------------------------------------------------
 
 
@@ -63,7 +59,7 @@ def add_loadtest(sub) -> None:
 
 def run_loadtest_command(args: argparse.Namespace, reporter: Reporter) -> int:
     from triton_deploy.errors import UsageError
-    from triton_deploy.loadtests.runner import LoadTestOptions, parse_duration, run_loadtest, summary_table
+    from triton_deploy.loadtests.runner import LoadTestOptions, parse_duration, run_loadtest
     from triton_deploy.loadtests.slo import SLO, SLOViolation
 
     shape_args = {}

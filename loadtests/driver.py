@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from triton_deploy.contract import IMAGE, OUTPUTS
 from triton_deploy.errors import ClientError
 from triton_deploy.loadtests.payloads import ImagePool
-
-OUTPUTS = ("CLASS_IDS", "SCORES", "LABELS")
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ async def _drive(url, model, pool, protocol, concurrency, duration_s, batch_size
     prepared = []
     for _ in range(32):
         tensor = pool.tensor(batch_size)
-        infer_input = lib.InferInput("IMAGE", list(tensor.shape), "BYTES")
+        infer_input = lib.InferInput(IMAGE, list(tensor.shape), "BYTES")
         infer_input.set_data_from_numpy(tensor)
         prepared.append([infer_input])
     outputs = [lib.InferRequestedOutput(name) for name in OUTPUTS]

@@ -21,11 +21,10 @@ import numpy as np
 from locust import User, constant, events, task
 from locust.runners import WorkerRunner
 
+from triton_deploy.contract import CLASS_IDS, IMAGE, OUTPUTS
 from triton_deploy.loadtests.payloads import ImagePool, PoolOptions, load_pool
 from triton_deploy.loadtests.slo import SLO
 
-IMAGE_INPUT = "IMAGE"
-OUTPUTS = ("CLASS_IDS", "SCORES", "LABELS")
 SLO_EXIT_CODE = 3
 logger = logging.getLogger("triton-loadtest")
 
@@ -164,11 +163,11 @@ class TritonHttpUser(TritonUser):
         return httpclient.InferenceServerClient(self.url, connection_timeout=self.timeout, network_timeout=self.timeout)
 
     def infer(self, images):
-        inputs = [self.lib.InferInput(IMAGE_INPUT, list(images.shape), "BYTES")]
+        inputs = [self.lib.InferInput(IMAGE, list(images.shape), "BYTES")]
         inputs[0].set_data_from_numpy(images, binary_data=True)
         outputs = [self.lib.InferRequestedOutput(name, binary_data=True) for name in OUTPUTS]
         result = self.client.infer(self.model, inputs, outputs=outputs)
-        self.check(result.as_numpy("CLASS_IDS"))
+        self.check(result.as_numpy(CLASS_IDS))
         body = result.get_response()
         return len(json.dumps(body)) + sum(int(o.get("parameters", {}).get("binary_data_size", 0)) for o in body["outputs"])
 
@@ -189,9 +188,9 @@ class TritonGrpcUser(TritonUser):
         return grpcclient.InferenceServerClient(self.url)
 
     def infer(self, images):
-        inputs = [self.lib.InferInput(IMAGE_INPUT, list(images.shape), "BYTES")]
+        inputs = [self.lib.InferInput(IMAGE, list(images.shape), "BYTES")]
         inputs[0].set_data_from_numpy(images)
         outputs = [self.lib.InferRequestedOutput(name) for name in OUTPUTS]
         result = self.client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout)
-        self.check(result.as_numpy("CLASS_IDS"))
+        self.check(result.as_numpy(CLASS_IDS))
         return result.get_response().ByteSize()

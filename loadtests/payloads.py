@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from triton_deploy.contract import IMAGE_SUFFIXES
 from triton_deploy.errors import UsageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "JPG": "JPEG", "BMP": "BMP", "WEBP": "WEBP"}
 
 
@@ -71,7 +71,7 @@ def pool_from_folder(folder: Path, seed: int = 0) -> ImagePool:
         raise UsageError(f"image folder {folder} does not exist", hint="check --image-dir")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise UsageError(f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})",
+        raise UsageError(f"image folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
                          hint="check --image-dir")
     return ImagePool([p.read_bytes() for p in files], f"{len(files)} files from {folder}", seed)
 

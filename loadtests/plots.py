@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -29,7 +30,7 @@ def read_history(path: Path, window_s: int = 1) -> list[dict]:
     if not rows:
         return []
     start = int(rows[0]["Timestamp"])
-    history = [{"t": int(r["Timestamp"]) - start, "users": _number(r["User Count"]),
+    history: list[dict[str, Any]] = [{"t": int(r["Timestamp"]) - start, "users": _number(r["User Count"]),
                 "total": _number(r["Total Request Count"]) or 0.0, "failed": _number(r["Total Failure Count"]) or 0.0,
                 # 0 before the first response is "no data", not a 0 ms latency
                 **{p: (_number(r[p]) or None) for p in PERCENTILES}} for r in rows]
@@ -63,7 +64,7 @@ def plot_timeline(history: list[dict], directory: Path, title: str) -> list[Path
     users.step(t, [r["users"] for r in history], where="post", color="tab:gray", linestyle="--", label="users")
     users.set_ylabel("users")
     lines = ax.get_legend_handles_labels()[0] + users.get_legend_handles_labels()[0]
-    ax.legend(lines, [line.get_label() for line in lines], loc="upper left")
+    ax.legend(lines, [str(line.get_label()) for line in lines], loc="upper left")
     ax.set_title(f"Throughput: {title}")
     ax.grid(alpha=0.3)
     throughput = directory / "throughput.png"
@@ -118,7 +119,7 @@ def plot_bench(report: dict, path: Path) -> Path:
     baseline's best and the target's share of it as horizontal lines, so the efficiency gap is seen at a glance."""
     models = list(report["models"].items())
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 5.4), squeeze=False)
-    for ax, (name, r) in zip(axes[0], models):
+    for ax, (name, r) in zip(axes[0], models, strict=True):
         for label, config in r["configs"].items():
             levels = sorted(config["levels"].values(), key=lambda level: level["concurrency"])
             ax.plot([level["concurrency"] for level in levels], [level["images_per_s"] for level in levels],

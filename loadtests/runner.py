@@ -40,8 +40,6 @@ LOCUST_OK = {0, 1, 3}  # 1: some requests failed (Locust's --exit-code-on-error)
 class LoadTestError(TritonDeployError):
     """Locust could not run, or the run produced no statistics."""
 
-    exit_code = 12
-
 
 @dataclass(frozen=True)
 class LoadTestOptions:
@@ -163,6 +161,7 @@ def _endpoints(options: LoadTestOptions, directory: Path, stack: ExitStack, repo
         url = options.url.split("://", 1)[-1].rstrip("/")
         host = url.rsplit(":", 1)[0]
         return url, options.metrics_url or f"http://{host}:8002/metrics"
+    assert options.repository is not None  # LoadTestOptions.check: --url or --repository
     from triton_deploy.server import ServerOptions, TritonServer, free_ports
 
     http_port, grpc_port, metrics_port = free_ports(3)

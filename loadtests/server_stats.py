@@ -105,7 +105,7 @@ def from_statistics(stats: dict) -> dict[str, ModelTimes]:
     for entry in stats.get("model_stats", []):
         inference = entry.get("inference_stats", {})
 
-        def part(key: str, what: str) -> float:
+        def part(key: str, what: str, inference: dict = inference) -> float:
             return float(inference.get(key, {}).get(what, 0) or 0)
 
         row = result.setdefault(entry["name"], {f: 0.0 for f in METRICS.values()})

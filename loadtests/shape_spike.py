@@ -15,6 +15,7 @@ from locust import LoadTestShape
 
 class SpikeLoadShape(LoadTestShape):
     def tick(self):
+        assert self.runner is not None and self.runner.environment.parsed_options is not None  # set while running
         options = self.runner.environment.parsed_options
         elapsed = self.get_run_time()
         if elapsed >= options.spike_total_seconds:

@@ -14,6 +14,7 @@ from locust import LoadTestShape
 
 class StepLoadShape(LoadTestShape):
     def tick(self):
+        assert self.runner is not None and self.runner.environment.parsed_options is not None  # set while running
         options = self.runner.environment.parsed_options
         step = int(self.get_run_time() // options.step_seconds)
         if step >= options.steps:

@@ -7,14 +7,16 @@ The same check runs inside Locust (its ``quitting`` hook sets a non-zero exit co
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from triton_deploy.errors import TritonDeployError, UsageError
 
 
 class SLOViolation(TritonDeployError):
-    """A load test finished but broke one or more service-level objectives."""
+    """A load test finished but broke one or more service-level objectives. ``result`` (a ``LoadTestResult``) is
+    set by the runner, so the CLI still prints the table and the folder."""
 
-    exit_code = 11
+    result: Any = None
 
 
 @dataclass(frozen=True)

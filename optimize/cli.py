@@ -143,12 +143,17 @@ def add_tensorrt_check(sub) -> None:
 
 
 def run_tensorrt_check(args: argparse.Namespace, reporter) -> int:
+    from triton_deploy.repository.render import TensorRTAccelerator, gpu_classifier_config
+    from triton_deploy.spec import Manifest
+
     from .tensorrt import PlanOptions, TensorRTCompatibilityError, check_export
 
     options = PlanOptions(max_batch_size=args.max_batch_size, opt_batch_size=args.opt_batch_size,
                           precision=args.precision, onnx_path=str(args.export_dir / "model.onnx"),
                           plan_path=args.plan, calibration_cache=args.calibration_cache)
-    report, command, config = check_export(args.export_dir, options)
+    report, command = check_export(args.export_dir, options)
+    config = gpu_classifier_config(Manifest.read(args.export_dir), TensorRTAccelerator(precision=args.precision),
+                                   max_batch_size=args.max_batch_size)
     if args.json:
         print(json.dumps(report.to_dict() | {"trtexec": command, "onnxruntime_gpu_config": config}, indent=2))
     else:

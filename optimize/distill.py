@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from triton_deploy.errors import UsageError
+from triton_deploy.errors import Problem, UsageError, raise_problems
 from triton_deploy.export import digits, pipeline, validate
 from triton_deploy.export.sources import LoadedModel
 from triton_deploy.spec import Manifest, Parity
@@ -32,16 +32,21 @@ class DistillOptions:
     learning_rate: float = 3e-3
     seed: int = 0
 
-    def check(self) -> None:
+    def problems(self) -> list[Problem]:
+        problems: list[Problem] = []
         if self.temperature <= 0:
-            raise UsageError(f"distillation temperature must be > 0, got {self.temperature}",
-                             hint="check --distill-temperature")
+            problems.append((f"distillation temperature must be > 0, got {self.temperature}",
+                             "check --distill-temperature"))
         if not 0.0 <= self.alpha <= 1.0:
-            raise UsageError(f"distillation alpha must be in [0, 1], got {self.alpha}", hint="check --distill-alpha")
+            problems.append((f"distillation alpha must be in [0, 1], got {self.alpha}", "check --distill-alpha"))
         if self.epochs < 1:
-            raise UsageError("distillation needs at least one epoch", hint="check --distill-epochs")
+            problems.append(("distillation needs at least one epoch", "check --distill-epochs"))
         if not self.channels or any(c < 1 for c in self.channels):
-            raise UsageError(f"student channels {self.channels} must be positive", hint="check --student-channels")
+            problems.append((f"student channels {self.channels} must be positive", "check --student-channels"))
+        return problems
+
+    def check(self) -> None:
+        raise_problems(self.problems())
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,8 @@ def distill(teacher_path: Path, manifest: Manifest, options: DistillOptions, *, 
 
     keras.utils.set_random_seed(options.seed)
     tf.config.experimental.enable_op_determinism()
-    student = build_student(tuple(x_train.shape[1:]), manifest.num_classes, options.channels)
+    height, width, channels = x_train.shape[1:]
+    student = build_student((height, width, channels), manifest.num_classes, options.channels)
     student.compile(optimizer=keras.optimizers.Adam(learning_rate=options.learning_rate),
                     loss=distillation_loss(options.temperature, options.alpha, manifest.num_classes))
     y = np.concatenate([targets, fit_labels[:, None].astype(np.float32)], axis=1)

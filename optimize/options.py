@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from triton_deploy.errors import UsageError
+from triton_deploy.errors import Problem, raise_problems, unknown_choice
 
 from .distill import DistillOptions
 from .quantize import Calibration
@@ -35,30 +35,35 @@ class OptimizeOptions:
     seed: int = 0
 
     def check(self) -> None:
+        """Raise one ``UsageError`` naming every problem (the calibration's and the student's included)."""
         from .prune import CRITERIA
 
+        problems: list[Problem] = []
         unknown = [v for v in self.variants if not known(v)]
         if unknown or not self.variants:
             examples = ",".join([*VARIANTS, *(example for _, _, example in FAMILIES)])
-            raise UsageError(f"unknown variants {unknown}" if unknown else "no variant chosen",
-                             hint=f"--variants takes a comma-separated subset of {examples}")
+            problems.append((f"unknown variants {unknown}" if unknown else "no variant chosen",
+                             f"--variants takes a comma-separated subset of {examples}"))
         pruned = [v for v in self.variants if v.startswith("pruned_")]
         if pruned and not 0 < min(int(v.split("_")[1]) for v in pruned):
-            raise UsageError("a pruned variant removes 0 % of the filters", hint="--prune takes fractions in (0, 1)")
+            problems.append(("a pruned variant removes 0 % of the filters", "--prune takes fractions in (0, 1)"))
         if self.prune_criterion not in CRITERIA:
-            raise UsageError(f"unknown pruning criterion {self.prune_criterion!r}",
-                             hint=f"--prune-criterion takes {'|'.join(CRITERIA)}")
+            problems.append(unknown_choice("pruning criterion", self.prune_criterion, "--prune-criterion", CRITERIA))
         if self.fine_tune_epochs < 0:
-            raise UsageError("--fine-tune-epochs must be 0 or more", hint="check --fine-tune-epochs")
+            problems.append(("--fine-tune-epochs must be 0 or more", "check --fine-tune-epochs"))
         if self.max_accuracy_drop < 0:
-            raise UsageError(f"--max-accuracy-drop {self.max_accuracy_drop} is negative; it is the largest loss "
-                             "allowed, in percentage points", hint="check --max-accuracy-drop")
+            problems.append((f"--max-accuracy-drop {self.max_accuracy_drop} is negative; it is the largest loss "
+                             "allowed, in percentage points", "check --max-accuracy-drop"))
         if any(b < 1 for b in self.batch_sizes) or not self.batch_sizes:
-            raise UsageError("throughput batch sizes must be positive", hint="check --batch-sizes")
+            problems.append(("throughput batch sizes must be positive", "check --batch-sizes"))
         if self.bench_seconds <= 0 or self.bench_rounds < 1:
-            raise UsageError("--bench-seconds must be > 0 and --bench-rounds >= 1", hint="check --bench-seconds")
+            problems.append(("--bench-seconds must be > 0 and --bench-rounds >= 1", "check --bench-seconds"))
         if self.eval_limit is not None and self.eval_limit < 1:
-            raise UsageError("--eval-limit must be at least 1", hint="check --eval-limit")
-        self.calibration.check()
+            problems.append(("--eval-limit must be at least 1", "check --eval-limit"))
+        if self.calibration_count < 1:
+            problems.append((f"calibration count must be at least 1, got {self.calibration_count}",
+                             "check --calibration-count"))
+        problems += self.calibration.problems()
         if "distilled" in self.variants:
-            self.distill.check()
+            problems += self.distill.problems()
+        raise_problems(problems)

@@ -24,6 +24,7 @@ weighs the same, then summed. The ``round((1 - fraction) * channels)`` highest-r
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,8 +46,6 @@ _CROSS_CHANNEL_ACTIVATIONS = frozenset({"softmax", "log_softmax"})
 class PruneError(TritonDeployError):
     """The model cannot be pruned (nothing prunable, or not a Keras functional / Sequential model)."""
 
-    exit_code = 23
-
 
 @dataclass(frozen=True)
 class PruneOptions:
@@ -64,7 +63,7 @@ class PruneOptions:
 
 @dataclass
 class PrunedModel:
-    model: object  # the rebuilt, smaller keras.Model with the kept weights
+    model: Any  # the rebuilt, smaller keras.Model with the kept weights
     widths: dict[str, tuple[int, int]]  # producing layer -> (channels before, channels after)
     multiply_adds: tuple[int, int]  # per image, before and after
     options: PruneOptions
@@ -160,10 +159,10 @@ def analyse(model) -> _Analysis:
         kind = type(layer).__name__
         if kind == "InputLayer":
             continue
-        incoming = [t for t in _flatten(layer.input)]
-        in_groups = [tensor_group.get(_key(t)) for t in incoming]
-        in_groups = [g if g is not None else groups.new(int(t.shape[-1]), frozen_by="")
-                     for g, t in zip(in_groups, incoming, strict=True)]
+        incoming = _flatten(layer.input)
+        # A tensor from outside the walked layers (a Sequential model's input) is a whole group of its own.
+        in_groups = [tensor_group[_key(t)] if _key(t) in tensor_group else groups.new(int(t.shape[-1]), frozen_by="")
+                     for t in incoming]
         out_tensors = _flatten(layer.output)
         reason = _unsupported_reason(layer)
         known = kind in ("Conv2D", "Dense", "DepthwiseConv2D", "BatchNormalization", "Activation") \
@@ -207,13 +206,13 @@ def _flatten(value) -> list:
 
 def channel_scores(model, producers: list[str], criterion: str) -> np.ndarray:
     """Importance of each output channel of a group: the filter norm, each producer scaled to mean 1, summed."""
-    total = None
+    total = np.zeros(0)
     for name in producers:
         kernel = np.asarray(model.get_layer(name).kernel)
         flat = np.abs(kernel.reshape(-1, kernel.shape[-1]))
         norms = flat.sum(axis=0) if criterion == "l1" else np.sqrt((flat ** 2).sum(axis=0))
         norms = norms / max(float(norms.mean()), 1e-12)
-        total = norms if total is None else total + norms
+        total = norms if not total.size else total + norms
     return total
 
 
@@ -244,9 +243,9 @@ def prune(model, options: PruneOptions) -> PrunedModel:
             continue
         if "" in group.frozen_by:
             continue  # reaches the model's input or output: those widths are a contract
-        kept = max(1, int(round(group.channels * (1.0 - options.fraction))))
+        count = max(1, int(round(group.channels * (1.0 - options.fraction))))
         scores = channel_scores(model, group.producers, options.criterion)
-        keep[root] = np.sort(np.argsort(-scores, kind="stable")[:kept])
+        keep[root] = np.sort(np.argsort(-scores, kind="stable")[:count])
     skipped = [f"{reason}; the filters of {', '.join(repr(p) for p in producers)} are kept whole"
                for reason, producers in kept_whole.items()]
     if not keep:
@@ -292,10 +291,9 @@ def _slice_weights(layer, in_keep: np.ndarray | None, out_keep: np.ndarray | Non
             kernel = np.take(kernel, out_keep, axis=-1)
         rest = [w[out_keep] if out_keep is not None else w for w in weights[1:]]  # the bias
         return [kernel, *rest]
-    if kind == "DepthwiseConv2D":  # kernel (kh, kw, channels, 1), bias (channels,)
-        return [np.take(weights[0], in_keep, axis=2), *[w[in_keep] for w in weights[1:]]]
-    if kind == "BatchNormalization":  # gamma, beta, moving mean, moving variance: one value per channel
-        return [w[in_keep] for w in weights]
+    if kind in ("DepthwiseConv2D", "BatchNormalization") and in_keep is not None:
+        # Depthwise: kernel (kh, kw, channels, 1) and bias (channels,); BN: gamma, beta, moving mean and variance.
+        return [np.take(w, in_keep, axis=2 if w.ndim == 4 else 0) for w in weights]
     raise PruneError(f"layer '{layer.name}' ({kind}) has weights on pruned channels but no slicing rule")
 
 
@@ -374,7 +372,7 @@ def prune_export(export_dir, manifest, options: PruneOptions, target, *, fine_tu
     else:
         note = ("no labelled training data for this model (random-weight --arch or a user model): pruned for speed "
                 "measurement only, not fine-tuned")
-    model = pruned.model
+    model: Any = pruned.model
     height, width, channels = (int(d) for d in model.inputs[0].shape[1:])
     loaded = LoadedModel(name=manifest.name, call=lambda x: model(x, training=False),
                          input_shape=(height, width, channels), num_classes=manifest.num_classes,

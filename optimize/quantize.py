@@ -27,17 +27,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from triton_deploy.errors import TritonDeployError, UsageError
+from triton_deploy.contract import IMAGE_SUFFIXES
+from triton_deploy.errors import Problem, TritonDeployError, UsageError, raise_problems, unknown_choice
 from triton_deploy.preprocessing import ImageDecodeError, ImageTransform
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
 class QuantizationError(TritonDeployError):
     """A rewrite (onnxslim, float16, ONNX Runtime quantisation) failed on this model."""
-
-    exit_code = 20
 
 
 def simplify(source: Path, target: Path) -> None:
@@ -87,13 +85,18 @@ class Calibration:
     per_channel: bool = True
     symmetric_activations: bool = False  # True: INT8 activations with zero point 0, as TensorRT requires
 
-    def check(self) -> None:
+    def problems(self) -> list[Problem]:
+        problems: list[Problem] = []
         if self.method not in CALIBRATION_METHODS:
-            raise UsageError(f"unknown calibration method {self.method!r}",
-                             hint=f"--calibration-method takes {'|'.join(CALIBRATION_METHODS)}")
+            problems.append(unknown_choice("calibration method", self.method, "--calibration-method",
+                                           CALIBRATION_METHODS))
         if not 50.0 < self.percentile <= 100.0:
-            raise UsageError(f"calibration percentile {self.percentile} must be in (50, 100]",
-                             hint="check --calibration-percentile")
+            problems.append((f"calibration percentile {self.percentile} must be in (50, 100]",
+                             "check --calibration-percentile"))
+        return problems
+
+    def check(self) -> None:
+        raise_problems(self.problems())
 
 
 def for_tensorrt(calibration: Calibration) -> Calibration:
@@ -112,7 +115,7 @@ def int8_static(source: Path, target: Path, samples: np.ndarray, calibration: Ca
                          "--calibration-count")
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[calibration.method]
-    extra = {"ActivationSymmetric": calibration.symmetric_activations}
+    extra: dict[str, bool | float] = {"ActivationSymmetric": calibration.symmetric_activations}
     if calibration.symmetric_activations:
         extra["QuantizeBias"] = False  # TensorRT's explicit quantisation keeps biases in float
     if calibration.method == "percentile":

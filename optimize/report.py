@@ -134,9 +134,8 @@ def pareto_front(points: Sequence[ParetoPoint], cost: str = "throughput") -> lis
 
 def pareto_points(report: OptimizeReport) -> list[ParetoPoint]:
     batch = report.machine["batch_sizes"][0]
-    labelled = report.variants[0].accuracy is not None
-    return [ParetoPoint(v.name, v.accuracy if labelled else v.agreement, v.throughput.get(batch, 0.0), v.size_bytes,
-                        v.passed, v.runtime) for v in report.variants if v.throughput.get(batch)]
+    return [ParetoPoint(v.name, v.agreement if v.accuracy is None else v.accuracy, v.throughput.get(batch, 0.0),
+                        v.size_bytes, v.passed, v.runtime) for v in report.variants if v.throughput.get(batch)]
 
 
 def plot_report(report: OptimizeReport, path: Path) -> Path:

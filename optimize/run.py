@@ -138,7 +138,7 @@ def _write_variant_export(directory: Path, result: VariantResult, built: BuiltVa
     """An export directory like ``triton-deploy export`` writes: model, manifest, labels, sample image."""
     directory.mkdir()
     shutil.copyfile(result.path, directory / "model.onnx")
-    sample = manifest.extra.get("sample_image", "sample.png")
+    sample = manifest.sample_image or "sample.png"
     if (source / sample).is_file():
         shutil.copyfile(source / sample, directory / sample)
     optimization = {"variant": result.name, "source_sha256": manifest.model_sha256,
@@ -152,7 +152,8 @@ def _write_variant_export(directory: Path, result: VariantResult, built: BuiltVa
     variant_manifest = dataclasses.replace(
         manifest, model_sha256=sha256(directory / "model.onnx"),
         accuracy=result.accuracy if result.accuracy is not None else manifest.accuracy,
-        extra=manifest.extra | {"variant": result.name, "optimization": optimization},
+        variant=result.name, optimization=optimization,
+        keras_file=None, tflite=None,  # the variant's directory holds its ONNX model only
         **({"parity": parity} | built.manifest_updates))
     variant_manifest.write(directory)
 

@@ -1,5 +1,6 @@
-"""TensorRT readiness of an exported ONNX model: a compatibility check, the ``trtexec`` command, and the ONNX Runtime
-TensorRT execution-provider configuration for Triton's onnxruntime backend.
+"""TensorRT readiness of an exported ONNX model: a compatibility check and the ``trtexec`` command. (The ONNX Runtime
+TensorRT execution-provider config for Triton's onnxruntime backend is a repository option, ``TensorRTAccelerator``
+in ``triton_deploy.repository.render``, rendered and validated like every other config.)
 
 TensorRT is not installable on the development machines, and a plan is bound to one GPU model and TensorRT version,
 so plans are built at deploy time on the target GPU and never committed. What can be checked here is the ONNX graph:
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import onnx
 
-from triton_deploy.errors import TritonDeployError, UsageError
+from triton_deploy.errors import Problem, TritonDeployError, UsageError, raise_problems, unknown_choice
 
 TRT_OPSET_RANGE = (9, 20)  # TensorRT 10.x ONNX parser, inclusive
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -48,8 +49,6 @@ Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
 
 class TensorRTCompatibilityError(TritonDeployError):
     """The ONNX graph cannot be built into a TensorRT plan as it is; the message lists every problem."""
-
-    exit_code = 21
 
 
 @dataclass(frozen=True)
@@ -197,14 +196,15 @@ class PlanOptions:
     workspace_mib: int = 2048
 
     def check(self) -> None:
+        problems: list[Problem] = []
         if self.precision not in PRECISIONS:
-            raise UsageError(f"unknown precision {self.precision!r}", hint=f"--precision takes {'|'.join(PRECISIONS)}")
+            problems.append(unknown_choice("precision", self.precision, "--precision", PRECISIONS))
         if not 1 <= self.max_batch_size <= 4096:
-            raise UsageError(f"max batch size {self.max_batch_size} is outside 1-4096", hint="check --max-batch-size")
+            problems.append((f"max batch size {self.max_batch_size} is outside 1-4096", "check --max-batch-size"))
         opt = self.opt_batch_size
         if opt is not None and not 1 <= opt <= self.max_batch_size:
-            raise UsageError(f"opt batch size {opt} must lie in 1..{self.max_batch_size}",
-                             hint="check --opt-batch-size")
+            problems.append((f"opt batch size {opt} must lie in 1..{self.max_batch_size}", "check --opt-batch-size"))
+        raise_problems(problems)
 
 
 def trtexec_command(report: TensorRTReport, options: PlanOptions) -> list[str]:
@@ -233,48 +233,12 @@ def trtexec_text(report: TensorRTReport, options: PlanOptions) -> str:
     return shlex.join(trtexec_command(report, options))
 
 
-# ---- ONNX Runtime's TensorRT execution provider in Triton ------------------------------------------------------
-
-
-def ort_tensorrt_optimization(precision: str = "fp16", *, engine_cache_path: str = "/tmp/trt_engine_cache",
-                              workspace_bytes: int = 2 << 30, calibration_table: str | None = None) -> str:
-    """The ``optimization`` block of a Triton onnxruntime-backend config that runs the model through ONNX Runtime's
-    TensorRT execution provider, with the engine cache on so instances and restarts reuse built engines.
-
-    It parses on its own as a ``ModelConfig`` and can be appended to a classifier's ``config.pbtxt``.
-    """
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}", hint=f"--precision takes {'|'.join(PRECISIONS)}")
-    parameters = [("precision_mode", precision.upper()), ("max_workspace_size_bytes", str(workspace_bytes)),
-                  ("trt_engine_cache_enable", "1"), ("trt_engine_cache_path", engine_cache_path)]
-    if precision == "int8" and calibration_table:
-        parameters += [("int8_calibration_table_name", calibration_table), ("int8_use_native_calibration_table", "1")]
-    body = "\n".join(f'        parameters {{ key: "{k}" value: "{v}" }}' for k, v in parameters)
-    return ("optimization {\n  execution_accelerators {\n    gpu_execution_accelerator : [ {\n"
-            '        name : "tensorrt"\n' + body + "\n    } ]\n  }\n}\n")
-
-
-def onnxruntime_gpu_config(export_dir: Path, *, precision: str = "fp16", max_batch_size: int = 32,
-                           engine_cache_path: str = "/tmp/trt_engine_cache") -> str:
-    """The full classifier ``config.pbtxt`` for the onnxruntime backend on GPU with the TensorRT accelerator."""
-    from triton_deploy.repository import render
-    from triton_deploy.spec import Manifest
-
-    manifest = Manifest.read(Path(export_dir))
-    options = render.RepositoryOptions(classifier_backend="onnxruntime", instance_kind="gpu",
-                                       max_batch_size=max_batch_size)
-    names = render.ModelNames.for_prefix(manifest.name)
-    classifier = render.tidy(render.render_configs(manifest, options, names)[names.classifier])
-    return classifier + ort_tensorrt_optimization(precision, engine_cache_path=engine_cache_path)
-
-
-def check_export(export_dir: Path, options: PlanOptions) -> tuple[TensorRTReport, str, str]:
-    """Report, trtexec command and GPU config for an export directory (what ``tensorrt-check`` prints)."""
+def check_export(export_dir: Path, options: PlanOptions) -> tuple[TensorRTReport, str]:
+    """Report and trtexec command for an export directory (``tensorrt-check`` adds the classifier's GPU config,
+    rendered by the repository's templates with ``TensorRTAccelerator``)."""
     from triton_deploy.spec import Manifest
 
     options.check()
     manifest = Manifest.read(Path(export_dir))
     report = check_model(Path(export_dir) / manifest.model_file, precision=options.precision)
-    command = trtexec_text(report, options)
-    config = onnxruntime_gpu_config(export_dir, precision=options.precision, max_batch_size=options.max_batch_size)
-    return report, command, config
+    return report, trtexec_text(report, options)

@@ -34,7 +34,7 @@ def benchmark(results: list[VariantResult], inputs: np.ndarray, batch_sizes: tup
         for _ in range(rounds):
             for r in results:
                 run = runners[r.name]
-                times = []
+                times: list[float] = []
                 deadline = time.perf_counter() + seconds
                 while time.perf_counter() < deadline or len(times) < 5:
                     start = time.perf_counter()

@@ -99,7 +99,7 @@ def needs_keras_source(name: str) -> bool:
 def shows_progress(name: str, work: Path) -> bool:
     """True when building ``name`` fine-tunes a network (a progress bar of its own, not a spinner)."""
     match = re.fullmatch(PRUNED, name)
-    return bool(match) and not _pruned_scratch(work, int(match["percent"])).with_suffix(".json").is_file()
+    return match is not None and not _pruned_scratch(work, int(match["percent"])).with_suffix(".json").is_file()
 
 
 def _pruned_scratch(work: Path, percent: int) -> Path:
@@ -200,24 +200,24 @@ def _pruned(ctx: BuildContext, match: re.Match) -> BuiltVariant:
         result = prune_export(ctx.options.export_dir, ctx.manifest,
                               PruneOptions(percent / 100, criterion=options.prune_criterion), pruned,
                               fine_tune_epochs=options.fine_tune_epochs, seed=options.seed, reporter=ctx.reporter)
-        updates = {"parity": result.parity, "flops_per_image": 2 * result.pruned.multiply_adds[1],
-                   "source": dict(ctx.manifest.source) | {"pruned": percent / 100}}
         record.write_text(json.dumps({"details": result.details(), "parity": dataclasses.asdict(result.parity),
-                                      "flops": updates["flops_per_image"], "source": updates["source"]}))
+                                      "multiply_adds": result.pruned.multiply_adds[1],
+                                      "source": dict(ctx.manifest.source) | {"pruned": percent / 100}}))
     saved = json.loads(record.read_text())
     details = saved["details"]
+    # A new, smaller network: its compute is its own (and, unquantised, its parity: TensorFlow vs its ONNX export).
+    updates = {"flops_per_image": 2 * saved["multiply_adds"], "multiply_adds_per_image": saved["multiply_adds"],
+               "source": saved["source"]}
     if match["int8"] is None:
         shutil.copyfile(pruned, ctx.target)
         from triton_deploy.spec import Parity
 
         parity = Parity(**(saved["parity"] | {"batch_sizes": tuple(saved["parity"]["batch_sizes"])}))
-        # A new, retrained network: its parity is TensorFlow vs its own ONNX export, its compute its own.
-        return BuiltVariant(details, {"parity": parity, "flops_per_image": saved["flops"], "source": saved["source"]})
+        return BuiltVariant(details, updates | {"parity": parity})
     calibration = ctx.options.calibration if match["int8"] == "_int8_static" else quantize.for_tensorrt(
         ctx.options.calibration)
     quantized = _static_int8(ctx, pruned, calibration)
-    return BuiltVariant(details | {"then": quantized.details},
-                        {"flops_per_image": saved["flops"], "source": saved["source"]})
+    return BuiltVariant(details | {"then": quantized.details}, updates)
 
 
 @register("tflite_fp32", LITERT)

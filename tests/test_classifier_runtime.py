@@ -10,8 +10,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import encode_digit
 
+from conftest import encode_digit
 from triton_deploy.postprocessing import classify
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import encode_digit
 
+from conftest import encode_digit
 from triton_deploy.cli import main
 from triton_deploy.server import free_ports
 

@@ -10,12 +10,20 @@ import math
 
 import numpy as np
 import pytest
-from conftest import encode_digit
 from PIL import Image
 
-from triton_deploy.clients import (AsyncImageClassifier, ClassificationError, ImageClassifier, InvalidInputError,
-                                   ModelMismatchError, ModelNotFoundError, RequestTimeoutError, RequestTooLargeError,
-                                   ServerUnavailableError)
+from conftest import encode_digit
+from triton_deploy.clients import (
+    AsyncImageClassifier,
+    ClassificationError,
+    ImageClassifier,
+    InvalidInputError,
+    ModelMismatchError,
+    ModelNotFoundError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    ServerUnavailableError,
+)
 from triton_deploy.clients.shm import NAME_PREFIX, leftover_regions
 from triton_deploy.server import free_ports
 

@@ -70,12 +70,12 @@ def test_digits_export_is_accurate_and_matches_tensorflow(digits_export, digits_
     assert 1 in m.parity.batch_sizes and max(m.parity.batch_sizes) >= 8
     assert m.dataset["test_fraction"] >= 0.2 and len(m.dataset["heldout_indices"]) == m.dataset["heldout_size"]
     # 20-50 "MFLOPs" in the multiply-add convention (MobileNetV2's "300 MFLOPs"): realistic compute, not a toy.
-    assert 20e6 <= m.extra["multiply_adds_per_image"] <= 50e6 and m.flops_per_image == 2 * m.extra["multiply_adds_per_image"]
+    assert 20e6 <= m.multiply_adds_per_image <= 50e6 and m.flops_per_image == 2 * m.multiply_adds_per_image
     assert (m.input.name, m.input.shape, m.input.layout) == ("image", (-1, 64, 64, 1), "NHWC")
     assert (m.output.name, m.output.shape, m.output_kind) == ("logits", (-1, 10), "logits")
     assert m.labels == tuple("0123456789")
     # The first convolution's output, 64 x 64 x 32 float32, is the biggest tensor one image makes.
-    assert m.extra["largest_activation_bytes_per_image"] == 64 * 64 * 32 * 4
+    assert m.largest_activation_bytes_per_image == 64 * 64 * 32 * 4
 
 
 def test_digits_onnx_has_named_tensors_and_one_dynamic_batch_dimension(digits_export):
@@ -218,7 +218,7 @@ def test_mobilenet_v2_exports_with_parity_at_224(tmp_path, capsys):
     assert manifest.preprocessing.mean == (0.5,) and manifest.preprocessing.std == (0.5,)  # x / 127.5 - 1
     # The first block's expansion to 96 channels at 112 x 112, zero-padded to 113 x 113 for its strided depthwise
     # convolution (float32), is MobileNetV2's largest activation.
-    assert manifest.extra["largest_activation_bytes_per_image"] == 113 * 113 * 96 * 4
+    assert manifest.largest_activation_bytes_per_image == 113 * 113 * 96 * 4
 
 
 def test_duplicate_labels_are_refused(model_files, tmp_path, capsys):

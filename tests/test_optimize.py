@@ -76,7 +76,7 @@ def test_passing_variants_are_export_directories_with_their_own_manifest(optimiz
     for v in passing:
         directory = options.output / v.name
         manifest = Manifest.read(directory)
-        assert manifest.extra["variant"] == v.name
+        assert manifest.variant == v.name
         assert manifest.model_sha256 == v.details["sha256"] != digits_manifest.model_sha256
         assert manifest.accuracy == v.accuracy and (directory / "sample.png").is_file()
         assert manifest.input == digits_manifest.input and manifest.output == digits_manifest.output  # FP32 I/O kept

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import encode_digit
 
+from conftest import encode_digit
 from triton_deploy.clients import ImageClassifier, ServerUnavailableError
 from triton_deploy.errors import ServerError
 from triton_deploy.server import SHM_REGION_PREFIX, ServerOptions, TritonServer, free_ports

@@ -21,10 +21,10 @@ import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import encode_digit
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from conftest import encode_digit
 from triton_deploy.clients import ImageClassifier
 from triton_deploy.server import SHM_REGION_PREFIX
 

@@ -56,7 +56,7 @@ def make_export(folder: Path, name: str = "tiny", seed: int = 0, classes: int = 
         labels=tuple(f"label {i}" for i in range(classes)), opset=17,
         model_sha256=hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest(),
         parity=Parity(0.0, 1.0, 1e-4, 2, (1, 1)), versions={}, source={"kind": "test"},
-        extra={"sample_image": "sample.png"},
+        sample_image="sample.png",
     )
     manifest.write(folder)
     return folder
@@ -167,7 +167,7 @@ def test_dynamic_batches_are_split_into_cache_sized_onnx_runtime_calls(export, l
     from dataclasses import replace
 
     manifest = Manifest.read(export)
-    manifest = replace(manifest, extra=manifest.extra | {"largest_activation_bytes_per_image": largest})
+    manifest = replace(manifest, largest_activation_bytes_per_image=largest)
     _, parameters = classifier_config(manifest, RepositoryOptions())
     assert parameters["session_batch_size"] == expected
     _, parameters = classifier_config(manifest, RepositoryOptions(session_batch_size=3))
@@ -215,6 +215,22 @@ def test_missing_manifest_is_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ManifestError, match="manifest.json not found"):
         generate_repository([tmp_path / "empty"], RepositoryOptions(output=tmp_path / "repo"))
+
+
+def test_manifest_optional_fields_are_typed_and_unknown_keys_are_kept(export, tmp_path):
+    import json
+
+    manifest = Manifest.read(export)
+    assert manifest.sample_image == "sample.png" and manifest.extra == {}
+    data = json.loads((export / "manifest.json").read_text())
+    # An older export: no optional fields at all, plus a key from a newer tool.
+    older = {k: v for k, v in data.items() if k != "sample_image"} | {"from_the_future": {"x": 1}}
+    (export / "manifest.json").write_text(json.dumps(older))
+    manifest = Manifest.read(export)
+    assert manifest.sample_image is None and manifest.largest_activation_bytes_per_image is None
+    assert manifest.extra == {"from_the_future": {"x": 1}}
+    manifest.write(tmp_path)
+    assert json.loads((tmp_path / "manifest.json").read_text()) == older  # written back as it was read
 
 
 def test_cli_reports_generation_errors_with_exit_code(tmp_path, capsys):

@@ -92,7 +92,7 @@ def test_each_admin_api_over_grpc_needs_the_key_in_metadata(triton_server):
              "model-config": lambda h: client.get_model_config("digits", headers=h),
              "logging": lambda h: client.get_log_settings(headers=h),
              "trace": lambda h: client.get_trace_settings(headers=h)}
-    for api, call in calls.items():
+    for _api, call in calls.items():
         for headers in (None, {"triton-grpc-protocol-triton-admin-key": "wrong-key"}):
             with pytest.raises(InferenceServerException, match="restricted"):
                 call(headers)

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import encode_digit
 from tritonclient.utils import InferenceServerException
 
+from conftest import encode_digit
 from triton_deploy.errors import ServerError
 from triton_deploy.server import ServerInstallation, ServerOptions, TritonServer, free_ports, server_command
 

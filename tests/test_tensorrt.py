@@ -11,11 +11,14 @@ import onnx
 import pytest
 from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
+from test_repository import make_export  # a tiny export directory: no TensorFlow needed
 from tritonclient.grpc import model_config_pb2
 
 from triton_deploy.cli import main
 from triton_deploy.errors import UsageError
 from triton_deploy.optimize import tensorrt
+from triton_deploy.repository.render import RepositoryOptions, TensorRTAccelerator, gpu_classifier_config
+from triton_deploy.spec import Manifest
 
 
 def _graph(op: str = "Relu", *, domain: str = "", batch="batch", inner=(8,), opset: int = 17) -> onnx.ModelProto:
@@ -93,10 +96,13 @@ def test_trtexec_command_matches_the_batch_range_and_precision():
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-def test_onnxruntime_tensorrt_block_parses_as_a_model_config(precision):
-    text = tensorrt.ort_tensorrt_optimization(precision, engine_cache_path="/cache/digits",
-                                              calibration_table="calibration.flatbuffers")
+def test_onnxruntime_tensorrt_block_parses_as_a_model_config(precision, tmp_path):
+    manifest = Manifest.read(make_export(tmp_path / "export"))
+    accelerator = TensorRTAccelerator(precision, engine_cache_path="/cache/digits",
+                                      calibration_table="calibration.flatbuffers")
+    text = gpu_classifier_config(manifest, accelerator, max_batch_size=8)
     config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 8
     (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
     assert accelerator.name == "tensorrt"
     assert accelerator.parameters["precision_mode"] == precision.upper()
@@ -107,10 +113,11 @@ def test_onnxruntime_tensorrt_block_parses_as_a_model_config(precision):
 
 @pytest.mark.slow
 def test_digits_export_is_compatible_and_its_gpu_config_parses(digits_export):
-    report, command, config_text = tensorrt.check_export(digits_export, tensorrt.PlanOptions(max_batch_size=8))
+    report, command = tensorrt.check_export(digits_export, tensorrt.PlanOptions(max_batch_size=8))
+    config_text = gpu_classifier_config(Manifest.read(digits_export), TensorRTAccelerator(), max_batch_size=8)
     assert report.compatible, report.problems
     assert report.inputs == {"image": [None, 64, 64, 1]}
-    assert f"--maxShapes=image:8x64x64x1" in command
+    assert "--maxShapes=image:8x64x64x1" in command
     config = text_format.Parse(config_text, model_config_pb2.ModelConfig())
     assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 8
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
@@ -123,3 +130,8 @@ def test_tensorrt_check_command_prints_the_plan_command(digits_export, capsys):
     out = capsys.readouterr().out
     assert "compatible" in out and "--maxShapes=image:16x64x64x1" in out and "--calib=calibration.cache" in out
     assert 'value: "INT8"' in out
+
+
+def test_the_accelerator_is_refused_outside_the_onnxruntime_gpu_backend():
+    with pytest.raises(UsageError, match="needs the onnxruntime backend on GPU; also: unknown precision 'fp8'"):
+        RepositoryOptions(tensorrt_accelerator=TensorRTAccelerator(precision="fp8")).check()

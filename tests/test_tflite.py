@@ -89,7 +89,7 @@ def test_export_tflite_writes_and_records_the_file(tmp_path, capsys):
     assert main(["export", "--keras-model", str(tmp_path / "tiny.keras"), "--output", str(out), "--tflite",
                  "--json", "-q"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    record = Manifest.read(out).extra["tflite"]
+    record = Manifest.read(out).tflite
     assert summary["tflite"] == record and record["file"] == "model.tflite"
     assert record["sha256"] == hashlib.sha256((out / "model.tflite").read_bytes()).hexdigest()
     assert record["runtime"].startswith("ai-edge-litert ") and (out / "model.keras").is_file()

@@ -65,8 +65,9 @@ def run(reporter: Reporter) -> None:
     from .server import ServerOptions, TritonServer, free_ports, port_is_free
 
     reporter.info("[bold]1. Export[/]  triton-deploy export --output build/digits --force")
-    result = export_model(ExportOptions(output=BUILD / "digits", force=True), reporter)
-    m = result.manifest
+    exported = export_model(ExportOptions(output=BUILD / "digits", force=True), reporter)
+    m = exported.manifest
+    assert m.dataset is not None and m.flops_per_image is not None  # the built-in digits model records both
     reporter.info(f"   held-out accuracy {m.accuracy:.4f} on {m.dataset['heldout_size']} images; parity max |TF - ORT| "
                   f"{m.parity.max_abs_diff:.1e}, top-1 agreement {m.parity.top1_agreement:.0%}; "
                   f"{m.flops_per_image / 2e6:.0f}M multiply-adds/image")
@@ -91,7 +92,7 @@ def run(reporter: Reporter) -> None:
         paths, truth = write_demo_images(BUILD / "demo-images")
         reporter.info(f"[bold]4. Classify[/]  {len(paths)} held-out digits as PNG/JPEG files of 28-200 px: "
                       f"triton-deploy classify {BUILD / 'demo-images'} --protocol grpc|http --json")
-        truth_by_path = {str(path): label for path, label in zip(paths, truth)}
+        truth_by_path = {str(path): label for path, label in zip(paths, truth, strict=True)}
         for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
             records = classify_folder(protocol, url, BUILD / "demo-images")
             correct = [r["predictions"][0]["label"] == str(truth_by_path[r["source"]]) for r in records]

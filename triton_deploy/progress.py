@@ -52,6 +52,8 @@ class _Bar:
 
     def advance(self, amount: int = 1, status: str | None = None) -> None:
         if self._progress is not None:
-            fields = {"status": status} if status is not None else {}
-            self._progress.update(self._task, advance=amount, **fields)
+            if status is None:
+                self._progress.update(self._task, advance=amount)
+            else:
+                self._progress.update(self._task, advance=amount, status=status)
 

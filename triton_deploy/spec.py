@@ -16,6 +16,18 @@ Manifest format, version 1 (``manifest_version``)::
     accuracy            held-out top-1 accuracy of the ONNX model, or null without labelled data
     dataset             for the built-in digits model: seed, test_fraction and the held-out indices
     source, flops_per_image, created_by
+    sample_image        optional: a sample image file in the export directory (the repository's warm-up input)
+    multiply_adds_per_image            optional: the model's multiply-adds for one image
+    largest_activation_bytes_per_image optional: the largest intermediate tensor for one image, in bytes (sizes
+                        the classifier's ONNX Runtime calls; absent in exports made before it was recorded)
+    variant, optimization              optional, written by ``optimize``: the variant's name (e.g. "int8_static")
+                        and how it was made and checked against its FP32 source
+    keras_file          optional: the Keras source beside the ONNX model ("model.keras"), where pruning and TFLite
+                        conversion start
+    tflite              optional, with ``export --tflite``: the LiteRT file's record (file, sha256, input/output
+                        dtype, shape and quantisation, validation against TensorFlow, batch-1 latency here)
+
+Keys the tool does not know are kept in ``Manifest.extra`` and written back unchanged.
 """
 
 from __future__ import annotations
@@ -33,6 +45,9 @@ from .preprocessing import ImageTransform
 
 MANIFEST_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+# Optional fields: written only when set, so manifests without them (older exports) read and write back the same.
+OPTIONAL_KEYS = ("sample_image", "multiply_adds_per_image", "largest_activation_bytes_per_image", "variant",
+                 "optimization", "keras_file", "tflite")
 
 # Triton's datatype names <-> numpy. BYTES covers TYPE_STRING tensors (numpy object arrays of bytes).
 TRITON_TO_NUMPY: dict[str, Any] = {
@@ -116,7 +131,14 @@ class Manifest:
     model_file: str = "model.onnx"
     labels_file: str = "labels.txt"
     manifest_version: int = MANIFEST_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
+    sample_image: str | None = None
+    multiply_adds_per_image: int | None = None
+    largest_activation_bytes_per_image: int | None = None
+    variant: str | None = None
+    optimization: dict[str, Any] | None = None
+    keras_file: str | None = None
+    tflite: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version of the tool does not know
 
     @property
     def num_classes(self) -> int:
@@ -141,6 +163,7 @@ class Manifest:
             "source": self.source,
             "versions": self.versions,
             "created_by": self.created_by,
+            **{key: getattr(self, key) for key in OPTIONAL_KEYS if getattr(self, key) is not None},
             **self.extra,
         }
 
@@ -192,6 +215,7 @@ class Manifest:
                 created_by=data.get("created_by", ""),
                 model_file=data.get("model_file", "model.onnx"),
                 labels_file=data.get("labels_file", "labels.txt"),
+                **{key: data[key] for key in OPTIONAL_KEYS if data.get(key) is not None},
                 extra={k: v for k, v in data.items() if k not in known},
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from triton_deploy.errors import GateError, UsageError
+from triton_deploy.errors import GateError, Problem, raise_problems, unknown_choice
 
 if TYPE_CHECKING:
     from triton_deploy.optimize.report import OptimizeReport
@@ -24,6 +24,9 @@ PUBLISH_MODES = ("versions", "siblings")
 
 @dataclass(frozen=True)
 class Publisher:
+    """Where and how ``optimize --publish`` writes: the repository, versions or siblings, and the config settings
+    of the published models. Called with a report, it publishes it."""
+
     repository: Path
     mode: str = "versions"
     version_policy: str = "latest:1"
@@ -39,20 +42,19 @@ class Publisher:
     def check(self) -> None:
         from .render import version_policy_text
 
-        problems, hints = [], []
+        problems: list[Problem] = []
         if self.mode not in PUBLISH_MODES:
-            problems.append(f"unknown publish mode {self.mode!r}")
-            hints.append("--publish-as takes versions|siblings")
+            problems.append(unknown_choice("publish mode", self.mode, "--publish-as", PUBLISH_MODES))
         if self.tensorrt_accelerator and self.classifier_backend != "onnxruntime":
-            problems.append("the TensorRT accelerator belongs to the onnxruntime backend")
-            hints.append("add --publish-backend onnxruntime or drop --publish-tensorrt-accelerator")
+            problems.append(("the TensorRT accelerator belongs to the onnxruntime backend",
+                             "add --publish-backend onnxruntime or drop --publish-tensorrt-accelerator"))
         try:
             version_policy_text(self.version_policy)
         except ValueError as exc:
-            problems.append(str(exc))
-            hints.append("check --version-policy")
-        if problems:
-            raise UsageError("; ".join(problems), hint="; ".join(hints))
+            problems.append((str(exc), "check --version-policy"))
+        if self.max_batch_size < 1:
+            problems.append((f"max batch size {self.max_batch_size} must be at least 1", "check --max-batch-size"))
+        raise_problems(problems)
 
     def __str__(self) -> str:
         return f"{self.repository} as {self.mode}"

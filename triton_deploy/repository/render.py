@@ -12,16 +12,46 @@ from pathlib import Path
 
 import jinja2
 
-from triton_deploy.errors import UsageError
+from triton_deploy.contract import CLASS_IDS, IMAGE, LABELS, OUTPUTS, SCORES
+from triton_deploy.errors import Problem, raise_problems, unknown_choice
 from triton_deploy.spec import Manifest, TensorSpec
 
 TEMPLATES = Path(__file__).parent / "templates"
 BACKENDS = ("python", "onnxruntime", "tensorrt")
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
-# Tensor names of the ensemble's public contract: what every client sends and receives.
-IMAGE_INPUT = "IMAGE"
-OUTPUTS = ("CLASS_IDS", "SCORES", "LABELS")
+
+
+TENSORRT_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class TensorRTAccelerator:
+    """ONNX Runtime's TensorRT execution provider for an onnxruntime-backend classifier on GPU, with the engine cache
+    on so instances and restarts reuse built engines (TensorRT otherwise rebuilds an engine per instance)."""
+
+    precision: str = "fp16"
+    engine_cache_path: str = "/tmp/trt_engine_cache"
+    workspace_bytes: int = 2 << 30
+    calibration_table: str | None = None  # INT8 without Q/DQ nodes: a table built by TensorRT on the target
+
+    def problems(self) -> list[Problem]:
+        problems: list[Problem] = []
+        if self.precision not in TENSORRT_PRECISIONS:
+            problems.append(unknown_choice("precision", self.precision, "--precision", TENSORRT_PRECISIONS))
+        if self.workspace_bytes < 1:
+            problems.append((f"TensorRT workspace {self.workspace_bytes} bytes must be positive", "check the workspace"))
+        return problems
+
+    @property
+    def parameters(self) -> dict[str, str]:
+        """The execution provider's parameters, in the order the config lists them."""
+        parameters = {"precision_mode": self.precision.upper(), "max_workspace_size_bytes": str(self.workspace_bytes),
+                      "trt_engine_cache_enable": "1", "trt_engine_cache_path": self.engine_cache_path}
+        if self.precision == "int8" and self.calibration_table:
+            parameters |= {"int8_calibration_table_name": self.calibration_table,
+                           "int8_use_native_calibration_table": "1"}
+        return parameters
 
 
 @dataclass(frozen=True)
@@ -46,6 +76,7 @@ class RepositoryOptions:
     intra_op_threads: int | None = None  # default: the server's CPUs / classifier instances (classifier_parameters)
     inter_op_threads: int = 1
     session_batch_size: int | None = None  # images per ONNX Runtime call (python backend); None: sized to the cache
+    tensorrt_accelerator: TensorRTAccelerator | None = None  # onnxruntime backend on GPU: run through TensorRT
 
     @property
     def queue_delay_us(self) -> int:
@@ -65,10 +96,10 @@ class RepositoryOptions:
         return 1 if self.instance_kind == "gpu" else 2
 
     def check(self) -> None:
-        problems = []
+        problems: list[Problem] = []
         if self.classifier_backend not in BACKENDS:
-            problems.append((f"unknown classifier backend {self.classifier_backend!r}",
-                             f"--classifier-backend takes {'|'.join(BACKENDS)}"))
+            problems.append(unknown_choice("classifier backend", self.classifier_backend, "--classifier-backend",
+                                           BACKENDS))
         if self.prefix is not None and not NAME_PATTERN.match(self.prefix):
             problems.append((f"model prefix {self.prefix!r} must start with a letter and hold only letters, digits, "
                              "'_' and '-' (at most 64)", "check --prefix"))
@@ -102,11 +133,12 @@ class RepositoryOptions:
             version_policy_text(self.version_policy)
         except ValueError as exc:
             problems.append((str(exc), "check --version-policy"))
-        if problems:
-            message, hint = problems[0]
-            if len(problems) > 1:
-                message += "; also: " + "; ".join(m for m, _ in problems[1:])
-            raise UsageError(message, hint=hint)
+        if self.tensorrt_accelerator is not None:
+            if self.classifier_backend != "onnxruntime" or self.instance_kind != "gpu":
+                problems.append(("the TensorRT accelerator needs the onnxruntime backend on GPU",
+                                 "use --classifier-backend onnxruntime --instance-kind gpu"))
+            problems += self.tensorrt_accelerator.problems()
+        raise_problems(problems)
 
 
 def version_policy_text(policy: str) -> str:
@@ -172,6 +204,7 @@ class ModelContext:
     version_policy: str = "{ latest { num_versions: 1 } }"
     parameters: dict[str, str] = field(default_factory=dict)
     warmup: tuple[WarmupSample, ...] = ()
+    accelerator: TensorRTAccelerator | None = None
 
 
 @dataclass(frozen=True)
@@ -203,7 +236,7 @@ def session_batch_size(manifest: Manifest, options: RepositoryOptions) -> int:
     """Images per ONNX Runtime call in the python classifier; 0 runs the whole dynamic batch in one call."""
     if options.session_batch_size is not None:
         return options.session_batch_size
-    largest = manifest.extra.get("largest_activation_bytes_per_image")
+    largest = manifest.largest_activation_bytes_per_image
     if not largest:
         return 0  # an export from before this was recorded: keep one call per batch
     size = max(1, ACTIVATION_BUDGET_BYTES // int(largest))
@@ -236,12 +269,12 @@ def render_configs(manifest: Manifest, options: RepositoryOptions, names: ModelN
     # much from larger batches, so the python steps batch whatever is queued without waiting.
     step_batching = Batching(options.dynamic_batching, (), options.step_queue_delay_us)
     mbs = options.max_batch_size
-    image = Tensor(IMAGE_INPUT, "TYPE_STRING", (1,))
+    image = Tensor(IMAGE, "TYPE_STRING", (1,))
     model_input = Tensor.of(manifest.input, image=True)
     scores = Tensor.of(manifest.output)
     k = min(options.top_k, manifest.num_classes)
-    top = (Tensor("CLASS_IDS", "TYPE_INT64", (k,)), Tensor("SCORES", "TYPE_FP32", (k,)),
-           Tensor("LABELS", "TYPE_STRING", (k,)))
+    top = (Tensor(CLASS_IDS, "TYPE_INT64", (k,)), Tensor(SCORES, "TYPE_FP32", (k,)),
+           Tensor(LABELS, "TYPE_STRING", (k,)))
     source = f"export '{manifest.name}'"
 
     preprocess = ModelContext(
@@ -256,6 +289,7 @@ def render_configs(manifest: Manifest, options: RepositoryOptions, names: ModelN
         version_policy=version_policy_text(options.version_policy),
         parameters=classifier_parameters(manifest, options),
         warmup=(WarmupSample("sample_input", Tensor.of(manifest.input), CLASSIFIER_WARMUP),),
+        accelerator=options.tensorrt_accelerator,
     )
     postprocess = ModelContext(
         name=names.postprocess, max_batch_size=mbs, inputs=(scores,), outputs=top, batching=step_batching,
@@ -266,7 +300,7 @@ def render_configs(manifest: Manifest, options: RepositoryOptions, names: ModelN
     ensemble = ModelContext(name=names.ensemble, max_batch_size=mbs, inputs=(image,), outputs=top,
                             batching=Batching(False, (), 0), instances=Instances(1))
     steps = [
-        {"model": names.preprocess, "inputs": {IMAGE_INPUT: IMAGE_INPUT},
+        {"model": names.preprocess, "inputs": {IMAGE: IMAGE},
          "outputs": {manifest.input.name: "preprocessed_image"}},
         {"model": names.classifier, "inputs": {manifest.input.name: "preprocessed_image"},
          "outputs": {manifest.output.name: "class_scores"}},
@@ -296,6 +330,20 @@ def protobuf_string(value: object) -> str:
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     escaped = "".join(c if c >= " " else f"\\{ord(c):03o}" for c in escaped)
     return f'"{escaped}"'
+
+
+def gpu_classifier_config(manifest: Manifest, accelerator: TensorRTAccelerator, max_batch_size: int = 32) -> str:
+    """The classifier's config.pbtxt for Triton's onnxruntime backend on GPU with the TensorRT accelerator, rendered
+    like every other config and parsed with Triton's ModelConfig protobuf before it is returned."""
+    from .validate import parse_config
+
+    options = RepositoryOptions(classifier_backend="onnxruntime", instance_kind="gpu", max_batch_size=max_batch_size,
+                                tensorrt_accelerator=accelerator)
+    options.check()
+    names = ModelNames.for_prefix(manifest.name)
+    text = tidy(render_configs(manifest, options, names)[names.classifier])
+    parse_config(text, f"{names.classifier}/config.pbtxt")
+    return text
 
 
 def tidy(text: str) -> str:

@@ -89,7 +89,7 @@ def _write_classifier_group(repo: Path, export_dir: Path, manifest: Manifest, na
     parsed = {name: validate.parse_config(text, f"{name}/config.pbtxt") for name, text in configs.items()}
     _check_existing_versions(repo / names.classifier, parsed[names.classifier])
     version = _next_version(repo / names.classifier, manifest)
-    sample = (export_dir / manifest.extra.get("sample_image", "sample.png")).read_bytes()
+    sample = (export_dir / (manifest.sample_image or "sample.png")).read_bytes()
 
     # preprocess and postprocess follow the newest export; they are rewritten whole.
     for kind, name in (("preprocess", names.preprocess), ("postprocess", names.postprocess)):

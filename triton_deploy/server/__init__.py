@@ -6,10 +6,11 @@ stubs and their shared memory and restarts Triton when a stub dies; ``background
 left running by ``serve --background`` and stops it; ``cli`` holds the ``serve`` and ``stop`` subcommands.
 """
 
+from triton_deploy.contract import ADMIN_HEADER
+
 from .background import DEFAULT_STATE_FILE, stop_background
 from .install import HTTP_MAX_INPUT_SIZE_FLAG, ServerInstallation
-from .options import (ADMIN_HEADER, RESTRICTED_APIS, ServerOptions, effective_http_max_input_size, is_loopback,
-                      server_command)
+from .options import RESTRICTED_APIS, ServerOptions, effective_http_max_input_size, is_loopback, server_command
 from .process import TritonServer, free_ports, port_is_free
 from .supervisor import SHM_REGION_PREFIX, STUB_BINARY, SupervisionPolicy, supervise
 

@@ -23,7 +23,7 @@ DEFAULT_STATE_FILE = Path(".triton-deploy/serve.json")
 
 def endpoints(server: TritonServer) -> dict:
     """What a client needs to reach a running server, and what went wrong while it loaded."""
-    return {"pid": server.process.pid, "http": server.http_url, "grpc": server.grpc_url,
+    return {"pid": server.started().pid, "http": server.http_url, "grpc": server.grpc_url,
             "metrics": server.metrics_url, "log": str(server.log_path), "repository": str(server.options.repository),
             "failed_models": server.failed_models, "http_max_input_size": server.http_max_input_size}
 

@@ -119,7 +119,7 @@ def run_serve(args: argparse.Namespace, reporter) -> int:
               f"{reason.splitlines()[0] if reason else 'unknown reason'}")
     if args.background:
         write_state(args.pid_file, server)
-        reporter.info(f"Running in the background (pid {server.process.pid}); stop it with 'triton-deploy stop'")
+        reporter.info(f"Running in the background (pid {server.started().pid}); stop it with 'triton-deploy stop'")
         return 0
     status = supervise(server, policy, _warn)
     reporter.info(f"Triton exited with status {status}")

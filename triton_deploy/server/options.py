@@ -11,12 +11,12 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from triton_deploy.errors import UsageError
+from triton_deploy.contract import ADMIN_HEADER
+from triton_deploy.errors import Problem, raise_problems
 
 from .install import HTTP_MAX_INPUT_SIZE_FLAG, ServerInstallation
 
 RESTRICTED_APIS = ("model-repository", "model-config", "logging", "trace")
-ADMIN_HEADER = "triton-admin-key"
 
 
 @dataclass(frozen=True)
@@ -50,16 +50,17 @@ class ServerOptions:
 
     def check(self, installation: ServerInstallation) -> None:
         """Raise one ``UsageError`` listing every problem with these options on this installation."""
-        problems: list[tuple[str, str]] = []
+        problems: list[Problem] = []
         if not is_loopback(self.host) and not installation.caps_http_body and not self.allow_uncapped_http:
             # Fail closed: an exposed Triton 2.51 reads any HTTP body whole (400 MB measured), growing shared memory.
             problems.append((f"--host {self.host} exposes the server, but this Triton cannot cap HTTP request bodies "
                              f"(no {HTTP_MAX_INPUT_SIZE_FLAG})",
                              "bind to 127.0.0.1, or put a proxy that caps request bodies in front and add "
                              "--allow-uncapped-http"))
-        if problems:
-            raise UsageError("; ".join(message for message, _ in problems),
-                             hint="; ".join(hint for _, hint in problems))
+        for flag, port in self.ports.items():
+            if not 0 <= port <= 65535:
+                problems.append((f"{flag} {port} is not a port number (0-65535)", f"check {flag}"))
+        raise_problems(problems)
 
 
 def is_loopback(host: str) -> bool:

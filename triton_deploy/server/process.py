@@ -28,11 +28,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from triton_deploy.contract import ADMIN_HEADER
 from triton_deploy.errors import ServerError
 
 from . import supervisor
 from .install import ServerInstallation
-from .options import ADMIN_HEADER, ServerOptions, effective_http_max_input_size, server_command
+from .options import ServerOptions, effective_http_max_input_size, server_command
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -237,6 +238,12 @@ class TritonServer:
             detail += " (the python-backend stub needs the system package libpython3.11: run 'make setup')"
         return f"tritonserver {what}{status}: {detail} (log: {self.log_path})"
 
+    def started(self) -> subprocess.Popen:
+        """The server's process; a ``ServerError`` before ``start()``."""
+        if self.process is None:
+            raise ServerError("the Triton server has not been started")
+        return self.process
+
     # ---- python-backend stubs and their shared memory (see supervisor.py) ------------------------------------
 
     def dead_stubs(self) -> dict[int, str]:
@@ -250,7 +257,7 @@ class TritonServer:
 
     def resource_usage(self) -> dict[str, int]:
         """Resident memory (bytes) of the server and each of its stubs, and the size of its /dev/shm regions."""
-        usage = supervisor.process_memory(self.process.pid)
+        usage = supervisor.process_memory(self.started().pid)
         if not usage:
             return {}
         self._note_shm_regions()
@@ -260,7 +267,7 @@ class TritonServer:
     def poll(self, timeout_s: float) -> int | None:
         """Wait up to ``timeout_s`` for the server to exit; its status, or None while it runs."""
         try:
-            return self.process.wait(timeout=timeout_s)
+            return self.started().wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self._note_shm_regions()
             return None
@@ -288,5 +295,4 @@ class TritonServer:
         return self.process.returncode
 
     def wait(self) -> int:
-        assert self.process is not None
-        return self.process.wait()
+        return self.started().wait()

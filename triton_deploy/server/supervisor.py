@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from triton_deploy.errors import ServerError, UsageError
+from triton_deploy.errors import Problem, ServerError, raise_problems, unknown_choice
 
 if TYPE_CHECKING:
     from .process import TritonServer
@@ -111,13 +111,12 @@ class SupervisionPolicy:
     max_restarts: int = 3
 
     def check(self) -> None:
-        problems = []
-        if self.stub_failure not in STUB_FAILURE_MODES:
-            problems.append(f"unknown --stub-failure {self.stub_failure!r} (takes {'|'.join(STUB_FAILURE_MODES)})")
-        if self.max_restarts < 0:
-            problems.append(f"--max-restarts {self.max_restarts} is negative")
-        if problems:
-            raise UsageError("; ".join(problems), hint="check --stub-failure and --max-restarts")
+        checks: list[tuple[bool, Problem]] = [
+            (self.stub_failure not in STUB_FAILURE_MODES,
+             unknown_choice("--stub-failure", self.stub_failure, "--stub-failure", STUB_FAILURE_MODES)),
+            (self.max_restarts < 0, (f"--max-restarts {self.max_restarts} is negative", "check --max-restarts")),
+        ]
+        raise_problems([problem for failed, problem in checks if failed])
 
 
 def supervise(server: TritonServer, policy: SupervisionPolicy, notify: Callable[[str], None],
@@ -134,8 +133,9 @@ def supervise(server: TritonServer, policy: SupervisionPolicy, notify: Callable[
     def forward(signum, _frame):
         nonlocal stopping
         stopping = True  # stubs exit while Triton unloads: not a failure to restart for
-        if server.process.poll() is None:
-            server.process.send_signal(signum)  # Triton drains in-flight requests, then exits
+        process = server.started()
+        if process.poll() is None:
+            process.send_signal(signum)  # Triton drains in-flight requests, then exits
 
     if handle_signals:
         signal.signal(signal.SIGINT, forward)
@@ -157,6 +157,6 @@ def supervise(server: TritonServer, policy: SupervisionPolicy, notify: Callable[
         if stopping:  # a signal arrived during the restart
             server.stop()
         else:
-            notify(f"Triton is ready again (pid {server.process.pid})")
+            notify(f"Triton is ready again (pid {server.started().pid})")
     server.stop()  # already exited: unlinks shared memory a dead stub left behind
     return status

@@ -26,7 +26,8 @@ class TritonPythonModel:
         self.output_name = config["output"][0]["name"]
 
     def execute(self, requests):
-        images, counts = [], []
+        images: list[bytes] = []
+        counts: list[int] = []
         for request in requests:
             encoded = pb_utils.get_input_tensor_by_name(request, INPUT).as_numpy().reshape(-1)
             images.extend(bytes(item) for item in encoded)
