@@ -24,8 +24,8 @@ weighs the same, then summed. The ``round((1 - fraction) * channels)`` highest-r
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
