@@ -193,7 +193,9 @@ def test_tflite_variants_are_gated_timed_and_recorded(optimized):
         assert record["sha256"] == hashlib.sha256(content).hexdigest() and record["input"]["dtype"] == dtype
         assert record["latency_ms_batch1"]["p50"] > 0 and record["accuracy"] == v.accuracy
     assert report.variant("tflite_fp32").max_abs_diff < 1e-4  # the same float model as the ONNX one
-    assert report.variant("tflite_int8").details["input_quantization"]["scale"] > 0
+    int8, base = report.variant("tflite_int8"), report.variant("fp32")
+    assert int8.details["input_quantization"]["scale"] > 0 and int8.details["output_quantization"]["scale"] > 0
+    assert int8.accuracy >= base.accuracy - 0.02 and int8.size_bytes < 0.4 * base.size_bytes
     assert report.recommendations["edge (LiteRT)"]["variant"] in ("tflite_fp32", "tflite_int8", None)
 
 
