@@ -45,6 +45,9 @@ def add_export(sub) -> None:
     p.add_argument("--min-agreement", type=float, default=1.0, help="required top-1 agreement (default 1.0)")
     p.add_argument("--epochs", type=int, default=EPOCHS,
                    help=f"passes over the augmented training digits (default {EPOCHS})")
+    p.add_argument("--tflite", action="store_true",
+                   help="also write model.tflite (LiteRT, float32) for Keras sources, validated with LiteRT's "
+                        "interpreter against TensorFlow within --atol")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     norm = p.add_argument_group("preprocessing overrides",
                                 "model input = (pixel * scale - mean) / std. Defaults come from the model source: "
@@ -68,7 +71,7 @@ def run_export(args: argparse.Namespace, reporter: Reporter) -> int:
         arch=args.arch, weights=args.weights, image_size=args.image_size, name=args.name, labels_file=args.labels,
         samples=args.samples, output_kind=args.output_kind, opset=args.opset, nchw=args.nchw, atol=args.atol,
         min_agreement=args.min_agreement, input_name=args.input_name, output_name=args.output_name,
-        epochs=args.epochs, seed=args.seed, force=args.force, transform_overrides=overrides,
+        epochs=args.epochs, seed=args.seed, force=args.force, tflite=args.tflite, transform_overrides=overrides,
         allow_chance_accuracy=args.allow_chance_accuracy,
     )
     result = export_model(options, reporter)
@@ -91,5 +94,9 @@ def run_export(args: argparse.Namespace, reporter: Reporter) -> int:
                if m.robustness is not None else "")
             + (f"\n  compute    {m.flops_per_image / 2e6:.1f}M multiply-adds ({m.flops_per_image / 1e6:.0f} MFLOPs) per image"
                if m.flops_per_image else "")
+            + (f"\n  tflite     {summary['tflite']['file']}  (LiteRT max |TF - LiteRT| = "
+               f"{summary['tflite']['validation']['max_abs_diff']:.2e}, "
+               f"{summary['tflite']['latency_ms_batch1']['p50']:.2f} ms per image, 1 thread)"
+               if "tflite" in summary else "")
         )
     return 0

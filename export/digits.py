@@ -183,7 +183,8 @@ def _Batches(pixels: np.ndarray, labels: np.ndarray, batch_size: int, seed: int)
 
 
 def count_multiply_adds(model) -> int:
-    """Multiply-adds of the Conv2D and Dense layers for one image: the bulk of the compute (FLOPs = 2x this)."""
+    """Multiply-adds of the Conv2D, DepthwiseConv2D and Dense layers for one image: the bulk of the compute
+    (FLOPs = 2x this)."""
     import keras
 
     macs = 0
@@ -191,7 +192,11 @@ def count_multiply_adds(model) -> int:
         if isinstance(layer, keras.layers.Conv2D):
             _, h, w, c_out = layer.output.shape
             kh, kw = layer.kernel_size
-            macs += h * w * c_out * kh * kw * layer.input.shape[-1]
+            macs += h * w * c_out * kh * kw * layer.input.shape[-1] // getattr(layer, "groups", 1)
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):  # one kh x kw filter per output channel
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            macs += h * w * c_out * kh * kw
         elif isinstance(layer, keras.layers.Dense):
             macs += layer.input.shape[-1] * layer.units
     return int(macs)

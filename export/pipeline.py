@@ -25,9 +25,10 @@ from triton_deploy.preprocessing import ImageDecodeError, ImageTransform
 from triton_deploy.progress import Reporter
 from triton_deploy.spec import Manifest, Reference, Robustness, TensorSpec
 
-from . import convert, digits, graph, robustness, sources, validate
+from . import convert, digits, graph, robustness, sources, tflite, validate
 
 SAMPLE_IMAGE = "sample.png"
+KERAS_FILE = "model.keras"
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class ExportOptions:
     seed: int = 0
     force: bool = False
     allow_chance_accuracy: bool = False  # write an export whose measured accuracy guessing would reach
+    tflite: bool = False  # also write model.tflite (float32), validated with LiteRT
     transform_overrides: dict = field(default_factory=dict)  # scale / mean / std / channel_order from flags
 
 
@@ -77,7 +79,7 @@ class ExportResult:
             "flops_per_image": m.flops_per_image,
             "robustness_worst": m.robustness.to_dict()["worst"] if m.robustness is not None else None,
             "model_sha256": m.model_sha256,
-        }
+        } | ({"tflite": m.tflite} if m.tflite else {})
 
 
 def export_model(options: ExportOptions, reporter: Reporter | None = None) -> ExportResult:
@@ -98,17 +100,11 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             model.output_kind or ("probabilities" if validate.looks_like_probabilities(reference) else "logits"))
         output_name = options.output_name or kind
         model_path = staging / "model.onnx"
-        with reporter.step(f"Converting to ONNX (opset {options.opset}, {transform.layout})"):
-            proto = convert.convert(model, input_name=options.input_name, output_name=output_name,
-                                    opset=options.opset, nchw=options.nchw)
-            onnx.save(proto, str(model_path))
-        with reporter.step("Checking the ONNX graph (checker, shape inference)"):
-            validate.check_graph(model_path)
-        session = validate.onnx_session(model_path)
         plan = validate.ParityPlan(atol=options.atol, min_agreement=options.min_agreement,
                                    batch_sizes=(1, min(16, len(samples))))
-        with reporter.step(f"Checking parity TensorFlow vs ONNX Runtime at batch {plan.batch_sizes}"):
-            parity = validate.check_parity(model, session, samples, plan, nchw=options.nchw)
+        session, parity = convert_and_check(model, model_path, samples, plan, input_name=options.input_name,
+                                            output_name=output_name, opset=options.opset, nchw=options.nchw,
+                                            reporter=reporter)
         accuracy = reference = suite = None
         if sample_labels is not None:
             with reporter.step(f"Measuring held-out accuracy on {len(samples)} images"):
@@ -122,6 +118,16 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             reference = Reference.from_dict(reference_distributions(probabilities))
             suite = _robustness(options, model, transform, session, sample_labels, reporter)
         (staging / SAMPLE_IMAGE).write_bytes(sample_png)
+        keras_file = None
+        if model.keras_model is not None:  # the source pruning and TFLite conversion start from
+            model.keras_model.save(staging / KERAS_FILE)
+            keras_file = KERAS_FILE
+        tflite_record = None
+        if options.tflite:
+            with reporter.step(f"Converting to TFLite and validating with LiteRT on {len(samples)} images"):
+                tflite_record = tflite.write(model.keras_model, staging, samples, model.predict(samples),
+                                             atol=options.atol, min_agreement=options.min_agreement,
+                                             labels=sample_labels)
         manifest = Manifest(
             name=options.name or model.name,
             input=TensorSpec(options.input_name, (-1, *transform.input_dims), "FP32", layout=transform.layout),
@@ -144,9 +150,40 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             sample_image=SAMPLE_IMAGE,
             largest_activation_bytes_per_image=graph.largest_activation_bytes(model_path),
             multiply_adds_per_image=model.extra.get("multiply_adds_per_image"),
+            keras_file=keras_file,
+            tflite=tflite_record,
         )
         manifest.write(staging)
     return ExportResult(Path(options.output), manifest, accuracy_note)
+
+
+def convert_and_check(model: sources.LoadedModel, path: Path, samples: np.ndarray, plan: validate.ParityPlan, *,
+                      input_name: str, output_name: str, opset: int, nchw: bool, reporter: Reporter | None = None):
+    """The checks every ONNX file this project writes passes: tf2onnx conversion, the ONNX checker with strict
+    shape inference, and TensorFlow vs ONNX Runtime parity on ``samples`` (NHWC floats). Returns (session, parity).
+
+    Used by ``export`` and by every optimisation that makes a new network (pruning, distillation)."""
+    reporter = reporter or Reporter(quiet=True)
+    with reporter.step(f"Converting to ONNX (opset {opset}, {'NCHW' if nchw else 'NHWC'})"):
+        proto = convert.convert(model, input_name=input_name, output_name=output_name, opset=opset, nchw=nchw)
+        onnx.save(proto, str(path))
+    with reporter.step("Checking the ONNX graph (checker, shape inference)"):
+        validate.check_graph(path)
+    session = validate.onnx_session(path)
+    with reporter.step(f"Checking parity TensorFlow vs ONNX Runtime at batch {plan.batch_sizes}"):
+        parity = validate.check_parity(model, session, samples, plan, nchw=nchw)
+    return session, parity
+
+
+def export_like(model: sources.LoadedModel, manifest: Manifest, path: Path, samples: np.ndarray,
+                reporter: Reporter | None = None):
+    """A new network made from an export (pruned, distilled) converted and checked the way that export was: same
+    tensor names, opset, layout and parity tolerance. Returns the new model's TensorFlow vs ONNX parity."""
+    plan = validate.ParityPlan(atol=manifest.parity.atol, batch_sizes=(1, min(16, len(samples))))
+    _, parity = convert_and_check(model, path, samples, plan, input_name=manifest.input.name,
+                                  output_name=manifest.output.name, opset=manifest.opset,
+                                  nchw=manifest.preprocessing.layout == "NCHW", reporter=reporter)
+    return parity
 
 
 def _check_options(options: ExportOptions) -> None:
@@ -159,6 +196,9 @@ def _check_options(options: ExportOptions) -> None:
                          "keep one of --model/--keras-model/--saved-model/--arch"))
     if not chosen and options.model != "digits":
         problems.append((f"unknown built-in model {options.model!r}", "--model takes: digits"))
+    if options.tflite and options.saved_model is not None:
+        problems.append(("--tflite converts a Keras model; a SavedModel source has none",
+                         "drop --tflite, or export the Keras model with --keras-model"))
     if options.weights is not None and options.arch is None:
         problems.append(("--weights applies to --arch models only", "drop --weights or add --arch"))
     if not 7 <= options.opset <= 21:

@@ -177,6 +177,26 @@ def from_saved_model(directory: Path) -> LoadedModel:
     )
 
 
+def keras_file(export_dir: Path, manifest) -> Path:
+    """``model.keras`` of an export (written by ``export`` for Keras sources); a clear error when there is none."""
+    name = manifest.keras_file
+    path = Path(export_dir) / name if name else None
+    if path is None or not path.is_file():
+        raise ModelSourceError(f"{export_dir} has no Keras source (model.keras); pruning and TFLite conversion "
+                               "rebuild the network from it", hint="re-export the built-in model, a --keras-model or "
+                                                                   "an --arch with this version of 'triton-deploy export'")
+    return path
+
+
+def keras_from_export(export_dir: Path, manifest) -> Any:
+    """The Keras model an export was converted from: where pruning and TFLite conversion start."""
+    path = keras_file(export_dir, manifest)
+    try:
+        return _keras().models.load_model(str(path), compile=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelSourceError(f"cannot load {path}: {_first_line(exc)}", hint="re-export it") from None
+
+
 def _image_shape(shape: tuple, origin: Path, flag: str) -> tuple[int, int, int]:
     if len(shape) != 4 or any(d is None for d in shape[1:]) or shape[3] not in (1, 3):
         raise ModelSourceError(

@@ -9,13 +9,14 @@ import argparse
 import json
 from pathlib import Path
 
-from triton_deploy.cliargs import add_common_flags, int_list, word_list
+from triton_deploy.cliargs import add_common_flags, float_list, int_list, word_list
 
 
 def add_optimize(sub) -> None:
     from .variants import DEFAULT_VARIANTS, VARIANTS
 
-    p = sub.add_parser("optimize", help="FP16 / INT8 / distilled variants with accuracy gates and a speed report",
+    p = sub.add_parser("optimize", help="FP16 / INT8 / pruned / distilled / LiteRT variants with accuracy gates, a "
+                                        "speed report and a Pareto plot",
                        description="Build optimised variants of an export, measure accuracy, agreement, size, "
                                    "latency and throughput in one run, gate them on accuracy, write the passing ones "
                                    "as export directories, and optionally publish them to a model repository.")
@@ -46,6 +47,16 @@ def add_optimize(sub) -> None:
     d.add_argument("--distill-epochs", type=int, default=12)
     d.add_argument("--student-channels", type=int_list, default=(16, 16, 32, 64), metavar="N,N",
                    help="conv widths of the student (default 16,16,32,64)")
+    r = p.add_argument_group("structured pruning (variants pruned_<percent>, pruned_<percent>_int8_static)")
+    r.add_argument("--prune", type=_prune_fractions, default=(), metavar="F[,F]",
+                   help="share of each layer's filters to remove, e.g. 0.5 or 0.25,0.5,0.75: one pruned variant "
+                        "(and its INT8 versions) per value; needs the export's Keras source (model.keras)")
+    r.add_argument("--prune-criterion", choices=["l1", "l2"], default="l1",
+                   help="rank filters by the L1 (default) or L2 norm of their weights")
+    r.add_argument("--fine-tune-epochs", type=int, default=3, metavar="N",
+                   help="fine-tune each pruned digits model N epochs on its training split (default 3)")
+    p.add_argument("--tflite", action="store_true",
+                   help="add the LiteRT edge variants tflite_fp32 and tflite_int8 (full-integer), from model.keras")
     t = p.add_argument_group("timing")
     t.add_argument("--batch-sizes", type=int_list, default=(8, 32), help="throughput batch sizes (default 8,32)")
     t.add_argument("--bench-seconds", type=float, default=1.0, help="per variant, batch size and round")
@@ -61,6 +72,11 @@ def add_optimize(sub) -> None:
                      help="next classifier versions (default) or sibling models <name>_<variant>")
     pub.add_argument("--version-policy", default="latest:1", help="latest:N, all, specific:1,2 (default latest:1)")
     pub.add_argument("--max-batch-size", type=int, default=32, help="of the published models (default 32)")
+    pub.add_argument("--publish-backend", choices=["python", "onnxruntime", "tensorrt"], default="python",
+                     help="classifier backend of the published models (default python, the local server); tensorrt "
+                          "publishes only variants that pass the TensorRT check (INT8: the symmetric flavours)")
+    pub.add_argument("--publish-tensorrt-accelerator", action="store_true",
+                     help="the onnxruntime backend will run with the TensorRT accelerator: publish as for tensorrt")
     add_common_flags(p, "print the machine-readable report on stdout")
     p.set_defaults(handler=run_optimize)
 
@@ -72,8 +88,12 @@ def run_optimize(args: argparse.Namespace, reporter) -> int:
     from .options import OptimizeOptions
     from .quantize import Calibration
     from .run import optimize
+    from .variants import TFLITE_VARIANTS, pruned_names
 
-    variants = args.variants + (("distilled",) if args.distill and "distilled" not in args.variants else ())
+    flavours = tuple(f for f in ("int8_static", "int8_symmetric") if f in args.variants) or ("int8_static",)
+    extra = (("distilled",) if args.distill else ()) + pruned_names(args.prune, flavours) + (
+        TFLITE_VARIANTS if args.tflite else ())
+    variants = args.variants + tuple(v for v in extra if v not in args.variants)
     options = OptimizeOptions(
         export_dir=args.export_dir, output=args.output, variants=variants, max_accuracy_drop=args.max_accuracy_drop,
         calibration=Calibration(method=args.calibration_method, percentile=args.calibration_percentile,
@@ -83,12 +103,14 @@ def run_optimize(args: argparse.Namespace, reporter) -> int:
                                epochs=args.distill_epochs, channels=args.student_channels, seed=0),
         batch_sizes=args.batch_sizes, bench_seconds=args.bench_seconds, bench_rounds=args.bench_rounds,
         threads=args.threads, eval_limit=args.eval_limit, eval_samples=args.eval_samples, force=args.force,
+        prune_criterion=args.prune_criterion, fine_tune_epochs=args.fine_tune_epochs,
     )
     publisher = None
     if args.publish is not None:  # the repository's step, after optimisation: data flows one way
         options.check()
         publisher = Publisher(args.publish, mode=args.publish_as, version_policy=args.version_policy,
-                              max_batch_size=args.max_batch_size)
+                              max_batch_size=args.max_batch_size, classifier_backend=args.publish_backend,
+                              tensorrt_accelerator=args.publish_tensorrt_accelerator)
         publisher.check()
     report = optimize(options, reporter, publish=publisher)
     if args.json:
@@ -109,6 +131,16 @@ def published_text(published: dict) -> str:
                 f"with version policy {published['version_policy']} Triton serves {served}")
     models = ", ".join(f"{model} ({variant})" for variant, model in published["ensembles"].items())
     return f"Published to {published['repository']} as sibling models: {models}"
+
+
+def _prune_fractions(text: str) -> tuple[float, ...]:
+    """'0.25,0.5' -> (0.25, 0.5): whole percents strictly between 0 and 100 (they name the variants)."""
+    fractions = float_list(text)
+    bad = [f for f in fractions if not 0 < f < 1 or abs(f * 100 - round(f * 100)) > 1e-9]
+    if bad or not fractions:
+        raise argparse.ArgumentTypeError(f"expected fractions of filters to remove in whole percents between 0 and 1 "
+                                         f"(e.g. 0.5 or 0.25,0.75), got {text!r}")
+    return fractions
 
 
 def add_tensorrt_check(sub) -> None:

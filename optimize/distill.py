@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from triton_deploy.errors import Problem, UsageError, raise_problems
-from triton_deploy.export import convert, digits, validate
+from triton_deploy.export import digits, pipeline, validate
 from triton_deploy.export.sources import LoadedModel
 from triton_deploy.spec import Manifest, Parity
 
@@ -107,15 +107,10 @@ def distill(teacher_path: Path, manifest: Manifest, options: DistillOptions, *, 
         name=manifest.name, call=call, input_shape=(height, width, channels), num_classes=manifest.num_classes,
         transform=transform, labels=manifest.labels, source={}, output_kind=manifest.output_kind,
         keras_model=student)
-    proto = convert.convert(loaded, input_name=manifest.input.name, output_name=manifest.output.name,
-                            opset=manifest.opset, nchw=nchw)
     path = Path(scratch) / "student.onnx"
-    onnx.save(proto, str(path))
-    validate.check_graph(path)
     heldout, _ = data.split("heldout")
-    samples = digits.to_model_input(heldout[:32], nhwc)
-    parity = validate.check_parity(loaded, validate.onnx_session(path), samples,
-                                   validate.ParityPlan(atol=manifest.parity.atol, batch_sizes=(1, 16)), nchw=nchw)
+    parity = pipeline.export_like(loaded, manifest, path, digits.to_model_input(heldout[:32], nhwc))
+    proto = onnx.load(str(path))
     source = {"kind": "distilled", "teacher_sha256": manifest.model_sha256, "temperature": options.temperature,
               "alpha": options.alpha, "epochs": options.epochs, "channels": list(options.channels),
               "train_size": int(len(x_train))}

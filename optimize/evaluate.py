@@ -3,12 +3,13 @@ gate, and the recommendation."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from triton_deploy.errors import UsageError
-from triton_deploy.export import digits
+from triton_deploy.export import digits, validate
 from triton_deploy.spec import Manifest
 
 from .report import VariantResult
@@ -56,11 +57,26 @@ def evaluation_set(manifest: Manifest, limit: int | None,
     return inputs, labels, what
 
 
-def run_model(session, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """The model's outputs on every input, in float64 for exact comparisons."""
+Runner = Callable[[np.ndarray], np.ndarray]  # a float input batch (the export's layout) -> the output batch
+
+
+def runner(path: Path, runtime: str, threads: int, layout: str = "NHWC") -> Runner:
+    """One variant's model as a function of a batch: an ONNX Runtime session, or LiteRT's interpreter for a
+    ``.tflite`` file (always NHWC, like the Keras model it came from; NCHW batches are transposed for it)."""
+    if runtime == "litert":
+        from triton_deploy.export.tflite import LiteRTModel
+
+        model = LiteRTModel.load(path, threads=threads)
+        return (lambda batch: model.predict(batch.transpose(0, 2, 3, 1))) if layout == "NCHW" else model.predict
+    session = validate.onnx_session(path, threads)
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: inputs[i:i + batch_size]})[0]
-                           for i in range(0, len(inputs), batch_size)]).astype(np.float64)
+    return lambda batch: session.run(None, {name: batch})[0]
+
+
+def run_model(run: Runner, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The model's outputs on every input, in float64 for exact comparisons."""
+    return np.concatenate([run(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
+                          ).astype(np.float64)
 
 
 def accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
@@ -103,13 +119,28 @@ def gate_rule(max_accuracy_drop: float, baseline_accuracy: float | None, evaluat
             "evaluation_images": evaluation_images}
 
 
-def recommend(results: list[VariantResult], convolutional: bool, batch: int) -> dict:
-    """The fastest passing variant, if it is at least ``MIN_SPEEDUP`` faster than FP32; otherwise FP32."""
-    candidates = [r for r in results[1:] if r.passed and not (r.name == "int8_dynamic" and convolutional)]
+def recommend(results: list[VariantResult], convolutional: bool, batch: int, *, target: str = "cpu") -> dict:
+    """The fastest passing variant, if it is at least ``MIN_SPEEDUP`` faster than FP32; otherwise FP32.
+
+    ``target`` "cpu": among the ONNX variants served by ONNX Runtime on CPU. "tensorrt": only variants that pass the
+    TensorRT check at their precision (so INT8 means symmetric Q/DQ); CPU throughput stands in for GPU speed, which
+    cannot be measured here. "edge": among the LiteRT files, by single-image latency."""
+    if target == "edge":
+        edge = [r for r in results if r.passed and r.runtime == "litert" and r.latency_ms]
+        best = min(edge, key=lambda r: r.latency_ms["p50"], default=None)
+        if best is None:
+            return {"variant": None, "reason": "no LiteRT variant passed the gate (build them with --tflite)"}
+        drop = "n/a" if best.accuracy_drop is None else f"{best.accuracy_drop:+.2f} pts"
+        return {"variant": best.name, "reason": f"{best.latency_ms['p50']:.2f} ms per image in LiteRT, accuracy "
+                                                f"drop {drop}"}
+    candidates = [r for r in results[1:] if r.passed and r.runtime == "onnxruntime"
+                  and not (r.name == "int8_dynamic" and convolutional)
+                  and (target == "cpu" or r.tensorrt.get("compatible"))]
     best = max(candidates, key=lambda r: r.speedup or 0.0, default=None)
+    where = "on this CPU" if target == "cpu" else "on this CPU, among variants that pass the TensorRT check"
     if best is None or (best.speedup or 0.0) < MIN_SPEEDUP:
         return {"variant": BASELINE, "reason": f"no passing variant is at least {MIN_SPEEDUP:.2f}x faster than FP32 "
-                                               f"at batch {batch} on this CPU"}
+                                               f"at batch {batch} {where}"}
     drop = "n/a" if best.accuracy_drop is None else f"{best.accuracy_drop:+.2f} pts"
-    return {"variant": best.name, "reason": f"{best.speedup:.2f}x the FP32 throughput at batch {batch}, "
+    return {"variant": best.name, "reason": f"{best.speedup:.2f}x the FP32 throughput at batch {batch} {where}, "
                                             f"accuracy drop {drop}, top-1 agreement {best.agreement:.4f}"}

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from triton_deploy.errors import Problem, raise_problems
+from triton_deploy.errors import Problem, raise_problems, unknown_choice
 
 from .distill import DistillOptions
 from .quantize import Calibration
-from .variants import DEFAULT_VARIANTS, VARIANTS
+from .variants import DEFAULT_VARIANTS, FAMILIES, VARIANTS, known
 
 
 @dataclass(frozen=True)
@@ -30,16 +30,28 @@ class OptimizeOptions:
     threads: int | None = None  # ONNX Runtime intra-op threads (default: all cores)
     eval_limit: int | None = None  # use only the first N held-out images (tests)
     tensorrt_max_batch_size: int = 32
+    prune_criterion: str = "l1"  # how the pruned_<p> variants rank filters (see optimize/prune.py)
+    fine_tune_epochs: int = 3  # of the pruned_<p> variants, on the digits training split
     force: bool = False
     seed: int = 0
 
     def check(self) -> None:
         """Raise one ``UsageError`` naming every problem (the calibration's and the student's included)."""
+        from .prune import CRITERIA
+
         problems: list[Problem] = []
-        unknown = [v for v in self.variants if v not in VARIANTS]
+        unknown = [v for v in self.variants if not known(v)]
         if unknown or not self.variants:
+            examples = ",".join([*VARIANTS, *(example for _, _, example in FAMILIES)])
             problems.append((f"unknown variants {unknown}" if unknown else "no variant chosen",
-                             f"--variants takes a comma-separated subset of {','.join(VARIANTS)}"))
+                             f"--variants takes a comma-separated subset of {examples}"))
+        pruned = [v for v in self.variants if v.startswith("pruned_")]
+        if pruned and not 0 < min(int(v.split("_")[1]) for v in pruned):
+            problems.append(("a pruned variant removes 0 % of the filters", "--prune takes fractions in (0, 1)"))
+        if self.prune_criterion not in CRITERIA:
+            problems.append(unknown_choice("pruning criterion", self.prune_criterion, "--prune-criterion", CRITERIA))
+        if self.fine_tune_epochs < 0:
+            problems.append(("--fine-tune-epochs must be 0 or more", "check --fine-tune-epochs"))
         if self.max_accuracy_drop < 0:
             problems.append((f"--max-accuracy-drop {self.max_accuracy_drop} is negative; it is the largest loss "
                              "allowed, in percentage points", "check --max-accuracy-drop"))

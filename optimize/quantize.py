@@ -17,6 +17,7 @@ Notes that drive the choices here:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -96,6 +97,12 @@ class Calibration:
 
     def check(self) -> None:
         raise_problems(self.problems())
+
+
+def for_tensorrt(calibration: Calibration) -> Calibration:
+    """The same calibration with symmetric INT8 Q/DQ (zero points 0, float biases): what TensorRT's explicit
+    quantisation reads, and what ``tensorrt-check`` accepts for INT8."""
+    return dataclasses.replace(calibration, symmetric_activations=True)
 
 
 def int8_static(source: Path, target: Path, samples: np.ndarray, calibration: Calibration = Calibration()) -> None:

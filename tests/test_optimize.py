@@ -19,7 +19,7 @@ from triton_deploy.errors import GateError, UsageError
 from triton_deploy.optimize.distill import DistillOptions
 from triton_deploy.optimize.options import OptimizeOptions
 from triton_deploy.optimize.quantize import Calibration
-from triton_deploy.optimize.report import REPORT_JSON, REPORT_MD
+from triton_deploy.optimize.report import REPORT_JSON, REPORT_MD, REPORT_PNG, ParetoPoint, pareto_front
 from triton_deploy.optimize.run import optimize
 from triton_deploy.optimize.variants import VARIANTS
 from triton_deploy.repository.publish import Publisher, publish
@@ -28,20 +28,24 @@ from triton_deploy.spec import Manifest
 pytestmark = pytest.mark.slow
 
 
+# Every registered variant (LiteRT ones included) plus one pruned network and its TensorRT-ready INT8 version.
+ALL = (*VARIANTS, "pruned_50", "pruned_50_int8_symmetric")
+
+
 @pytest.fixture(scope="module")
 def optimized(digits_export, tmp_path_factory):
-    """All five variants, quick timing, published as sibling models."""
+    """All variants, quick timing (one fine-tuning epoch), published as sibling models."""
     root = tmp_path_factory.mktemp("optimize")
     options = OptimizeOptions(
-        export_dir=digits_export, output=root / "variants", variants=VARIANTS,
-        distill=DistillOptions(epochs=6), bench_seconds=0.05, bench_rounds=1)
+        export_dir=digits_export, output=root / "variants", variants=ALL,
+        distill=DistillOptions(epochs=6), bench_seconds=0.05, bench_rounds=1, fine_tune_epochs=1)
     publisher = Publisher(root / "siblings_repo", mode="siblings", max_batch_size=16)
     return optimize(options, publish=publisher), options, publisher
 
 
 def test_every_variant_is_built_measured_and_reported(optimized, digits_manifest):
     report, options, _ = optimized
-    assert [v.name for v in report.variants] == ["fp32", *VARIANTS]
+    assert [v.name for v in report.variants] == ["fp32", *ALL]
     base = report.variant("fp32")
     assert base.accuracy == pytest.approx(digits_manifest.accuracy)
     for v in report.variants:
@@ -55,7 +59,8 @@ def test_every_variant_is_built_measured_and_reported(optimized, digits_manifest
     on_disk = json.loads((options.output / REPORT_JSON).read_text())
     assert on_disk["recommendation"] == report.recommendation and on_disk["published"]["mode"] == "siblings"
     table = (options.output / REPORT_MD).read_text()
-    assert all(f"| {name} |" in table for name in ["fp32", *VARIANTS]) and "Recommendation:" in table
+    assert all(f"| {name} |" in table for name in ["fp32", *ALL]) and "Recommendation:" in table
+    assert (options.output / REPORT_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_md_is_a_table_that_renders_and_keeps_the_tensorrt_fix(optimized):
@@ -86,7 +91,7 @@ def test_dynamic_int8_is_never_recommended_for_a_cnn(optimized):
 
 def test_passing_variants_are_export_directories_with_their_own_manifest(optimized, digits_manifest):
     report, options, _ = optimized
-    passing = [v for v in report.variants[1:] if v.passed]
+    passing = [v for v in report.variants[1:] if v.passed and v.runtime == "onnxruntime"]
     assert {"fp32_slim", "fp16", "int8_static"} <= {v.name for v in passing}
     for v in passing:
         directory = options.output / v.name
@@ -161,6 +166,18 @@ def test_bad_options_name_the_flag(digits_export, tmp_path):
         optimize(OptimizeOptions(digits_export, tmp_path / "o", calibration=Calibration(method="mse")))
 
 
+def test_pruning_an_export_without_its_keras_source_names_the_file(digits_export, tmp_path):
+    import shutil
+
+    from triton_deploy.errors import ModelSourceError
+
+    bare = tmp_path / "bare"
+    shutil.copytree(digits_export, bare, ignore=shutil.ignore_patterns("model.keras"))
+    with pytest.raises(ModelSourceError, match="no Keras source \\(model.keras\\)"):
+        optimize(OptimizeOptions(bare, tmp_path / "o", variants=("pruned_50",)))
+    assert not (tmp_path / "o").exists()
+
+
 def test_publishing_as_versions_puts_the_recommendation_last(optimized, tmp_path):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
@@ -169,7 +186,7 @@ def test_publishing_as_versions_puts_the_recommendation_last(optimized, tmp_path
     repo = tmp_path / "versions_repo"
     published = publish(report, dataclasses.replace(publisher, repository=repo, mode="versions",
                                                     version_policy="all"))
-    passing = [v.name for v in report.variants[1:] if v.passed]
+    passing = [v.name for v in report.variants[1:] if v.passed and v.runtime == "onnxruntime"]
     versions = published["classifier_versions"]
     assert sorted(versions.values()) == sorted(["fp32", *passing])
     assert published["served"] == versions  # version policy all
@@ -190,6 +207,72 @@ def test_when_fp32_is_recommended_publishing_as_versions_serves_fp32_by_default(
 
     assert published_text(published).endswith(f"with version policy latest:1 Triton serves version "
                                               f"{max(versions, key=int)} (fp32)")
+
+
+def test_pruned_variant_is_a_smaller_retrained_network_with_its_own_parity(optimized, digits_manifest):
+    report, options, _ = optimized
+    pruned = report.variant("pruned_50")
+    widths = pruned.details["widths"]
+    assert [after for _, after in widths.values()] == [16, 32, 64, 64]  # half of 32, 64, 128, 128
+    macs = pruned.details["multiply_adds_per_image"]
+    assert macs["before"] == digits_manifest.flops_per_image // 2 and macs["ratio"] < 0.3
+    assert pruned.details["fine_tune_epochs"] == 1 and pruned.size_bytes < 0.3 * report.variant("fp32").size_bytes
+    assert pruned.details["parity_tf_vs_onnx"]["max_abs_diff"] <= digits_manifest.parity.atol
+    assert report.variant("pruned_50_int8_symmetric").details["widths"] == widths  # built from the same network
+    if pruned.passed:
+        manifest = Manifest.read(options.output / "pruned_50")
+        assert manifest.flops_per_image == 2 * macs["after"] and manifest.parity.batch_sizes == (1, 16)
+
+
+def test_symmetric_int8_passes_the_tensorrt_check_and_only_it_is_recommended_for_tensorrt(optimized, capsys):
+    report, options, _ = optimized
+    assert report.variant("int8_symmetric").tensorrt["compatible"]
+    assert report.variant("pruned_50_int8_symmetric").tensorrt["compatible"]
+    assert not report.variant("int8_static").tensorrt["compatible"]  # UINT8 activations with zero points
+    for name in ("int8_static", "int8_symmetric"):  # both INT8 flavours are timed on the CPU
+        assert report.variant(name).throughput[8] > 0
+    choice = report.recommendations["tensorrt"]["variant"]
+    assert choice == "fp32" or report.variant(choice).tensorrt["compatible"]
+    if report.variant("int8_symmetric").passed:
+        assert main(["tensorrt-check", str(options.output / "int8_symmetric"), "--precision", "int8"]) == 0
+        assert "compatible" in capsys.readouterr().out
+
+
+def test_publishing_for_tensorrt_takes_only_variants_tensorrt_can_build(optimized, tmp_path):
+    report, _, publisher = optimized
+    target = dataclasses.replace(publisher, repository=tmp_path / "trt_repo", mode="versions",
+                                 classifier_backend="onnxruntime", tensorrt_accelerator=True)
+    published = publish(report, target)
+    names = set(published["classifier_versions"].values()) - {"fp32"}
+    assert names and all(report.variant(n).tensorrt["compatible"] for n in names)
+    assert "int8_static" not in names and not names & {"tflite_fp32", "tflite_int8"}
+
+
+def test_tflite_variants_are_gated_timed_and_recorded(optimized):
+    import hashlib
+
+    report, options, _ = optimized
+    for name, dtype in (("tflite_fp32", "float32"), ("tflite_int8", "int8")):
+        v = report.variant(name)
+        assert v.runtime == "litert" and v.throughput[8] > 0 and not v.tensorrt
+        if not v.passed:
+            continue
+        record = json.loads((options.output / name / "tflite.json").read_text())
+        content = (options.output / name / "model.tflite").read_bytes()
+        assert record["sha256"] == hashlib.sha256(content).hexdigest() and record["input"]["dtype"] == dtype
+        assert record["latency_ms_batch1"]["p50"] > 0 and record["accuracy"] == v.accuracy
+    assert report.variant("tflite_fp32").max_abs_diff < 1e-4  # the same float model as the ONNX one
+    int8, base = report.variant("tflite_int8"), report.variant("fp32")
+    assert int8.details["input_quantization"]["scale"] > 0 and int8.details["output_quantization"]["scale"] > 0
+    assert int8.accuracy >= base.accuracy - 0.02 and int8.size_bytes < 0.4 * base.size_bytes
+    assert report.recommendations["edge (LiteRT)"]["variant"] in ("tflite_fp32", "tflite_int8", None)
+
+
+def test_pareto_front_keeps_only_undominated_variants():
+    points = [ParetoPoint("fp32", 0.98, 100, 1000, True), ParetoPoint("int8", 0.975, 300, 250, True),
+              ParetoPoint("slow_and_worse", 0.97, 90, 1200, True), ParetoPoint("pruned", 0.975, 400, 260, True)]
+    assert pareto_front(points, "throughput") == ["fp32", "pruned"]
+    assert pareto_front(points, "size") == ["fp32", "int8"]
 
 
 @pytest.mark.server

@@ -27,6 +27,10 @@ Manifest format, version 2 (``manifest_version``; version 1 files, which lack ``
                         the classifier's ONNX Runtime calls; absent in exports made before it was recorded)
     variant, optimization              optional, written by ``optimize``: the variant's name (e.g. "int8_static")
                         and how it was made and checked against its FP32 source
+    keras_file          optional: the Keras source beside the ONNX model ("model.keras"), where pruning and TFLite
+                        conversion start
+    tflite              optional, with ``export --tflite``: the LiteRT file's record (file, sha256, input/output
+                        dtype, shape and quantisation, validation against TensorFlow, batch-1 latency here)
 
 Keys the tool does not know are kept in ``Manifest.extra`` and written back unchanged.
 """
@@ -49,7 +53,7 @@ READABLE_VERSIONS = (1, 2)  # version 1 is version 2 without ``robustness``
 MANIFEST_FILE = "manifest.json"
 # Optional fields: written only when set, so manifests without them (older exports) read and write back the same.
 OPTIONAL_KEYS = ("sample_image", "multiply_adds_per_image", "largest_activation_bytes_per_image", "variant",
-                 "optimization")
+                 "optimization", "keras_file", "tflite")
 
 # Triton's datatype names <-> numpy. BYTES covers TYPE_STRING tensors (numpy object arrays of bytes).
 TRITON_TO_NUMPY: dict[str, Any] = {
@@ -206,6 +210,8 @@ class Manifest:
     largest_activation_bytes_per_image: int | None = None
     variant: str | None = None
     optimization: dict[str, Any] | None = None
+    keras_file: str | None = None
+    tflite: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version of the tool does not know
 
     @property

@@ -31,6 +31,13 @@ class Publisher:
     mode: str = "versions"
     version_policy: str = "latest:1"
     max_batch_size: int = 32
+    classifier_backend: str = "python"  # python (local server) | onnxruntime | tensorrt
+    tensorrt_accelerator: bool = False  # onnxruntime backend with the TensorRT execution provider
+
+    @property
+    def for_tensorrt(self) -> bool:
+        """TensorRT builds the engine: publish only variants that pass the TensorRT check (INT8 = symmetric Q/DQ)."""
+        return self.classifier_backend == "tensorrt" or self.tensorrt_accelerator
 
     def check(self) -> None:
         from .render import version_policy_text
@@ -38,6 +45,9 @@ class Publisher:
         problems: list[Problem] = []
         if self.mode not in PUBLISH_MODES:
             problems.append(unknown_choice("publish mode", self.mode, "--publish-as", PUBLISH_MODES))
+        if self.tensorrt_accelerator and self.classifier_backend != "onnxruntime":
+            problems.append(("the TensorRT accelerator belongs to the onnxruntime backend",
+                             "add --publish-backend onnxruntime or drop --publish-tensorrt-accelerator"))
         try:
             version_policy_text(self.version_policy)
         except ValueError as exc:
@@ -58,16 +68,22 @@ def publish(report: OptimizeReport, publisher: Publisher) -> dict:
     from .render import RepositoryOptions
     from .writer import generate_repository
 
-    passing = [v for v in report.variants[1:] if v.passed]
+    # LiteRT files are edge artifacts, not Triton models; a TensorRT target takes only what TensorRT can build.
+    passing = [v for v in report.variants[1:] if v.passed and v.runtime == "onnxruntime"
+               and (not publisher.for_tensorrt or v.tensorrt.get("compatible"))]
     if not passing:
-        raise GateError("no variant passed the accuracy gate, nothing to publish",
+        what = "passed the accuracy gate and the TensorRT check" if publisher.for_tensorrt else \
+            "passed the accuracy gate"
+        raise GateError(f"no ONNX variant {what}, nothing to publish",
                         hint="see the report; relax --max-accuracy-drop or change --variants")
     output = Path(report.output)
     repository = Path(publisher.repository)
     base = RepositoryOptions(output=repository, version_policy=publisher.version_policy,
-                             max_batch_size=publisher.max_batch_size)
+                             max_batch_size=publisher.max_batch_size, classifier_backend=publisher.classifier_backend,
+                             instance_kind="gpu" if publisher.for_tensorrt else "cpu")
     if publisher.mode == "versions":
-        recommended = report.recommendation["variant"]
+        chosen = report.recommendations.get("tensorrt") if publisher.for_tensorrt else None
+        recommended = (chosen or report.recommendation)["variant"]
         by_name = {report.variants[0].name: Path(report.source)} | {v.name: output / v.name for v in passing}
         # The recommendation goes last, so latest:1 serves it; when FP32 is recommended (no variant was fast enough)
         # that is FP32 itself, published after the variants instead of first.
