@@ -95,9 +95,9 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
     samples, sample_labels, sample_png, accuracy_note = _samples(options, model, transform, labels)
 
     with atomic_directory(options.output, force=options.force) as staging:
-        reference = model.predict(samples[:4])
+        first_outputs = model.predict(samples[:4])
         kind = options.output_kind if options.output_kind != "auto" else (
-            model.output_kind or ("probabilities" if validate.looks_like_probabilities(reference) else "logits"))
+            model.output_kind or ("probabilities" if validate.looks_like_probabilities(first_outputs) else "logits"))
         output_name = options.output_name or kind
         model_path = staging / "model.onnx"
         plan = validate.ParityPlan(atol=options.atol, min_agreement=options.min_agreement,

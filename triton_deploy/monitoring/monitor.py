@@ -186,7 +186,7 @@ def render(snapshot: Snapshot):
     from rich.table import Table
     from rich.text import Text
 
-    parts = [Text(f"Triton metrics {snapshot.url} — rates over the last {snapshot.seconds:.1f} s", style="bold")]
+    parts: list[Text | Table] = [Text(f"Triton metrics {snapshot.url} — rates over the last {snapshot.seconds:.1f} s", style="bold")]
     models = Table(title="models", title_justify="left")
     for column in ("model", "req/s", "failed/s", "images/s", "queue ms/req", "compute ms/req", "batch"):
         models.add_column(column, justify="left" if column == "model" else "right")
