@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import model_metrics as mm  # noqa: E402  (copied beside this file)
 from postprocessing import label_lookup, softmax, top_k  # noqa: E402
 
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -85,7 +86,7 @@ class PredictionMetrics:
                 self.reference = json.load(f)
             ratios = metrics.per_value(mm.REFERENCE_RATIO, "Share of each top-1 class on the export's held-out data",
                                        "GAUGE", "class", labels)
-            for gauge, ratio in zip(ratios, self.reference["class_ratios"]):
+            for gauge, ratio in zip(ratios, self.reference["class_ratios"], strict=True):
                 gauge.set(float(ratio))
             self.drift = metrics.per_value(
                 mm.DRIFT, "Jensen-Shannon distance (0-1) of the recent top-1 class / confidence distribution to the "

@@ -144,7 +144,7 @@ class PredictionWindow:
 def bucket_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
     """Label values of the buckets ``(lower, upper]``, e.g. "0.95-0.99"."""
     edges = (0.0, *bounds)
-    return tuple(f"{_number(low)}-{_number(high)}" for low, high in zip(edges, edges[1:]))
+    return tuple(f"{_number(low)}-{_number(high)}" for low, high in zip(edges, edges[1:], strict=False))
 
 
 def _number(value: float) -> str:
