@@ -16,19 +16,31 @@ sys.path.insert(0, str(ROOT / "tests" / "helm"))  # the tests' own chart helpers
 import helm_python  # noqa: E402
 import helm_python.errors  # noqa: E402
 import yaml  # noqa: E402
-from chart_tools import CHART, NAMESPACE, RELEASE, SCENARIOS, chart, load_values, scenario_id  # noqa: E402
+from chart_tools import (  # noqa: E402
+    CHART,
+    NAMESPACE,
+    RELEASE,
+    REQUIRED_VALUES,
+    SCENARIOS,
+    chart,
+    load_values,
+    scenario_id,
+)
 
 OUTPUT = ROOT / "build" / "chart"
 
 
 def lint_and_render(name: str, values_files: list[Path]) -> list[str]:
-    """Problems (severity warning or error) of one values set; its rendering goes to ``OUTPUT/name.yaml``."""
-    values = load_values(*values_files) if values_files else None
+    """Problems (severity warning or error) of one values set; its rendering goes to ``OUTPUT/name.yaml``.
+
+    The defaults get the one value the chart requires, a placeholder ``image.repository`` for the server image built
+    from docker/tritonserver/Dockerfile; a values file given on the command line must set it itself."""
+    values = load_values(*values_files) if values_files else REQUIRED_VALUES
     report = helm_python.lint(CHART, values, strict=True, namespace=NAMESPACE)
     problems = [f"{m.get('path', '')}: {m.get('err', m)}" for m in report["messages"] if m["severity"] >= 2]
     problems += [str(e) for e in report.get("errors") or []]
     try:
-        rendered = chart().render(values or {}, name=RELEASE, namespace=NAMESPACE)
+        rendered = chart().render(values, name=RELEASE, namespace=NAMESPACE)
     except helm_python.errors.HelmError as exc:  # e.g. values that break values.schema.json
         rendered = {}
         problems.append(" ".join(str(exc).split()))

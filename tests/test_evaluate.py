@@ -78,7 +78,7 @@ def test_min_accuracy_gate_has_its_own_exit_code_and_still_writes_the_report(tri
     ("missing folder", 41, "data directory {data} not found"),
     ("empty folder", 41, "no images in {data}"),
     ("unknown label folder", 41, "folder(s) cat in {data} match none of the model's labels (0, 1, 2"),
-    ("server down", 30, "no Triton server ready at 127.0.0.1:{port}"),
+    ("server down", 30, "nothing listens at 127.0.0.1:{port} (connection refused)"),
     ("not an image classifier ensemble", 32, "'digits_classifier' should have exactly one encoded-image input"),
     ("output exists", 3, "output directory {output} already exists"),
 ])

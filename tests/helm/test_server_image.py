@@ -91,9 +91,12 @@ def python_models() -> dict[Path, set[str]]:
     `triton-deploy repo` writes (and the shared modules it copies next to them) and the checked-in example repository."""
     from triton_deploy.repository.writer import PYTHON_MODELS, SHARED_MODULES
 
-    shared = {path.stem for path in SHARED_MODULES.values()}
-    models = {path: shared for path in PYTHON_MODELS.glob("*.py") if path.name != "__init__.py"}
-    models.update({path: shared for path in SHARED_MODULES.values()})
+    models = {}
+    for path in PYTHON_MODELS.glob("*.py"):
+        if path.name != "__init__.py":
+            models[path] = {module.stem for module in SHARED_MODULES.get(path.stem, ())}
+    for modules in SHARED_MODULES.values():
+        models.update({module: {other.stem for other in modules} for module in modules})
     for path in (ROOT / "model_repository").glob("*/[0-9]*/*.py"):
         models[path] = {sibling.stem for sibling in path.parent.glob("*.py")}
     return models
