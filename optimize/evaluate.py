@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from triton_deploy.errors import UsageError
-from triton_deploy.export import digits, validate
+from triton_deploy.export import digits, robustness, validate
 from triton_deploy.spec import Manifest
 
 from .report import VariantResult
@@ -77,6 +77,39 @@ def run_model(run: Runner, inputs: np.ndarray, batch_size: int = 64) -> np.ndarr
     """The model's outputs on every input, in float64 for exact comparisons."""
     return np.concatenate([run(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
                           ).astype(np.float64)
+
+
+RobustnessSet = dict[str, np.ndarray]  # condition name -> model inputs (the held-out digits drawn that way)
+
+
+def robustness_set(manifest: Manifest, limit: int | None) -> tuple[RobustnessSet, np.ndarray] | None:
+    """The export's robustness suite as model inputs, so a variant is scored on the same drawings as its source: the
+    digits model only (a user model's suite ran on its --samples, which ``evaluation_set`` already covers)."""
+    if manifest.robustness is None or not is_digits_model(manifest) or manifest.num_classes != len(digits.LABELS):
+        return None
+    record = manifest.dataset or {}
+    seed = int(record.get("seed", 0))
+    images, labels = digits.load_digits_data(seed=seed, test_fraction=float(record.get("test_fraction", 0.25))
+                                             ).split("heldout")
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    transform = manifest.preprocessing
+    inputs = {condition.name: transform.normalise(robustness.digit_condition_pixels(condition, images, transform, seed))
+              for condition in robustness.DIGIT_CONDITIONS}
+    return inputs, labels
+
+
+def robustness_record(run: Runner, suite: tuple[RobustnessSet, np.ndarray],
+                      baseline: dict | None = None) -> dict:
+    """Accuracy per condition, the worst condition, and (given the FP32 record) how many points the worst fell."""
+    inputs, labels = suite
+    conditions = {name: float(np.mean(run_model(run, x).argmax(-1) == labels)) for name, x in inputs.items()}
+    worst = min(conditions, key=conditions.__getitem__)
+    record: dict = {"conditions": conditions, "images_per_condition": int(len(labels)),
+                    "worst": {"condition": worst, "accuracy": conditions[worst]}}
+    if baseline is not None:
+        record["worst_drop_points"] = (baseline["worst"]["accuracy"] - conditions[worst]) * 100.0
+    return record
 
 
 def accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:

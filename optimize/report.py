@@ -68,8 +68,9 @@ class OptimizeReport:
     def markdown(self) -> str:
         batches = sorted({b for v in self.variants for b in v.throughput})
         labelled = any(v.accuracy is not None for v in self.variants)
-        head = ["variant", "runtime", "accuracy" if labelled else "accuracy (n/a)", "drop (pts)", "agreement",
-                r"max \|diff\|",
+        robust = any("robustness" in v.details for v in self.variants)
+        head = ["variant", "runtime", "accuracy" if labelled else "accuracy (n/a)", "drop (pts)",
+                *(["worst condition", "worst drop (pts)"] if robust else []), "agreement", r"max \|diff\|",
                 "size (MB)", "p50 ms b1", "p95 ms b1", *[f"img/s b{b}" for b in batches],
                 f"speed-up b{batches[0]}" if batches else "speed-up", "TensorRT", "status"]
         rows = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -77,7 +78,8 @@ class OptimizeReport:
             trt = "n/a" if not v.tensorrt else "ok" if v.tensorrt.get("compatible") else (
                 "no: " + ", ".join(v.tensorrt.get("unsupported_operators", {})) if v.tensorrt.get(
                     "unsupported_operators") else "no: " + (v.tensorrt.get("problems") or ["?"])[0])  # whole: it names the fix
-            cells = [v.name, v.runtime, _fmt(v.accuracy, ".4f"), _drop(v.accuracy_drop), f"{v.agreement:.4f}",
+            cells = [v.name, v.runtime, _fmt(v.accuracy, ".4f"), _drop(v.accuracy_drop),
+                     *(_worst_condition(v.details.get("robustness")) if robust else []), f"{v.agreement:.4f}",
                      f"{v.max_abs_diff:.3g}", f"{v.size_bytes / 1e6:.2f}", _fmt(v.latency_ms.get("p50"), ".2f"),
                      _fmt(v.latency_ms.get("p95"), ".2f"), *[_fmt(v.throughput.get(b), ".0f") for b in batches],
                      _fmt(v.speedup, ".2f") + ("x" if v.speedup is not None else ""), trt,
@@ -94,6 +96,15 @@ class OptimizeReport:
                 f"Measured on {self.machine['cpu_count']} cores with ONNX Runtime {self.machine['onnxruntime']} "
                 f"({self.machine['threads']} intra-op threads), best of {self.machine['rounds']} interleaved rounds "
                 f"of {self.machine['seconds']} s each; a shared machine: compare ratios, not absolutes.\n")
+
+
+def _worst_condition(record: dict | None) -> list[str]:
+    """The robustness suite's worst condition for a variant, and how far it fell below FP32's worst."""
+    if record is None:
+        return ["", ""]
+    worst = record["worst"]
+    drop = _drop(record["worst_drop_points"]) if "worst_drop_points" in record else ""  # FP32 is the reference
+    return [f"{worst['condition']} {worst['accuracy']:.3f}", drop]
 
 
 def _drop(points: float | None) -> str:

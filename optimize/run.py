@@ -36,7 +36,7 @@ from triton_deploy.export import validate
 from triton_deploy.export.sources import keras_file
 from triton_deploy.fsutil import atomic_directory, check_output_dir
 from triton_deploy.progress import Reporter
-from triton_deploy.spec import Manifest, Parity
+from triton_deploy.spec import Manifest, Parity, Robustness
 
 from . import evaluate, tensorrt, timing, variants
 from .options import OptimizeOptions
@@ -64,13 +64,19 @@ def optimize(options: OptimizeOptions, reporter: Reporter | None = None,
     layout = manifest.preprocessing.layout
     reference = evaluate.run_model(evaluate.runner(source_model, "onnxruntime", threads), inputs)
     baseline_accuracy = evaluate.accuracy(reference, labels)
+    suite = evaluate.robustness_set(manifest, options.eval_limit)
+    baseline_details: dict = {"sha256": manifest.model_sha256}
+    if suite is not None:
+        with reporter.step(f"Scoring FP32 on the robustness suite ({len(suite[0])} conditions)"):
+            baseline_details["robustness"] = evaluate.robustness_record(
+                evaluate.runner(source_model, "onnxruntime", threads), suite)
     convolutional = any(n.op_type in ("Conv", "ConvTranspose") for n in onnx.load(str(source_model)).graph.node)
 
     with atomic_directory(options.output, force=options.force) as staging:
         work = staging / ".work"
         work.mkdir()
         results = [VariantResult(BASELINE, source_model, baseline_accuracy, 1.0, 0.0, source_model.stat().st_size,
-                                 accuracy_drop=0.0, details={"sha256": manifest.model_sha256})]
+                                 accuracy_drop=0.0, details=baseline_details)]
         built: dict[str, BuiltVariant] = {}
         for name in options.variants:
             runtime = variants.runtime(name)
@@ -85,10 +91,15 @@ def optimize(options: OptimizeOptions, reporter: Reporter | None = None,
             with reporter.step(f"Validating {name} on {len(inputs)} {evaluated_on}"):
                 if runtime is variants.ONNX_RUNTIME:
                     validate.check_graph(path)
-                outputs = evaluate.run_model(evaluate.runner(path, runtime.name, threads, layout), inputs)
+                run = evaluate.runner(path, runtime.name, threads, layout)
+                outputs = evaluate.run_model(run, inputs)
+                scored = (evaluate.robustness_record(run, suite, baseline_details["robustness"])
+                          if suite is not None else None)
             result = VariantResult(name, path, evaluate.accuracy(outputs, labels),
                                    evaluate.agreement(outputs, reference), evaluate.max_abs_diff(outputs, reference),
                                    path.stat().st_size, details=dict(built[name].details), runtime=runtime.name)
+            if scored is not None:
+                result.details["robustness"] = scored
             evaluate.gate(result, baseline_accuracy, manifest, options.max_accuracy_drop)
             if name == "int8_dynamic" and convolutional:
                 result.details["note"] = ("dynamic INT8 runs convolutions as ConvInteger, a slow fallback on CPU: "
@@ -153,11 +164,21 @@ def _write_variant_export(directory: Path, result: VariantResult, built: BuiltVa
     variant_manifest = dataclasses.replace(
         manifest, model_sha256=sha256(directory / "model.onnx"),
         accuracy=result.accuracy if result.accuracy is not None else manifest.accuracy,
-        robustness=None,  # the suite measured the FP32 model; a variant's own figures are not measured here
+        robustness=_variant_robustness(manifest, result),
         variant=result.name, optimization=optimization,
         keras_file=None, tflite=None,  # the variant's directory holds its ONNX model only
         **({"parity": parity} | built.manifest_updates))
     variant_manifest.write(directory)
+
+
+def _variant_robustness(manifest: Manifest, result: VariantResult) -> Robustness | None:
+    """The variant's own scores on its source's robustness suite (None when optimize could not redraw the suite)."""
+    scored = result.details.get("robustness")
+    if manifest.robustness is None or scored is None:
+        return None
+    return Robustness(data=manifest.robustness.data, conditions=tuple(
+        dataclasses.replace(c, accuracy=scored["conditions"][c.name], images=scored["images_per_condition"])
+        for c in manifest.robustness.conditions))
 
 
 def _precision(name: str) -> str:

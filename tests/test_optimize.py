@@ -82,6 +82,24 @@ def test_an_accuracy_gain_is_written_as_a_gain_not_a_negative_drop(optimized):
     assert "| gain 0.22 |" in row and "-0.22" not in row
 
 
+def test_every_variant_is_scored_on_the_exports_robustness_suite(optimized, digits_manifest):
+    report, options, _ = optimized
+    exported = {c.name: c.accuracy for c in digits_manifest.robustness.conditions}
+    base = report.variant("fp32").details["robustness"]
+    assert base["conditions"] == pytest.approx(exported, abs=1e-9)  # the same drawings as export scored
+    assert base["worst"] == {"condition": digits_manifest.robustness.worst.name,
+                             "accuracy": pytest.approx(digits_manifest.robustness.worst.accuracy)}
+    for v in report.variants[1:]:
+        record = v.details["robustness"]
+        assert set(record["conditions"]) == set(exported)
+        assert record["worst_drop_points"] == pytest.approx((base["worst"]["accuracy"] - min(
+            record["conditions"].values())) * 100)
+    assert "| worst condition | worst drop (pts) |" in (options.output / REPORT_MD).read_text()
+    passed = next(v for v in report.variants[1:] if v.passed and v.runtime == "onnxruntime")
+    written = Manifest.read(options.output / passed.name).robustness  # the variant's own figures, not FP32's
+    assert {c.name: c.accuracy for c in written.conditions} == passed.details["robustness"]["conditions"]
+
+
 def test_dynamic_int8_is_never_recommended_for_a_cnn(optimized):
     report, _, _ = optimized
     assert report.recommendation["variant"] != "int8_dynamic"
