@@ -22,7 +22,7 @@ from .errors import ClassificationError
 from .inputs import ImageLike, Item, as_items
 from .results import Outcome, Prediction
 from .shm import ShmPool
-from .transport import AsyncTransport, drive_async, wait_ready_async
+from .transport import AsyncTransport
 
 
 class AsyncImageClassifier:
@@ -46,13 +46,13 @@ class AsyncImageClassifier:
             options = self.options
             self._transport = self._transport or AsyncTransport(options.connection)
             try:
-                await wait_ready_async(self._transport, options.model, options.ready_timeout_s, options.retry)
-                plan = await drive_async(discover_ensemble(options.model, options.max_batch_size), self._transport,
-                                         options.retry)
+                await self._transport.wait_ready(options.model, options.ready_timeout_s, options.retry)
+                plan = await self._transport.drive(discover_ensemble(options.model, options.max_batch_size),
+                                                   options.retry)
                 if options.preprocess == "client":
-                    self.local = await drive_async(discover_local(options.model, options.transform,
-                                                                  plan.max_batch_size, options.model_version),
-                                                   self._transport, options.retry)
+                    self.local = await self._transport.drive(discover_local(options.model, options.transform,
+                                                                            plan.max_batch_size, options.model_version),
+                                                             options.retry)
                 self.plan = plan
             except BaseException:
                 await self.close()
@@ -88,7 +88,7 @@ class AsyncImageClassifier:
             slot = await slots.get()  # at most `concurrency` batches in flight, each with its own regions
             try:
                 steps = client_batch(batch, plan, self.local, k) if self.local else server_batch(batch, plan, k)
-                return await drive_async(steps, transport, self.options.retry, slot)
+                return await transport.drive(steps, self.options.retry, slot)
             finally:
                 slots.put_nowait(slot)
 

@@ -29,7 +29,7 @@ from .errors import ClassificationError, InvalidInputError
 from .inputs import ImageLike, Item, as_items
 from .results import Outcome, Prediction
 from .shm import ShmPool, Slot
-from .transport import Connection, RetryPolicy, SyncTransport, TlsOptions, drive_sync, wait_ready
+from .transport import Connection, RetryPolicy, SyncTransport, TlsOptions
 
 PREPROCESS_MODES = ("server", "client")
 
@@ -127,13 +127,14 @@ class ImageClassifier:
         self._labels: tuple[str, ...] | None = None
         self._executor = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="triton-classify")
         try:
-            wait_ready(self._transport, options.model, options.ready_timeout_s, options.retry)
-            self.plan: EnsemblePlan = drive_sync(discover_ensemble(options.model, options.max_batch_size),
-                                                 self._transport, options.retry)
+            self._transport.wait_ready(options.model, options.ready_timeout_s, options.retry)
+            self.plan: EnsemblePlan = self._transport.drive(discover_ensemble(options.model, options.max_batch_size),
+                                                            options.retry)
             self.local: LocalPlan | None = None
             if options.preprocess == "client":
-                self.local = drive_sync(discover_local(options.model, options.transform, self.plan.max_batch_size,
-                                                       options.model_version), self._transport, options.retry)
+                self.local = self._transport.drive(discover_local(options.model, options.transform,
+                                                                  self.plan.max_batch_size, options.model_version),
+                                                   options.retry)
         except BaseException:
             self.close()
             raise
@@ -152,8 +153,8 @@ class ImageClassifier:
     def labels(self) -> tuple[str, ...]:
         """The model's labels in class order, asked of its ``<model>_postprocess`` model (no admin key needed)."""
         if self._labels is None:
-            self._labels = drive_sync(discover_labels(self.options.model, self.plan.max_batch_size),
-                                      self._transport, self.options.retry)
+            self._labels = self._transport.drive(discover_labels(self.options.model, self.plan.max_batch_size),
+                                                 self.options.retry)
         return self._labels
 
     def classify(self, images: ImageLike | Iterable[ImageLike], top_k: int | None = None,
@@ -186,7 +187,7 @@ class ImageClassifier:
                     slot = slots.setdefault(threading.get_ident(), pool.slot())
             steps = client_batch(batch, self.plan, self.local, k) if self.local else server_batch(batch, self.plan, k)
             start = time.perf_counter()
-            outcomes = drive_sync(steps, self._transport, self.options.retry, slot)
+            outcomes = self._transport.drive(steps, self.options.retry, slot)
             took = time.perf_counter() - start
             return [dataclasses.replace(o, request_s=took) for o in outcomes]
 

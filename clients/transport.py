@@ -1,9 +1,15 @@
 """The four tritonclient transports (HTTP and gRPC, sync and asyncio) behind one small interface.
 
-A transport answers ``Call``s (ready, metadata, config, infer), turns every failure into a typed ``ClientError``,
-and, given a shared-memory ``Slot``, moves tensors through shared memory instead of the socket. ``drive_sync`` and
-``drive_async`` run the step generators of ``discovery.py`` and ``batches.py`` against a transport with retries, so
-the logic of a classification exists once.
+A transport answers ``Call``s (metadata, config, infer), turns every failure into a typed ``ClientError``, and, given
+a shared-memory ``Slot``, moves tensors through shared memory instead of the socket.
+
+Everything a transport does is written once, as a generator of operations: it yields an ``Op`` (a method of the
+tritonclient client to call, with its arguments) or a ``Pause``, and receives the answer or has the translated error
+thrown in. Retries with backoff, registering shared memory before an inference, unregistering it (waiting while
+Triton still holds a region), waiting for readiness, and the step generators of ``discovery.py`` and ``batches.py``
+are all such programs. ``SyncTransport.run`` and ``AsyncTransport.run`` are the two thin drivers that carry them out,
+with blocking or awaited calls; so the logic of a classification exists once. What differs between HTTP and gRPC
+lives in one adapter per protocol (``_Http``, ``_Grpc``).
 
 Readiness, health, metadata and inference are open APIs; the model configuration is sent the admin key when one was
 given (HTTP header ``triton-admin-key``, gRPC metadata ``triton-grpc-protocol-triton-admin-key``) and is reported as
@@ -14,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import random
 import threading
 import time
 import warnings
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -92,36 +99,117 @@ class Connection:
         if self.timeout_s <= 0:
             raise InvalidInputError(f"timeout must be positive, not {self.timeout_s}", hint="--timeout")
 
-    def call_headers(self, *, admin: bool = False) -> dict[str, str] | None:
-        headers = dict(self.headers)
-        if admin and self.admin_key:
-            name = ADMIN_HEADER if self.protocol == "http" else GRPC_HEADER_PREFIX + ADMIN_HEADER
-            headers[name] = self.admin_key
-        return headers or None
+
+# ---- operations: what a program asks its driver to do ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Op:
+    """One call of a tritonclient client method: ``client.<method>(*args, **kwargs)``. ``model`` is named in a
+    translated error; with ``restricted_is_none`` a refusal for want of the admin key answers None instead."""
+
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    model: str = ""
+    restricted_is_none: bool = False
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Wait this long before the next operation (a retry's backoff, a polling interval)."""
+
+    seconds: float
+
+
+T = TypeVar("T")
+Program = Generator[Op | Pause, Any, T]  # sent each operation's answer; a failed one's ClientError is thrown in
+Outcome = tuple[Any, ClientError | None]  # what a driver hands back to a program: (answer, None) or (None, error)
+
+
+# ---- the one place HTTP and gRPC differ ---------------------------------------------------------------------------
 
 
 class _Protocol:
-    """What differs between HTTP and gRPC around a call, in one place: headers, the per-call timeout, JSON answers
-    and the gRPC client's TLS arguments. Both transports, sync and asyncio, ask it rather than branching."""
+    """What differs between HTTP and gRPC: the client classes and their arguments, the admin header's name, per-call
+    timeouts, JSON answers, binary tensors and the shape of the shared-memory status. One subclass per protocol;
+    the transports and the programs ask it rather than branching on the protocol."""
+
+    module_name: str  # the tritonclient package; its ``.aio`` holds the asyncio client
+    admin_header = ADMIN_HEADER
+    shares_sync_client = False  # whether one synchronous client may serve every thread
+    tensor_kw: Mapping[str, Any] = {}  # for set_data_from_numpy and InferRequestedOutput
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        self.grpc = connection.protocol == "grpc"
+        self.module = importlib.import_module(self.module_name)  # its tensor classes serve the asyncio client too
+
+    def sync_client(self) -> Any:
+        return self.module.InferenceServerClient(self.connection.url, **self.client_args(for_asyncio=False))
+
+    def async_client(self) -> Any:
+        aio = importlib.import_module(self.module_name + ".aio")
+        return aio.InferenceServerClient(self.connection.url, **self.client_args(for_asyncio=True))
+
+    def client_args(self, for_asyncio: bool) -> dict[str, Any]:
+        raise NotImplementedError
 
     def kw(self, admin: bool = False) -> dict[str, Any]:
-        kw: dict[str, Any] = {"headers": self.connection.call_headers(admin=admin)}
-        if self.grpc:
-            kw["client_timeout"] = self.connection.timeout_s
-        return kw
+        headers = dict(self.connection.headers)
+        if admin and self.connection.admin_key:
+            headers[self.admin_header] = self.connection.admin_key
+        return {"headers": headers or None}
 
     def json_kw(self, admin: bool = False) -> dict[str, Any]:
-        """``kw`` for calls whose answer is a document: gRPC returns protobuf messages unless asked for JSON."""
-        return self.kw(admin) | ({"as_json": True} if self.grpc else {})
+        """``kw`` for calls whose answer is a document."""
+        return self.kw(admin)
 
-    def grpc_client_args(self) -> dict[str, Any]:
+    def async_deadline_s(self) -> float | None:
+        """An outer bound on an awaited call, for a client that has no per-call timeout of its own."""
+        return None
+
+    def region_names(self, status: Any) -> list[str]:
+        raise NotImplementedError
+
+
+class _Http(_Protocol):
+    module_name = "tritonclient.http"
+    tensor_kw = {"binary_data": True}  # tensors travel as binary, not as JSON lists
+
+    def client_args(self, for_asyncio: bool) -> dict[str, Any]:
+        timeout = self.connection.timeout_s
+        if for_asyncio:
+            return {"conn_timeout": timeout}
+        return {"connection_timeout": timeout, "network_timeout": timeout}
+
+    def async_deadline_s(self) -> float | None:
+        return self.connection.timeout_s  # aiohttp's total timeout covers a call; keep the same bound
+
+    def region_names(self, status: Any) -> list[str]:
+        return sorted(r["name"] for r in status)  # [{"name": ...}]
+
+
+class _Grpc(_Protocol):
+    module_name = "tritonclient.grpc"
+    admin_header = GRPC_HEADER_PREFIX + ADMIN_HEADER
+    shares_sync_client = True  # the gRPC client is thread-safe: one channel for all threads
+
+    def client_args(self, for_asyncio: bool) -> dict[str, Any]:
         tls = self.connection.tls
         return {"ssl": tls is not None, "root_certificates": tls and tls.root_certificates,
                 "private_key": tls and tls.private_key, "certificate_chain": tls and tls.certificate_chain}
+
+    def kw(self, admin: bool = False) -> dict[str, Any]:
+        return super().kw(admin) | {"client_timeout": self.connection.timeout_s}
+
+    def json_kw(self, admin: bool = False) -> dict[str, Any]:
+        return self.kw(admin) | {"as_json": True}  # protobuf messages otherwise
+
+    def region_names(self, status: Any) -> list[str]:
+        return sorted(status.get("regions", {}))  # {"regions": {name: {...}}}
+
+
+_ADAPTERS: dict[str, type[_Protocol]] = {"http": _Http, "grpc": _Grpc}
 
 
 # ---- building requests and reading results (shared by all four transports) ------------------------------------
@@ -130,27 +218,22 @@ class _Protocol:
 class _Request:
     """The tritonclient objects for one ``Call``, in-band or through a shared-memory slot."""
 
-    def __init__(self, module: Any, call: Call, slot: Slot | None) -> None:
-        self.call, self.slot, self.http = call, slot, module.__name__.startswith("tritonclient.http")
+    def __init__(self, protocol: _Protocol, call: Call, slot: Slot | None) -> None:
+        module, binary = protocol.module, protocol.tensor_kw
+        self.call, self.slot = call, slot
         self.inputs, self.outputs = [], []
         self.placed_in, self.payloads, self.in_bytes = place_inputs(call.inputs) if slot else ([], [], 0)
         batch = next(iter(call.inputs.values()))[1].shape[0]
         self.placed_out, self.out_bytes = place_outputs(call.outputs, batch) if slot else ([], 0)
-        placed_in = {p.name: p for p in self.placed_in}
+        placed_in = {p.name for p in self.placed_in}
         for name, (dtype, array) in call.inputs.items():
             tensor = module.InferInput(name, list(array.shape), dtype)
-            if name in placed_in:
-                pass  # pointed at the slot's region by bind(), once the region is sized
-            elif self.http:
-                tensor.set_data_from_numpy(array, binary_data=True)
-            else:
-                tensor.set_data_from_numpy(array)
+            if name not in placed_in:  # a placed one is pointed at the slot's region by bind(), once it is sized
+                tensor.set_data_from_numpy(array, **binary)
             self.inputs.append(tensor)
         placed_out = {p.name: p for p in self.placed_out}
         for spec in call.outputs:
-            output = module.InferRequestedOutput(spec.name, binary_data=True) if self.http else \
-                module.InferRequestedOutput(spec.name)
-            self.outputs.append((spec, output, placed_out.get(spec.name)))
+            self.outputs.append((spec, module.InferRequestedOutput(spec.name, **binary), placed_out.get(spec.name)))
 
     def bind(self) -> None:
         """Point the shared-memory tensors at the slot's regions (after they were sized)."""
@@ -178,163 +261,33 @@ class _Request:
         return [output for _s, output, _w in self.outputs]
 
 
-def _shm_steps(slot: Slot, request: _Request) -> Generator[tuple[str, Region], None, None]:
-    """The shared-memory work before an inference, as steps both transports carry out: ``("unregister", region)``
-    for a region too small for this request (destroyed once unregistered), then ``("register", region)`` for each
-    region the server does not know yet. An error thrown back into a registration step is re-raised."""
-    stale, _fresh = slot.resize(request.in_bytes, request.out_bytes)
-    for region in stale:
-        yield "unregister", region
-        region.destroy()
-    for region in (r for r in (slot.input, slot.output) if r is not None):
-        if region.handle is None:
-            region.create()
-        if not region.registered:
-            region.registered = True  # set first: a call that fails late (or is cancelled) may still have registered it
-            try:
-                yield "register", region
-            except ServerUnavailableError:
-                region.registered = False  # never reached the server: register again on the retry
-                raise
+# ---- programs: each written once for both transports ------------------------------------------------------------
 
 
-def _give_up_unregistering(region: Region, exc: ClientError, deadline: float) -> bool:
-    """After a failed unregister: keep trying while Triton still holds the region, else warn and give up."""
-    if _in_use(exc) and time.monotonic() < deadline:
-        return False
-    # The region is unlinked locally anyway; say what the server may still hold.
-    warnings.warn(f"could not unregister shared-memory region {region.name}: {exc}", stacklevel=3)
-    return True
+def _ask(op: Op) -> Program[Any]:
+    return (yield op)
 
 
-# ---- sync -----------------------------------------------------------------------------------------------------
-
-
-class SyncTransport:
-    """tritonclient.http or tritonclient.grpc. Thread-safe: the HTTP client (not thread-safe itself) is created
-    once per thread; the gRPC client is shared."""
-
-    def __init__(self, connection: Connection) -> None:
-        self.connection = connection
-        self.protocol = _Protocol(connection)
-        self._local = threading.local()
-        self._clients: list[Any] = []
-        self._lock = threading.Lock()
-        if connection.protocol == "http":
-            import tritonclient.http as module
-        else:
-            import tritonclient.grpc as module
-        self.module = module
-
-    def _client(self) -> Any:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            c = self.connection
-            if c.protocol == "http":
-                client = self.module.InferenceServerClient(c.url, connection_timeout=c.timeout_s,
-                                                           network_timeout=c.timeout_s)
-            else:
-                with self._lock:
-                    client = self._clients[0] if self._clients else None
-                if client is None:
-                    client = self.module.InferenceServerClient(c.url, **self.protocol.grpc_client_args())
-            with self._lock:
-                if client not in self._clients:
-                    self._clients.append(client)
-            self._local.client = client
-        return client
-
-    def _guard(self, model: str, fn: Callable[[], Any]) -> Any:
+def _with_retry(attempt: Callable[[], Program[T]], retry: RetryPolicy) -> Program[T]:
+    """``attempt()`` again after each ``ServerUnavailableError``, with the policy's backoff; the last one raises."""
+    delays = retry.delays()
+    while True:
         try:
-            return fn()
-        except ClientError:
-            raise
-        except Exception as exc:  # tritonclient, gRPC, gevent and socket errors alike
-            raise translate(exc, url=self.connection.url, model=model) from exc
-
-    def server_ready(self) -> bool:
-        return self._guard("", lambda: self._client().is_server_ready(**self.protocol.kw()))
-
-    def model_ready(self, model: str) -> bool:
-        return self._guard(model, lambda: self._client().is_model_ready(model, **self.protocol.kw()))
-
-    def call(self, call: Call, slot: Slot | None = None) -> Any:
-        client = self._client()
-        if call.kind == "metadata":
-            return self._guard(call.model, lambda: client.get_model_metadata(call.model, call.version,
-                                                                             **self.protocol.json_kw()))
-        if call.kind == "config":
-            try:
-                return client.get_model_config(call.model, **self.protocol.json_kw(admin=True))
-            except Exception as exc:
-                if is_restricted(exc):
-                    return None
-                raise translate(exc, url=self.connection.url, model=call.model) from exc
-        request = _Request(self.module, call, slot)
-        if slot is not None:
-            steps = _shm_steps(slot, request)
-            for action, region in steps:
-                if action == "unregister":
-                    self.unregister(region)
-                    continue
-                try:
-                    self._guard(call.model, functools.partial(client.register_system_shared_memory, region.name,
-                                                              region.key, region.size, **self.protocol.kw()))
-                except ServerUnavailableError as exc:
-                    steps.throw(exc)
-            request.bind()
-        result = self._guard(call.model, lambda: client.infer(call.model, request.inputs, model_version=call.version,
-                                                              outputs=request.output_objects(),
-                                                              **self.protocol.kw()))
-        return request.answer(result)
-
-    def unregister(self, region: Region) -> None:
-        """Best effort: the region is unlinked locally either way."""
-        if not region.registered:
-            return
-        deadline = time.monotonic() + IN_USE_WAIT_S
-        unregister = functools.partial(self._guard, "", lambda: self._client().unregister_system_shared_memory(
-            region.name, **self.protocol.kw()))
-        while True:
-            try:
-                with_retry(unregister, UNREGISTER_RETRY)
-                break
-            except ClientError as exc:
-                if _give_up_unregistering(region, exc, deadline):
-                    break
-                time.sleep(IN_USE_POLL_S)
-        region.registered = False
-
-    def shm_status(self) -> list[str]:
-        return _region_names(self._guard("", lambda: self._client().get_system_shared_memory_status(
-            **self.protocol.json_kw())))
-
-    def close(self) -> None:
-        with self._lock:
-            clients, self._clients = self._clients, []
-        for client in clients:
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection must not hide the real error
-                pass
+            return (yield from attempt())
+        except ServerUnavailableError:
+            if not delays:
+                raise
+        yield Pause(delays.pop(0))
 
 
-def _region_names(status: Any) -> list[str]:
-    if isinstance(status, dict):  # gRPC as JSON: {"regions": {name: {...}}}
-        return sorted(status.get("regions", {}))
-    if isinstance(status, list):  # HTTP: [{"name": ...}]
-        return sorted(r["name"] for r in status)
-    return sorted(getattr(status, "regions", {}) or {})
-
-
-def drive_sync(steps: Generator[Call, Any, Any], transport: SyncTransport, retry: RetryPolicy,
-               slot: Slot | None = None) -> Any:
-    """Run a step generator: each yielded ``Call`` is answered (with retries) and sent back, or its error thrown."""
+def _drive(protocol: _Protocol, steps: Generator[Call, Any, T], retry: RetryPolicy, slot: Slot | None) -> Program[T]:
+    """A step generator of ``discovery.py``/``batches.py``: each ``Call`` answered (with retries) and sent back, or
+    its error thrown in."""
     try:
         call = next(steps)
         while True:
             try:
-                result = with_retry(functools.partial(transport.call, call, slot), retry)
+                result = yield from _with_retry(functools.partial(_call, protocol, call, slot), retry)
             except ClientError as exc:
                 call = steps.throw(exc)
             else:
@@ -343,30 +296,81 @@ def drive_sync(steps: Generator[Call, Any, Any], transport: SyncTransport, retry
         return done.value
 
 
-def with_retry(fn: Callable[[], Any], retry: RetryPolicy) -> Any:
-    for delay in [*retry.delays(), None]:
-        try:
-            return fn()
-        except ServerUnavailableError:
-            if delay is None:
+def _call(protocol: _Protocol, call: Call, slot: Slot | None) -> Program[Any]:
+    """One ``Call``: metadata, the configuration (None when the server refuses it without the admin key), or an
+    inference, through ``slot``'s shared-memory regions when one is given."""
+    if call.kind == "metadata":
+        return (yield Op("get_model_metadata", (call.model, call.version), protocol.json_kw(), call.model))
+    if call.kind == "config":
+        return (yield Op("get_model_config", (call.model,), protocol.json_kw(admin=True), call.model,
+                         restricted_is_none=True))
+    request = _Request(protocol, call, slot)
+    if slot is not None:
+        yield from _register(protocol, slot, request, call.model)
+        request.bind()
+    result = yield Op("infer", (call.model, request.inputs), {"model_version": call.version,
+                                                              "outputs": request.output_objects(), **protocol.kw()},
+                      call.model)
+    return request.answer(result)
+
+
+def _register(protocol: _Protocol, slot: Slot, request: _Request, model: str) -> Program[None]:
+    """The shared-memory work before an inference: a region too small for this request is unregistered and
+    destroyed, then each region the server does not know yet is created and registered."""
+    stale, _fresh = slot.resize(request.in_bytes, request.out_bytes)
+    for region in stale:
+        yield from _unregister(protocol, region)
+        region.destroy()
+    for region in (r for r in (slot.input, slot.output) if r is not None):
+        if region.handle is None:
+            region.create()
+        if not region.registered:
+            region.registered = True  # set first: a call that fails late (or is cancelled) may still have registered it
+            try:
+                yield Op("register_system_shared_memory", (region.name, region.key, region.size), protocol.kw(),
+                         model)
+            except ServerUnavailableError:
+                region.registered = False  # never reached the server: register again on the retry
                 raise
-            time.sleep(delay)
 
 
-def wait_ready(transport: SyncTransport, model: str, timeout_s: float, retry: RetryPolicy | None = None) -> None:
+def _unregister(protocol: _Protocol, region: Region) -> Program[None]:
+    """Best effort: keeps trying while Triton still holds the region, else warns; the caller unlinks it anyway."""
+    if not region.registered:
+        return
+    deadline = time.monotonic() + IN_USE_WAIT_S
+    op = Op("unregister_system_shared_memory", (region.name,), protocol.kw())
+    while True:
+        try:
+            yield from _with_retry(lambda: _ask(op), UNREGISTER_RETRY)
+            break
+        except ClientError as exc:
+            if not _in_use(exc) or time.monotonic() >= deadline:
+                # The region is unlinked locally anyway; say what the server may still hold.
+                warnings.warn(f"could not unregister shared-memory region {region.name}: {exc}", stacklevel=2)
+                break
+        yield Pause(IN_USE_POLL_S)
+    region.registered = False
+
+
+def _wait_ready(protocol: _Protocol, model: str, timeout_s: float, retry: RetryPolicy | None) -> Program[None]:
     """Poll until the model is ready; an unknown model fails at once, a port where no server of this protocol
     answers after the retries of ``retry``, a server that answers but is not ready after ``timeout_s``."""
-    patience = _ReadyPatience(transport.connection, model, timeout_s, retry)
+    patience = _ReadyPatience(protocol.connection, model, timeout_s, retry)
     while True:
         error = None
         try:
-            if transport.model_ready(model):
+            if (yield Op("is_model_ready", (model,), protocol.kw(), model)):
                 return
-            if transport.server_ready():
-                transport.call(Call("metadata", model))  # raises ModelNotFoundError for an unknown model
+            if (yield Op("is_server_ready", (), protocol.kw())):
+                yield from _call(protocol, Call("metadata", model), None)  # ModelNotFoundError for an unknown model
         except ServerUnavailableError as exc:
             error = exc
-        time.sleep(patience.pause_after(error))
+        yield Pause(patience.pause_after(error))
+
+
+def _shm_status(protocol: _Protocol) -> Program[list[str]]:
+    return protocol.region_names((yield Op("get_system_shared_memory_status", (), protocol.json_kw())))
 
 
 class _ReadyPatience:
@@ -402,142 +406,135 @@ def _not_ready(connection: Connection, model: str, timeout_s: float, error: Clie
                               hint="check the server log, or raise --ready-timeout")
 
 
-# ---- asyncio --------------------------------------------------------------------------------------------------
+# ---- the transports: what they offer, and one thin driver each --------------------------------------------------
 
 
-class AsyncTransport:
-    """tritonclient.http.aio (aiohttp) or tritonclient.grpc.aio; one client shared by all tasks of a loop."""
+def _resume(program: Program[Any], outcome: Outcome) -> Op | Pause | StopIteration:
+    """The program's next operation after ``outcome``; its end as the ``StopIteration`` that carries its value
+    (a StopIteration cannot cross a Future, so it is handed over as a value)."""
+    answer, error = outcome
+    try:
+        return program.throw(error) if error is not None else program.send(answer)
+    except StopIteration as done:
+        return done
+
+
+class _Transport:
+    """The methods both transports offer, each one program; ``run`` carries it out and returns the result for
+    ``SyncTransport``, an awaitable of it for ``AsyncTransport``."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        self.protocol = _Protocol(connection)
-        c = connection
-        if c.protocol == "http":
-            import tritonclient.http.aio as module
-            self.client = module.InferenceServerClient(c.url, conn_timeout=c.timeout_s)
-        else:
-            import tritonclient.grpc.aio as module
-            self.client = module.InferenceServerClient(c.url, **self.protocol.grpc_client_args())
-        self.module = module
+        self.protocol = _ADAPTERS[connection.protocol](connection)
 
-    async def _guard(self, model: str, awaitable: Any) -> Any:
+    def run(self, program: Program[Any]) -> Any:
+        raise NotImplementedError
+
+    def drive(self, steps: Generator[Call, Any, Any], retry: RetryPolicy, slot: Slot | None = None) -> Any:
+        """Run a step generator of ``discovery.py``/``batches.py``, with retries, through ``slot`` if given."""
+        return self.run(_drive(self.protocol, steps, retry, slot))
+
+    def wait_ready(self, model: str, timeout_s: float, retry: RetryPolicy | None = None) -> Any:
+        """Until ``model`` is ready; see ``_wait_ready`` for when it gives up."""
+        return self.run(_wait_ready(self.protocol, model, timeout_s, retry))
+
+    def unregister(self, region: Region) -> Any:
+        """Unregister a region from the server, best effort: the caller unlinks it locally either way."""
+        return self.run(_unregister(self.protocol, region))
+
+    def shm_status(self) -> Any:
+        """Names of the system shared-memory regions registered on the server."""
+        return self.run(_shm_status(self.protocol))
+
+    def _failed(self, op: Op, exc: Exception) -> Outcome:
+        """The outcome of an operation that raised: None for a refused admin call that allows it, else the error
+        translated into a ``ClientError``."""
+        if op.restricted_is_none and is_restricted(exc):
+            return None, None
+        error = translate(exc, url=self.connection.url, model=op.model)
+        if error is not exc:
+            error.__cause__ = exc
+        return None, error
+
+
+class SyncTransport(_Transport):
+    """tritonclient.http or tritonclient.grpc. Thread-safe: a client that is not thread-safe itself (HTTP) is
+    created once per thread; a thread-safe one (gRPC) is shared."""
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__(connection)
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._lock = threading.Lock()
+
+    def run(self, program: Program[T]) -> T:
+        """The synchronous driver: each operation carried out, blocking."""
+        step = _resume(program, (None, None))
+        while not isinstance(step, StopIteration):
+            step = _resume(program, self._execute(step))
+        return step.value
+
+    def _execute(self, step: Op | Pause) -> Outcome:
+        if isinstance(step, Pause):
+            time.sleep(step.seconds)
+            return None, None
+        method = getattr(self._client(), step.method)
         try:
-            if self.connection.protocol == "http":  # aiohttp's total timeout covers a call; keep the same bound
-                return await asyncio.wait_for(awaitable, self.connection.timeout_s)
-            return await awaitable
-        except ClientError:
-            raise
+            return method(*step.args, **step.kwargs), None
+        except Exception as exc:  # tritonclient, gRPC, gevent and socket errors alike
+            return self._failed(step, exc)
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            with self._lock:
+                client = self._clients[0] if self.protocol.shares_sync_client and self._clients else None
+            if client is None:
+                client = self.protocol.sync_client()
+            with self._lock:
+                if client not in self._clients:
+                    self._clients.append(client)
+            self._local.client = client
+        return client
+
+    def close(self) -> None:
+        """Close every thread's client now, rather than whenever the garbage collector gets to them."""
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection must not hide the real error
+                pass
+
+
+class AsyncTransport(_Transport):
+    """tritonclient.http.aio (aiohttp) or tritonclient.grpc.aio; one client shared by all tasks of a loop."""
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__(connection)
+        self.client = self.protocol.async_client()
+
+    async def run(self, program: Program[T]) -> T:
+        """The asyncio driver. The first step (reading files, encoding or decoding images) runs in a worker thread
+        so the event loop is not blocked by it."""
+        step = await asyncio.to_thread(_resume, program, (None, None))
+        while not isinstance(step, StopIteration):
+            step = _resume(program, await self._execute(step))
+        return step.value
+
+    async def _execute(self, step: Op | Pause) -> Outcome:
+        if isinstance(step, Pause):
+            await asyncio.sleep(step.seconds)
+            return None, None
+        try:
+            call = getattr(self.client, step.method)(*step.args, **step.kwargs)
+            return await asyncio.wait_for(call, self.protocol.async_deadline_s()), None
         except Exception as exc:
-            raise translate(exc, url=self.connection.url, model=model) from exc
-
-    async def server_ready(self) -> bool:
-        return await self._guard("", self.client.is_server_ready(**self.protocol.kw()))
-
-    async def model_ready(self, model: str) -> bool:
-        return await self._guard(model, self.client.is_model_ready(model, **self.protocol.kw()))
-
-    async def call(self, call: Call, slot: Slot | None = None) -> Any:
-        if call.kind == "metadata":
-            return await self._guard(call.model, self.client.get_model_metadata(call.model, call.version,
-                                                                                **self.protocol.json_kw()))
-        if call.kind == "config":
-            try:
-                return await self.client.get_model_config(call.model, **self.protocol.json_kw(admin=True))
-            except Exception as exc:
-                if is_restricted(exc):
-                    return None
-                raise translate(exc, url=self.connection.url, model=call.model) from exc
-        request = _Request(self.module, call, slot)
-        if slot is not None:
-            steps = _shm_steps(slot, request)
-            for action, region in steps:
-                if action == "unregister":
-                    await self.unregister(region)
-                    continue
-                try:
-                    await self._guard(call.model, self.client.register_system_shared_memory(
-                        region.name, region.key, region.size, **self.protocol.kw()))
-                except ServerUnavailableError as exc:
-                    steps.throw(exc)
-            request.bind()
-        answer = self.client.infer(call.model, request.inputs, model_version=call.version,
-                                   outputs=request.output_objects(), **self.protocol.kw())
-        result = await self._guard(call.model, answer)
-        return request.answer(result)
-
-    async def unregister(self, region: Region) -> None:
-        if not region.registered:
-            return
-        deadline = time.monotonic() + IN_USE_WAIT_S
-        while True:
-            try:
-                await with_retry_async(lambda: self._guard("", self.client.unregister_system_shared_memory(
-                    region.name, **self.protocol.kw())), UNREGISTER_RETRY)
-                break
-            except ClientError as exc:
-                if _give_up_unregistering(region, exc, deadline):
-                    break
-                await asyncio.sleep(IN_USE_POLL_S)
-        region.registered = False
-
-    async def shm_status(self) -> list[str]:
-        return _region_names(await self._guard("", self.client.get_system_shared_memory_status(
-            **self.protocol.json_kw())))
+            return self._failed(step, exc)
 
     async def close(self) -> None:
         try:
             await self.client.close()
         except Exception:  # noqa: BLE001
             pass
-
-
-async def drive_async(steps: Generator[Call, Any, Any], transport: AsyncTransport, retry: RetryPolicy,
-                      slot: Slot | None = None) -> Any:
-    """``drive_sync`` for asyncio. The first step (reading files, encoding or decoding images) runs in a worker
-    thread so the event loop is not blocked by it."""
-    first = await asyncio.to_thread(_first_step, steps)
-    if not isinstance(first, Call):
-        return first.value
-    call = first
-    try:
-        while True:
-            try:
-                result = await with_retry_async(functools.partial(transport.call, call, slot), retry)
-            except ClientError as exc:
-                call = steps.throw(exc)
-            else:
-                call = steps.send(result)
-    except StopIteration as done:
-        return done.value
-
-
-def _first_step(steps: Generator[Call, Any, Any]) -> Any:
-    try:
-        return next(steps)
-    except StopIteration as done:  # a StopIteration cannot cross a Future: hand it over as a value instead
-        return done
-
-
-async def with_retry_async(fn: Callable[[], Any], retry: RetryPolicy) -> Any:
-    for delay in [*retry.delays(), None]:
-        try:
-            return await fn()
-        except ServerUnavailableError:
-            if delay is None:
-                raise
-            await asyncio.sleep(delay)
-
-
-async def wait_ready_async(transport: AsyncTransport, model: str, timeout_s: float,
-                           retry: RetryPolicy | None = None) -> None:
-    patience = _ReadyPatience(transport.connection, model, timeout_s, retry)
-    while True:
-        error = None
-        try:
-            if await transport.model_ready(model):
-                return
-            if await transport.server_ready():
-                await transport.call(Call("metadata", model))
-        except ServerUnavailableError as exc:
-            error = exc
-        await asyncio.sleep(patience.pause_after(error))

@@ -24,7 +24,14 @@ import tritonclient.http as httpclient
 from conftest import encode_digit
 from triton_deploy.clients import ImageClassifier, ServerUnavailableError
 from triton_deploy.errors import ServerError
-from triton_deploy.server import SHM_REGION_PREFIX, ServerOptions, TritonServer, free_ports
+from triton_deploy.server import (
+    SHM_REGION_PREFIX,
+    ServerOptions,
+    SupervisionPolicy,
+    TritonServer,
+    free_ports,
+    supervise,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -408,3 +415,56 @@ def test_stub_failure_exit_mode_stops_with_a_clear_error(digits_repository):
         finish(process)
     assert any(f"stub 'digits_postprocess_0_0' (pid {victim}) died; Triton stopped after 0 restart(s)" in line
                for line in stderr)
+
+
+def test_the_supervisor_restarts_triton_for_a_dead_stub_and_stops_it_past_the_restart_limit(digits_repository,
+                                                                                           heldout_digits, tmp_path):
+    """``supervise`` driven directly, without the CLI: a killed stub is reported, Triton restarts and the model
+    serves again; the next dead stub, past ``max_restarts``, stops Triton with a ServerError; no region is left."""
+    images, _ = heldout_digits
+    blobs = [encode_digit(p) for p in images[:8]]
+    http, grpc, metrics = free_ports(3)
+    server = TritonServer(ServerOptions(digits_repository, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                                        log_file=tmp_path / "triton.log", exit_timeout_s=5))
+    notices: list[str] = []
+    outcome: dict = {}
+
+    def run_supervisor():
+        try:
+            outcome["status"] = supervise(server, SupervisionPolicy("restart", max_restarts=1), notices.append,
+                                          poll_s=0.2, handle_signals=False)  # signal handlers: main thread only
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            outcome["error"] = exc
+
+    def kill_stub(model: str) -> tuple[int, str]:
+        victim, name = next((pid, name) for pid, name in server.stubs.items() if name.startswith(model + "_"))
+        os.kill(victim, signal.SIGKILL)
+        return victim, name
+
+    with server:
+        first = server.started().pid
+        regions = mapped_regions(first)
+        supervisor = threading.Thread(target=run_supervisor)
+        supervisor.start()
+        try:
+            with ImageClassifier(server.grpc_url, protocol="grpc", retries=10, backoff=0.5) as client:
+                before = [p.class_id for p in client.classify(blobs)]
+                victim, name = kill_stub("digits_preprocess")
+                wait_for(lambda: len(notices) >= 2, 90, "the restart and ready-again notices")
+                assert notices[0] == f"python-backend stub '{name}' (pid {victim}) died; restarting Triton (1/1)"
+                second = server.started().pid
+                assert second != first and notices[1] == f"Triton is ready again (pid {second})"
+                now = mapped_regions(second)
+                assert not [r for r in regions - now if os.path.exists(r)]  # the first server's were unlinked
+                regions |= now
+                assert [p.class_id for p in client.classify(blobs)] == before  # the same client, served again
+            victim, name = kill_stub("digits_postprocess")
+            supervisor.join(timeout=60)
+        finally:
+            if supervisor.is_alive():
+                server.stop()
+                supervisor.join(timeout=60)
+    assert "status" not in outcome and isinstance(outcome.get("error"), ServerError), outcome
+    assert f"stub '{name}' (pid {victim}) died; Triton stopped after 1 restart(s)" in str(outcome["error"])
+    assert server.started().poll() is not None and len(notices) == 2
+    assert regions and not [r for r in regions if os.path.exists(r)]  # both servers' regions were unlinked
