@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -300,26 +301,45 @@ def _slice_weights(layer, in_keep: np.ndarray | None, out_keep: np.ndarray | Non
 # ---- fine-tuning ------------------------------------------------------------------------------------------------
 
 
-# Augmented drawings of each training digit for fine-tuning: a few suffice to keep what the full model learnt (its
-# training drew 12), at a quarter of the compute of the unpruned network per image.
-FINE_TUNE_RENDERINGS = 4
+# How the pruned network is fine-tuned, measured on the robustness suite (the 50 % pruned built-in model; its source
+# scores 0.983 mean / 0.951 worst condition): on labels alone with 4 drawings per digit for 3 epochs, 0.976 / 0.900;
+# with 12 drawings (every one the source trained on) for 2 epochs, 0.978 / 0.913. Learning from the unpruned source's
+# answers (targets 0.7 * softmax(source logits / 2) + 0.3 * one-hot) with 12 drawings, 3 epochs and a cosine-decayed
+# rate from 3e-3 reached 0.987 / 0.951: the source's soft answers carry what it learnt about hard drawings. (Hinton's
+# loss, as ``distill`` uses for a student trained from scratch, reached 0.981 / 0.936 with the same settings.)
+FINE_TUNE_RENDERINGS = 12
+FINE_TUNE_LEARNING_RATE = 3e-3
+SOFT_TARGET_TEMPERATURE = 2.0
+SOFT_TARGET_WEIGHT = 0.7
 
 
-def fine_tune(model, x: np.ndarray, y: np.ndarray, *, epochs: int, from_logits: bool, learning_rate: float = 1e-3,
-              batch_size: int = 32, seed: int = 0, on_epoch: Callable[[int, dict], None] | None = None):
-    """A few epochs of ordinary training on the labelled training data, so the kept filters make up for the removed
-    ones. A lower learning rate than training from scratch: the weights start from a good point."""
+def soft_targets(teacher_logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Training targets mixing the unpruned model's softened answers with the true labels."""
+    from triton_deploy.postprocessing import softmax
+
+    one_hot = np.eye(teacher_logits.shape[1], dtype=np.float32)[labels]
+    soft = softmax(teacher_logits / SOFT_TARGET_TEMPERATURE)
+    return (SOFT_TARGET_WEIGHT * soft + (1 - SOFT_TARGET_WEIGHT) * one_hot).astype(np.float32)
+
+
+def fine_tune(model, x: np.ndarray, targets: np.ndarray, *, epochs: int, from_logits: bool,
+              learning_rate: float = FINE_TUNE_LEARNING_RATE, batch_size: int = 32, seed: int = 0,
+              on_epoch: Callable[[int, dict], None] | None = None):
+    """A few epochs on ``targets`` (one probability row per image, see ``soft_targets``), so the kept filters make up
+    for the removed ones; the rate decays to zero so the last steps settle them."""
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits), metrics=["accuracy"])
+    steps = epochs * -(-len(x) // batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=from_logits), metrics=["accuracy"])
     callbacks = []
     if on_epoch is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch(epoch, logs or {})))
-    model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0, callbacks=callbacks)
+    model.fit(x, targets, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0, callbacks=callbacks)
     return model
 
 
@@ -344,9 +364,11 @@ def prune_export(export_dir, manifest, options: PruneOptions, target, *, fine_tu
                  reporter=None) -> PrunedExport:
     """Prune the export's Keras source, fine-tune it on the digits training split when the model is the labelled
     digits classifier, and write it to ``target`` through the export's own checks (tf2onnx, ONNX checker, parity)."""
-    from triton_deploy.export import digits, pipeline
+    from triton_deploy.export import digits, pipeline, validate
     from triton_deploy.export.sources import LoadedModel, keras_from_export
     from triton_deploy.progress import Reporter
+
+    from .distill import teacher_logits
 
     reporter = reporter or Reporter(quiet=True)
     if fine_tune_epochs < 0:
@@ -367,13 +389,16 @@ def prune_export(export_dir, manifest, options: PruneOptions, target, *, fine_tu
         # compression it learnt to read): fine-tuning on the plain rendering alone would trade that robustness away.
         pixels, labels = digits.augmented_training_set(data, per_image=FINE_TUNE_RENDERINGS, transform=nhwc)
         x = nhwc.normalise(pixels)
+        with reporter.step(f"Scoring {len(x)} training drawings with the unpruned model (soft targets)"):
+            teacher = teacher_logits(validate.onnx_session(Path(export_dir) / manifest.model_file), x,
+                                     manifest.output_kind)
         percent = round(options.fraction * 100)
         with reporter.bar(epochs, f"Fine-tuning the {percent} % pruned model") as bar:
-            fine_tune(pruned.model, x, labels, epochs=epochs, from_logits=manifest.output_kind == "logits",
-                      seed=seed, on_epoch=lambda _e, logs: bar.advance(
+            fine_tune(pruned.model, x, soft_targets(teacher, labels), epochs=epochs,
+                      from_logits=manifest.output_kind == "logits", seed=seed, on_epoch=lambda _e, logs: bar.advance(
                           1, status=f"loss {logs.get('loss', 0):.3f} acc {logs.get('accuracy', 0):.3f}"))
-        note = (f"fine-tuned {epochs} epochs on the digits training split, each digit drawn "
-                f"{FINE_TUNE_RENDERINGS} ways as in training")
+        note = (f"fine-tuned {epochs} epochs on the digits training split drawn {FINE_TUNE_RENDERINGS} ways per digit "
+                f"as in training, towards the unpruned model's softened answers mixed with the labels")
     elif labelled:
         note = "not fine-tuned (--fine-tune-epochs 0)"
     else:
