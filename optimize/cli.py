@@ -54,7 +54,8 @@ def add_optimize(sub) -> None:
     r.add_argument("--prune-criterion", choices=["l1", "l2"], default="l1",
                    help="rank filters by the L1 (default) or L2 norm of their weights")
     r.add_argument("--fine-tune-epochs", type=int, default=3, metavar="N",
-                   help="fine-tune each pruned digits model N epochs on its training split (default 3)")
+                   help="fine-tune each pruned digits model N epochs on its augmented training drawings, towards "
+                        "the unpruned model's answers (default 3)")
     p.add_argument("--tflite", action="store_true",
                    help="add the LiteRT edge variants tflite_fp32 and tflite_int8 (full-integer), from model.keras")
     t = p.add_argument_group("timing")
