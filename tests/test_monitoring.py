@@ -208,11 +208,13 @@ def test_monitor_snapshot_counts_what_the_server_answered(triton_server, heldout
     url = MonitorOptions(metrics_url=f"127.0.0.1:{triton_server.options.metrics_port}").url
     before = Scrape.read(url)
     answered = send(triton_server, [encode_digit(pixels) for pixels in images[:30]])
-    deadline = time.monotonic() + 10  # the models send their counts every 0.5 s
+    deadline = time.monotonic() + 10  # each model sends its counts every 0.5 s, on its own clock
     while True:
         snapshot = take_snapshot(before, Scrape.read(url), url, model="digits")
         view = snapshot.ensembles["digits"]
-        if sum(v["predictions"] for v in view["classes"].values()) >= len(answered) or time.monotonic() > deadline:
+        predicted = sum(v["predictions"] for v in view["classes"].values())  # postprocess's counts
+        decoded = sum(view["images_by_format"].values())  # preprocess's counts, flushed independently
+        if (predicted >= len(answered) and decoded >= len(answered)) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert {k: v["predictions"] for k, v in view["classes"].items() if v["predictions"]} == {
