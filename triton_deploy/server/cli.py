@@ -108,6 +108,12 @@ def run_serve(args: argparse.Namespace, reporter) -> int:
     except BaseException:
         server.stop()
         raise
+    # The random key is on disk before readiness is announced: a script reading it after the first line finds it.
+    key_file = None
+    if args.restrict_apis and not args.admin_key:  # random: kept in a file only its owner reads, never printed
+        key_file = args.pid_file if args.background else args.pid_file.with_name(f"admin-key-{args.http_port}")
+        if not args.background:
+            write_secret(key_file, server.admin_key + "\n")
     if args.json:
         print(json.dumps(endpoints(server)), flush=True)
     else:
@@ -124,11 +130,7 @@ def run_serve(args: argparse.Namespace, reporter) -> int:
     for name, reason in server.failed_models.items():
         _warn(f"model '{name}' failed to load and is not served (readiness stays false): "
               f"{reason.splitlines()[0] if reason else 'unknown reason'}")
-    key_file = None
-    if args.restrict_apis and not args.admin_key:  # random: kept in a file only its owner reads, never printed
-        key_file = args.pid_file if args.background else args.pid_file.with_name(f"admin-key-{args.http_port}")
-        if not args.background:
-            write_secret(key_file, server.admin_key + "\n")
+    if key_file is not None:
         where = f"the \"admin_key\" field of {key_file}" if args.background else f"{key_file} (removed on exit)"
         reporter.info(f"Admin key (header {ADMIN_HEADER}): random, in {where}, readable by you only")
     elif args.restrict_apis:
