@@ -225,7 +225,13 @@ def locust_command(options: LoadTestOptions, url: str, users: int, run_dir: Path
     if options.image_dir is not None:
         command += ["--image-dir", str(options.image_dir)]
     if options.processes > 1:
-        command += ["--processes", str(options.processes)]
+        from triton_deploy.server import free_ports
+
+        # Locust's master listens on every interface at 5557 unless told otherwise: a second run on the same host (two
+        # sweeps, a CI job beside a user's run) would find the port taken, and the workers need no outside access.
+        (port,) = free_ports(1)
+        command += ["--processes", str(options.processes), "--master-bind-host", "127.0.0.1",
+                    "--master-bind-port", str(port), "--master-port", str(port)]
     for flag, value in (("--slo-p95-ms", options.slo.p95_ms), ("--slo-p99-ms", options.slo.p99_ms),
                         ("--slo-error-rate", options.slo.error_rate)):
         if value is not None:

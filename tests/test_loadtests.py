@@ -5,9 +5,11 @@ Every run is a real headless Locust subprocess driving the digits ensemble; no f
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import socket
 import urllib.request
 
 import psutil
@@ -226,7 +228,13 @@ def test_slo_gate_passes_on_a_loose_threshold(triton_server, tmp_path):
 @pytest.mark.slow
 @pytest.mark.server
 def test_sweep_with_master_and_workers_writes_one_run_per_level_and_a_sweep_plot(triton_server, tmp_path):
-    result = run_loadtest(_options(triton_server, tmp_path, "grpc", sweep=(1, 4), duration_s=3, processes=2))
+    # Another run's master on Locust's default port 5557 (held here while it is free) must not be in the way.
+    with contextlib.ExitStack() as stack:
+        other_master = stack.enter_context(socket.socket())
+        with contextlib.suppress(OSError):
+            other_master.bind(("127.0.0.1", 5557))
+            other_master.listen()
+        result = run_loadtest(_options(triton_server, tmp_path, "grpc", sweep=(1, 4), duration_s=3, processes=2))
     runs = result.summary["runs"]
     assert [r["users"] for r in runs] == [1, 4]
     assert all(r["failures"] == 0 and r["requests"] > 0 for r in runs)
