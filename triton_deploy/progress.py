@@ -5,9 +5,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+
+class Bar(Protocol):
+    def advance(self, amount: int = 1, status: str | None = None) -> None: ...
 
 
 class Reporter:
@@ -33,15 +38,21 @@ class Reporter:
         self.console.print(f"[green]\u2713[/] {description} ({time.perf_counter() - start:.1f} s)")
 
     @contextlib.contextmanager
-    def bar(self, total: int | None, description: str) -> Iterator[_Bar]:
+    def bar(self, total: int | None, description: str) -> Iterator[Bar]:
         with self.bars((total, description)) as (bar,):
             yield bar
 
     @contextlib.contextmanager
-    def bars(self, *tasks: tuple[int | None, str]) -> Iterator[tuple[_Bar, ...]]:
+    def bars(self, *tasks: tuple[int | None, str]) -> Iterator[tuple[Bar, ...]]:
         """Several counted phases of one job, one line each, shown together (one live display at a time)."""
         if self.quiet:
             yield tuple(_Bar(None, None) for _ in tasks)
+            return
+        if not self.console.is_terminal:  # a CI log or a pipe: a line when a phase starts and one when it ends
+            lines = tuple(_LogBar(self.console, total, description) for total, description in tasks)
+            yield lines
+            for line in lines:
+                line.finish()
             return
         progress = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -65,3 +76,33 @@ class _Bar:
             else:
                 self._progress.update(self._task, advance=amount, status=status)
 
+
+
+class _LogBar:
+    """A bar for output that is not a terminal: a redrawn bar would be cut to 80 columns and keep only its last frame,
+    so the log gets plain lines instead (start, then count, elapsed time and last status)."""
+
+    def __init__(self, console: Console, total: int | None, description: str) -> None:
+        self._console, self._total, self._description = console, total, description
+        self._done, self._status = 0, ""
+        self._start: float | None = None
+        self._finished = False
+
+    def advance(self, amount: int = 1, status: str | None = None) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+            self._console.print(f"  {self._description}...")
+        self._done += amount
+        if status is not None:
+            self._status = status
+        if self._total is not None and self._done >= self._total:
+            self.finish()  # now, so phases that run one after the other log in order
+
+    def finish(self) -> None:
+        if self._start is None or self._finished:
+            return  # a phase that never started (the job ended before it) says nothing
+        self._finished = True
+        count = f"{self._done}/{self._total}" if self._total is not None else str(self._done)
+        elapsed = time.perf_counter() - self._start
+        status = f"  {self._status}" if self._status else ""
+        self._console.print(f"[green]\u2713[/] {self._description}: {count} ({elapsed:.1f} s){status}")
