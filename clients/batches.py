@@ -7,7 +7,7 @@ bad file never sinks its neighbours. A rejection that names no image splits the 
 Client mode decodes and normalises here with the model's own ``ImageTransform``, sends the tensor to the classifier
 and applies the same softmax/top-k and labels (``triton_deploy.postprocessing``) as the server's postprocess model.
 
-Generators that yield ``Call``s (see ``transport._drive``): the same code for sync and asyncio.
+Generators that yield ``Call``s (see ``drive`` of the transports in ``transport.py``): the same code for sync and asyncio.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ top-1 answers are the labels in class order and whose scores show whether a soft
 uses the server's own labels without admin rights, and both modes produce the same answers.
 
 Written as generators that yield ``Call``s and receive their results, so one implementation serves the sync and the
-asyncio clients (see ``_drive`` in ``transport.py``).
+asyncio clients (see ``drive`` of the transports in ``transport.py``).
 """
 
 from __future__ import annotations

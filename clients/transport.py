@@ -487,12 +487,11 @@ class SyncTransport(_Transport):
     def _client(self) -> Any:
         client = getattr(self._local, "client", None)
         if client is None:
-            with self._lock:
-                client = self._clients[0] if self.protocol.shares_sync_client and self._clients else None
-            if client is None:
-                client = self.protocol.sync_client()
-            with self._lock:
-                if client not in self._clients:
+            with self._lock:  # creating a client opens no connection: cheap enough to hold the lock
+                if self.protocol.shares_sync_client and self._clients:
+                    client = self._clients[0]
+                else:
+                    client = self.protocol.sync_client()
                     self._clients.append(client)
             self._local.client = client
         return client

@@ -30,6 +30,11 @@ def is_digits_model(manifest: Manifest) -> bool:
     return (manifest.dataset or {}).get("name") == "sklearn-digits"
 
 
+def is_labelled_digits_model(manifest: Manifest) -> bool:
+    """Trained on the digits with their ten labels, so the held-out digits' labels are its answers' labels."""
+    return is_digits_model(manifest) and manifest.num_classes == len(digits.LABELS)
+
+
 def evaluation_set(manifest: Manifest, limit: int | None,
                    eval_samples: Path | None = None) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Model inputs, their labels when known, and what they are: the export's samples (or ``--eval-samples``), the
@@ -44,17 +49,25 @@ def evaluation_set(manifest: Manifest, limit: int | None,
         inputs, labels, _png, _note = load_sample_folder(folder, manifest.preprocessing, manifest.labels)
         what = f"images from {folder}" + ("" if labels is not None else " (unlabelled: agreement only)")
     else:
-        record = manifest.dataset or {}
-        data = digits.load_digits_data(seed=int(record.get("seed", 0)),
-                                       test_fraction=float(record.get("test_fraction", 0.25)))
-        images, labels = data.split("heldout")
+        images, labels = _heldout_digits(manifest)
         inputs = digits.to_model_input(images, manifest.preprocessing)
-        labelled = is_digits_model(manifest) and manifest.num_classes == len(digits.LABELS)
+        labelled = is_labelled_digits_model(manifest)
         labels = labels if labelled else None
         what = "held-out digits" if labelled else "digit images (agreement only: give --eval-samples DIR)"
     if limit is not None:
         inputs, labels = inputs[:limit], (labels[:limit] if labels is not None else None)
     return inputs, labels, what
+
+
+def _heldout_digits(manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
+    """The digits held-out split the export drew (its seed and fraction, from the manifest): images and labels."""
+    record = manifest.dataset or {}
+    data = digits.load_digits_data(seed=_seed(manifest), test_fraction=float(record.get("test_fraction", 0.25)))
+    return data.split("heldout")
+
+
+def _seed(manifest: Manifest) -> int:
+    return int((manifest.dataset or {}).get("seed", 0))
 
 
 Runner = Callable[[np.ndarray], np.ndarray]  # a float input batch (the export's layout) -> the output batch
@@ -85,12 +98,10 @@ RobustnessSet = dict[str, np.ndarray]  # condition name -> model inputs (the hel
 def robustness_set(manifest: Manifest, limit: int | None) -> tuple[RobustnessSet, np.ndarray] | None:
     """The export's robustness suite as model inputs, so a variant is scored on the same drawings as its source: the
     digits model only (a user model's suite ran on its --samples, which ``evaluation_set`` already covers)."""
-    if manifest.robustness is None or not is_digits_model(manifest) or manifest.num_classes != len(digits.LABELS):
+    if manifest.robustness is None or not is_labelled_digits_model(manifest):
         return None
-    record = manifest.dataset or {}
-    seed = int(record.get("seed", 0))
-    images, labels = digits.load_digits_data(seed=seed, test_fraction=float(record.get("test_fraction", 0.25))
-                                             ).split("heldout")
+    seed = _seed(manifest)
+    images, labels = _heldout_digits(manifest)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     transform = manifest.preprocessing

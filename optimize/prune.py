@@ -369,6 +369,7 @@ def prune_export(export_dir, manifest, options: PruneOptions, target, *, fine_tu
     from triton_deploy.progress import Reporter
 
     from .distill import teacher_logits
+    from .evaluate import is_labelled_digits_model
 
     reporter = reporter or Reporter(quiet=True)
     if fine_tune_epochs < 0:
@@ -382,7 +383,7 @@ def prune_export(export_dir, manifest, options: PruneOptions, target, *, fine_tu
     record = manifest.dataset or {}
     data = digits.load_digits_data(seed=int(record.get("seed", seed)),
                                    test_fraction=float(record.get("test_fraction", 0.25)))
-    labelled = record.get("name") == "sklearn-digits" and manifest.num_classes == len(digits.LABELS)
+    labelled = is_labelled_digits_model(manifest)
     epochs = fine_tune_epochs if labelled else 0
     if epochs:
         # The built-in model's own augmented training renderings (every filter, size, polarity, margin, colour and

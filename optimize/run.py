@@ -62,14 +62,14 @@ def optimize(options: OptimizeOptions, reporter: Reporter | None = None,
     inputs, labels, evaluated_on = evaluate.evaluation_set(manifest, options.eval_limit, options.eval_samples)
     threads = options.threads or (os.cpu_count() or 1)
     layout = manifest.preprocessing.layout
-    reference = evaluate.run_model(evaluate.runner(source_model, "onnxruntime", threads), inputs)
+    fp32 = evaluate.runner(source_model, "onnxruntime", threads)
+    reference = evaluate.run_model(fp32, inputs)
     baseline_accuracy = evaluate.accuracy(reference, labels)
     suite = evaluate.robustness_set(manifest, options.eval_limit)
     baseline_details: dict = {"sha256": manifest.model_sha256}
     if suite is not None:
         with reporter.step(f"Scoring FP32 on the robustness suite ({len(suite[0])} conditions)"):
-            baseline_details["robustness"] = evaluate.robustness_record(
-                evaluate.runner(source_model, "onnxruntime", threads), suite)
+            baseline_details["robustness"] = evaluate.robustness_record(fp32, suite)
     convolutional = any(n.op_type in ("Conv", "ConvTranspose") for n in onnx.load(str(source_model)).graph.node)
 
     with atomic_directory(options.output, force=options.force) as staging:

@@ -154,8 +154,12 @@ def test_serve_command_drains_on_sigterm_and_exits_zero(digits_repository, tmp_p
         _out, err = process.communicate(timeout=60)
         assert process.returncode == 0
     finally:
-        if process.poll() is None:
-            process.kill()
+        if process.poll() is None:  # an assertion failed first: SIGTERM so serve stops its Triton (SIGKILL orphans it)
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
     time.sleep(0.2)
     assert not _listening(http)
     assert f"Admin key (header triton-admin-key): random, in .triton-deploy/admin-key-{http} (removed on exit), " \

@@ -77,7 +77,6 @@ class _Bar:
                 self._progress.update(self._task, advance=amount, status=status)
 
 
-
 class _LogBar:
     """A bar for output that is not a terminal: a redrawn bar would be cut to 80 columns and keep only its last frame,
     so the log gets plain lines instead (start, then count, elapsed time and last status)."""
