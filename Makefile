@@ -5,6 +5,7 @@ BIN      := $(VENV)/bin
 TF_EXTRA ?= cpu
 STAMP    := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+CLI_HINT := triton-deploy is installed in $(VENV): run 'source $(BIN)/activate' (or call $(BIN)/triton-deploy)
 
 .PHONY: setup demo test test-fast chart-lint lint clean help
 
@@ -12,6 +13,7 @@ help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 setup: $(STAMP)  ## system packages + .venv with the project and its test tools
+	@echo "$(CLI_HINT)"
 
 $(STAMP): pyproject.toml constraints.txt scripts/setup-system.sh
 	bash scripts/setup-system.sh
@@ -23,6 +25,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/setup-system.sh
 
 demo: $(STAMP)  ## train + export the digits model, build the Triton repository, serve it and classify through it
 	$(BIN)/python -m triton_deploy.demo
+	@echo "$(CLI_HINT)"
 
 test: lint  ## lint and type checks, then the whole test suite, slow tests included (what CI runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

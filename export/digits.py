@@ -99,13 +99,9 @@ def build_digits_cnn():
 
 
 # Training set size and length, chosen against the time budget (make demo's training step under 2 minutes on 2
-# cores): every training digit drawn AUGMENTED_PER_IMAGE times, each a different random rendering, then EPOCHS passes.
-# Measured on the robustness suite with the same 32k image-steps (about 85 s of training on 2 idle cores): batches of
-# 64 with dropout 0.2 reached 0.934 mean / 0.833 worst condition; batches of 32 without dropout (the model underfits
-# this short schedule, so dropout only slowed it) 0.963 / 0.891. This CPU trains nearly as many images per second at
-# 16 as at 32 (383 vs 400), so batches of 16 give twice the updates for the same time; with them the peak learning
-# rate (warm-up then cosine decay) measured 1.5e-3: 0.960 / 0.889, 3e-3: 0.973 / 0.902, 5e-3: 0.981 / 0.931,
-# 8e-3: 0.984 / 0.949, 1.2e-2: 0.983 / 0.951 (worst always margin-corner). Batches of 8 trained at half the speed.
+# cores): every training digit drawn AUGMENTED_PER_IMAGE times, then EPOCHS passes in small batches (twice the updates
+# of 32 for nearly the same time on this CPU) at a high peak rate. The measured sweep behind each value:
+# docs/export.md#why-this-training-schedule
 AUGMENTED_PER_IMAGE = 12
 EPOCHS = 2
 BATCH_SIZE = 16
