@@ -31,37 +31,13 @@ from triton_deploy.cli import build_parser
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import gen_docs  # noqa: E402
+from doc_examples import FENCE, fenced_blocks, shell_commands  # noqa: E402
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL = {"bash", "sh", "shell", "console"}
-SEPARATORS = {"&&", "||", ";", "|", "&"}
 # Pages written on parallel branches at the time these docs were split; the README links them already. A link to one
 # of them is checked as soon as the page exists.
 PAGES_FROM_OTHER_BRANCHES = {"docs/security.md", "docs/tls.md", "docs/protocol.md"}
-_FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
-
-
-def fenced_blocks(path: Path) -> list[tuple[str, str, int]]:
-    """(language, body, line number) of every fenced block in a Markdown file."""
-    text = path.read_text(encoding="utf-8")
-    return [(m[1].lower(), m[2], text.count("\n", 0, m.start()) + 1) for m in _FENCE.finditer(text)]
-
-
-def shell_commands(body: str) -> list[list[str]]:
-    """The simple commands of a shell block: continuation lines joined, comments dropped, split at ; && || | &."""
-    commands: list[list[str]] = []
-    for line in re.sub(r"\\\n", " ", body).splitlines():
-        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
-        lexer.whitespace_split = True
-        current: list[str] = []
-        for token in lexer:
-            if token in SEPARATORS:
-                commands.append(current)
-                current = []
-            else:
-                current.append(token)
-        commands.append(current)
-    return [c for c in commands if c]
 
 
 def _examples(kinds: set[str]) -> list:
@@ -145,12 +121,12 @@ def _slug(heading: str) -> str:
 
 
 def _anchors(path: Path) -> set[str]:
-    text = _FENCE.sub("", path.read_text(encoding="utf-8"))  # a "# ..." line in a code block is no heading
+    text = FENCE.sub("", path.read_text(encoding="utf-8"))  # a "# ..." line in a code block is no heading
     return {_slug(h) for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
 
 
 def _links(path: Path) -> list[str]:
-    text = _FENCE.sub("", path.read_text(encoding="utf-8"))
+    text = FENCE.sub("", path.read_text(encoding="utf-8"))
     return re.findall(r"\]\(([^)\s]+)\)", text)
 
 

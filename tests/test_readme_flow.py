@@ -17,11 +17,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_docs import fenced_blocks, shell_commands
 
 from triton_deploy.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from doc_examples import fenced_blocks, shell_commands  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 
