@@ -11,6 +11,7 @@ Regions and their sources:
 - ``exit-codes``: ``EXIT_CODES`` in ``triton_deploy/errors.py`` (class name -> code and meaning).
 - ``manifest-keys``: the "Manifest format" block of ``triton_deploy/spec.py``'s module docstring.
 - ``cli-reference``: every subcommand's ``--help``, from the real argument parser.
+- ``robustness-conditions``: the conditions of the robustness suite in ``export/robustness.py``.
 
 ``python scripts/gen_docs.py`` rewrites the regions in README.md and docs/*.md; ``--check`` only reports the files
 that differ (exit 1), which is what ``tests/test_docs.py`` asserts stays clean.
@@ -63,6 +64,18 @@ def manifest_keys() -> str:
     return "\n".join(lines)
 
 
+def robustness_conditions() -> str:
+    """The robustness suite's conditions, as ``export/robustness.py`` defines them, for digits and for samples."""
+    from triton_deploy.export.robustness import DIGIT_CONDITIONS, SAMPLE_CONDITIONS
+
+    lines = ["| condition | how the held-out digits are drawn |", "|---|---|"]
+    lines += [f"| `{c.name}` | {_cell(c.description)} |" for c in DIGIT_CONDITIONS]
+    lines += ["", "With `--samples DIR` (your own model):", "",
+              "| condition | how the samples are changed |", "|---|---|"]
+    lines += [f"| `{c.name}` | {_cell(c.description)} |" for c in SAMPLE_CONDITIONS]
+    return "\n".join(lines)
+
+
 def cli_reference() -> str:
     from triton_deploy.cli import build_parser
 
@@ -91,6 +104,7 @@ REGIONS: dict[str, Callable[[], str]] = {
     "exit-codes": exit_codes,
     "manifest-keys": manifest_keys,
     "cli-reference": cli_reference,
+    "robustness-conditions": robustness_conditions,
 }
 _REGION = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
 
