@@ -95,14 +95,17 @@ def test_make_examples_name_makefile_targets():
     assert [(target, where) for target, where in used if target not in targets] == []
 
 
-@pytest.mark.parametrize("body", _examples({"yaml", "yml"}))
-def test_yaml_example_parses(body):
-    list(yaml.safe_load_all(body))
-
-
-@pytest.mark.parametrize("body", _examples({"json"}))
-def test_json_example_parses(body):
-    json.loads(body)
+def test_yaml_and_json_examples_parse():
+    parsers = {"yaml": lambda b: list(yaml.safe_load_all(b)), "yml": lambda b: list(yaml.safe_load_all(b)),
+               "json": json.loads}
+    broken = []
+    for path in DOCS:
+        for language, body, line in fenced_blocks(path):
+            try:
+                parsers.get(language, str)(body)
+            except (ValueError, yaml.YAMLError) as exc:
+                broken.append(f"{path.relative_to(ROOT)}:{line}: {exc}")
+    assert broken == []
 
 
 @pytest.mark.parametrize("body", _examples({"python", "py"}))
