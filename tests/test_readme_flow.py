@@ -1,9 +1,13 @@
-"""The README's command sequence (export -> repo -> serve -> classify -> stop) and its Python example, run as
-written by the installed CLI, in a scratch folder laid out as `make demo` leaves the project.
+"""The examples of README.md and docs/ run as written by the installed CLI, in a scratch folder laid out as
+`make demo` leaves the project (build/digits, build/demo-images).
 
-Two liberties, both so the test can run beside other servers and without a second training: the export step is
-parsed but its output is the session's trained export (copied where the README writes it), and the server gets free
-ports instead of 8000-8002 (the classify and Python steps are pointed at them).
+- the README's command sequence (export -> repo -> serve -> classify -> stop) and its Python example;
+- every docs example of ``repo``, ``classify``, ``evaluate`` and ``monitor`` (the commands that need no training and
+  start no server of their own), against the session's server.
+
+Two liberties, both so the tests can run beside other servers and without a second training: an ``export`` is parsed
+but its output is the session's trained export (copied where the example writes it), and servers use free ports
+instead of 8000-8002 (the examples' addresses are pointed at them).
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ from triton_deploy.cli import build_parser
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from doc_examples import fenced_blocks, shell_commands  # noqa: E402
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# Commands cheap enough to run for every example; the others (training, Locust, optimisation) are parsed by test_docs.
+RUN_AGAINST_THE_SESSION_SERVER = {"repo", "classify", "evaluate", "monitor"}
 
 pytestmark = pytest.mark.slow
 
@@ -90,3 +98,36 @@ def test_readme_flow_runs_as_written(digits_export, tmp_path, monkeypatch):
     finally:
         if started:
             _cli(["stop"], tmp_path)
+
+
+def _docs_examples_to_run() -> list:
+    found = []
+    for path in DOCS[1:]:  # the README's own sequence is the test above
+        for language, body, line in fenced_blocks(path):
+            if language != "bash":
+                continue
+            for command in shell_commands(body):
+                if command[0] == "triton-deploy" and command[1] in RUN_AGAINST_THE_SESSION_SERVER \
+                        and "--compare" not in command:  # A/B needs the INT8 sibling an optimize run publishes
+                    found.append(pytest.param(command[1:], id=f"{path.relative_to(ROOT)}:{line}:{command[1]}"))
+    return found
+
+
+@pytest.fixture(scope="module")
+def demo_layout(digits_export, tmp_path_factory) -> Path:
+    """A project folder as `make demo` leaves it: the export and the labelled demo images."""
+    from triton_deploy.demo import write_demo_images
+
+    folder = tmp_path_factory.mktemp("project")
+    shutil.copytree(digits_export, folder / "build" / "digits")
+    write_demo_images(folder / "build" / "demo-images")
+    return folder
+
+
+@pytest.mark.parametrize("argv", _docs_examples_to_run())
+def test_docs_example_runs_as_written(argv, demo_layout, triton_server):
+    ports = {"8000": triton_server.options.http_port, "8001": triton_server.options.grpc_port,
+             "8002": triton_server.options.metrics_port}
+    argv = [re.sub(r"\b127\.0\.0\.1:(800[012])\b", lambda m: f"127.0.0.1:{ports[m[1]]}", a) for a in argv]
+    completed = _cli(argv, demo_layout)
+    assert completed.returncode == 0, (argv, completed.stderr)
