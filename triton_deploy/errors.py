@@ -5,7 +5,8 @@ CLI prints ``str(error)`` on stderr and exits with ``error.exit_code``; a traceb
 
 The classes live beside the code that raises them (``clients/errors.py``, ``loadtests/slo.py``, ...); their codes
 live only in ``EXIT_CODES`` below, one code per class. Defining a ``TritonDeployError`` subclass that is not in the
-table fails at import, so a new error cannot ship without its own code (and the README's table, which a test checks).
+table fails at import, so a new error cannot ship without its own code (docs/cli.md's table is generated from it by
+scripts/gen_docs.py, and a test checks it is current).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class TritonDeployError(Exception):
         super().__init_subclass__(**kwargs)
         if cls.__name__ not in EXIT_CODES:
             raise TypeError(f"{cls.__module__}.{cls.__name__} has no exit code: add it to EXIT_CODES in "
-                            "triton_deploy/errors.py (and to the README's table)")
+                            "triton_deploy/errors.py (then run scripts/gen_docs.py)")
         cls.exit_code = EXIT_CODES[cls.__name__][0]
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
