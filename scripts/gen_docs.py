@@ -13,8 +13,8 @@ Regions and their sources:
 - ``cli-reference``: every subcommand's ``--help``, from the real argument parser.
 - ``robustness-conditions``: the conditions of the robustness suite in ``export/robustness.py``.
 
-``python scripts/gen_docs.py`` rewrites the regions in README.md and docs/*.md; ``--check`` only reports the files
-that differ (exit 1), which is what ``tests/test_docs.py`` asserts stays clean.
+``.venv/bin/python scripts/gen_docs.py`` rewrites the regions in README.md and docs/*.md; ``--check`` only reports
+the files that differ (exit 1), which is what ``tests/test_docs.py`` asserts stays clean.
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ def test_relative_links_reach_a_file_and_a_heading(path):
 def test_generated_tables_match_their_sources():
     contents = gen_docs.generate_all()
     stale = [str(p.relative_to(ROOT)) for p in DOCS if gen_docs.render(p.read_text(), contents) != p.read_text()]
-    assert stale == [], f"{stale}: run 'python scripts/gen_docs.py' and commit the result"
+    assert stale == [], f"{stale}: run '.venv/bin/python scripts/gen_docs.py' and commit the result"
     regions = {name for p in DOCS for name in gen_docs.regions_in(p.read_text())}
     assert regions == set(gen_docs.REGIONS), "every generated table has its place in the docs"
 
