@@ -187,14 +187,21 @@ standard, and the fields below cannot be overridden at all.
 {{- end }}
 
 {{/*
-A container of initContainers or sidecars: the user's spec with the chart's restricted securityContext imposed
-(fields the user adds, such as seLinuxOptions, stay). Call with (list $ <container>).
+A container of initContainers or sidecars: the user's spec with the chart's restricted securityContext in place of
+its own. Only fields that cannot weaken it are taken from the user's: seLinuxOptions, and a seccomp or AppArmor
+profile of type RuntimeDefault or Localhost. Call with (list $ <container>).
 */}}
 {{- define "triton-classifier.extraContainer" -}}
 {{- $root := index . 0 }}
 {{- $container := deepCopy (index . 1) }}
-{{- $restricted := include "triton-classifier.containerSecurityContext" $root | fromYaml }}
-{{- $_ := set $container "securityContext" (mergeOverwrite (default (dict) $container.securityContext) $restricted) }}
+{{- $ctx := include "triton-classifier.containerSecurityContext" $root | fromYaml }}
+{{- $own := default (dict) $container.securityContext }}
+{{- with $own.seLinuxOptions }}{{- $_ := set $ctx "seLinuxOptions" . }}{{- end }}
+{{- range $field := list "seccompProfile" "appArmorProfile" }}
+{{- $profile := index $own $field }}
+{{- if and $profile (has (toString $profile.type) (list "RuntimeDefault" "Localhost")) }}{{- $_ := set $ctx $field $profile }}{{- end }}
+{{- end }}
+{{- $_ := set $container "securityContext" $ctx }}
 {{- toYaml (list $container) }}
 {{- end }}
 
