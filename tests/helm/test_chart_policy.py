@@ -638,3 +638,23 @@ def test_helm_test_pod_runs_the_packaged_script_against_the_ensemble():
     assert script["data"]["helm_test_inference.py"] == (CHART / "files" / "helm_test_inference.py").read_text()
     same_image = render({"tests": {"image": {"repository": ""}}}).one("Pod")["spec"]["containers"][0]["image"]
     assert same_image == f"{SERVER_IMAGE}:26.11-py3"
+
+
+def test_tooling_requests_never_ask_class_count_of_an_output():
+    """Triton 2.51 dies of SIGFPE on `classification` (class_count) of a BYTES output such as LABELS; the helm test
+    and the liveness probe ask for plain outputs only (the probe asks for none: Triton then returns them all)."""
+    import importlib.util
+    import json
+
+    from chart_tools import CHART
+
+    spec = importlib.util.spec_from_file_location("helm_test_inference", CHART / "files" / "helm_test_inference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    header = module.request_header([1, 1], 100)
+    assert [o["name"] for o in header["outputs"]] == ["CLASS_IDS", "SCORES", "LABELS"]
+    assert all(set(o.get("parameters", {})) == {"binary_data"} for o in header["outputs"])
+    for script in ("helm_test_inference.py", "liveness_inference.py"):
+        text = (CHART / "files" / script).read_text()
+        assert '"classification"' not in text, f"{script} builds a classification request parameter"
+    assert "classification" not in json.dumps(header)

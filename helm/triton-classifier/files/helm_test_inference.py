@@ -125,6 +125,9 @@ def check_grpc_tls(target: str, tls_dir: str, mutual: bool) -> str:
                 raise SystemExit(f"FAIL grpcs://{target}: the server did not agree on HTTP/2 (ALPN h2)")
             conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
             frame = conn.recv(9)
+            if not frame and not mutual:
+                raise SystemExit(f"FAIL grpcs://{target}: the server closed the connection after the TLS handshake; "
+                                 "it may require a client certificate (security.grpcTls.mutual)")
             if len(frame) < 9 or frame[3] != 4:
                 raise SystemExit(f"FAIL grpcs://{target}: no HTTP/2 SETTINGS frame after the preface ({frame!r})")
             return f"{conn.version()}, certificate for {host} trusted" + (", client certificate accepted" if mutual else "")
