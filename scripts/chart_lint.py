@@ -34,8 +34,9 @@ OUTPUT = ROOT / "build" / "chart"
 def lint_and_render(name: str, values_files: list[Path]) -> list[str]:
     """Problems (severity warning or error) of one values set; its rendering goes to ``OUTPUT/name.yaml``.
 
-    The defaults get the one value the chart requires, a placeholder ``image.repository`` for the server image built
-    from docker/tritonserver/Dockerfile; a values file given on the command line must set it itself."""
+    The defaults get the values the chart requires, placeholders for ``image.repository`` (the server image built
+    from docker/tritonserver/Dockerfile) and ``security.restrictedApi.existingSecret`` (the admin key's Secret); a
+    values file given on the command line must set them itself."""
     values = load_values(*values_files) if values_files else REQUIRED_VALUES
     report = helm_python.lint(CHART, values, strict=True, namespace=NAMESPACE)
     problems = [f"{m.get('path', '')}: {m.get('err', m)}" for m in report["messages"] if m["severity"] >= 2]
