@@ -102,6 +102,10 @@ def test_common_labels_go_on_every_object_and_pod_but_never_on_selectors():
     for service in rendered.of_kind("Service"):
         assert "team" not in service["spec"]["selector"]
     assert "team" not in str(rendered.one("ServiceMonitor")["spec"]["selector"])
+    # The chart's own labels (selectors among them) cannot be overridden through commonLabels.
+    for key in ("app.kubernetes.io/instance", "helm.sh/chart", "track"):
+        with pytest.raises(helm_python.HelmValuesError):
+            render({"commonLabels": {key: "x"}})
 
 
 def test_deployment_annotations_sit_beside_the_checkov_skips():
