@@ -80,9 +80,10 @@ def test_global_image_registry_replaces_the_registry_of_every_image_the_chart_na
     assert server_container(pinned.deployment())["image"].startswith("registry.example.com/ml/")
 
 
-def test_a_malformed_image_registry_is_refused():
+def test_a_malformed_image_registry_is_refused_but_other_globals_of_a_parent_chart_pass():
     with pytest.raises(helm_python.HelmValuesError):
         render({"global": {"imageRegistry": "https://mirror.example.com"}})
+    render({"global": {"imageRegistry": "", "storageClass": "fast", "imagePullSecrets": []}})
 
 
 # --- labels, annotations, strategy ---------------------------------------------------------------------------------
