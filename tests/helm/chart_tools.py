@@ -17,13 +17,16 @@ SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
 RELEASE = "prod"
 NAMESPACE = "ml"
 # Kinds served by CRDs: kubernetes-validate has no schema for them, so tests check them structurally.
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "HTTPRoute"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "HTTPRoute", "GRPCRoute", "Certificate"}
 # Every API the chart gates on, so a render can include all optional objects.
-ALL_APIS = ["monitoring.coreos.com/v1", "gateway.networking.k8s.io/v1"]
+ALL_APIS = ["monitoring.coreos.com/v1", "gateway.networking.k8s.io/v1", "cert-manager.io/v1"]
 # What the chart requires beyond its defaults (it refuses to render without): the server image built from
-# docker/tritonserver/Dockerfile. Renders of the defaults get it; the ci/ scenarios must set it themselves.
+# docker/tritonserver/Dockerfile, and the existing Secret holding the admin key (the chart never renders the key).
+# Renders of the defaults get them; the ci/ scenarios must set them themselves.
 SERVER_IMAGE = "registry.example.com/ml/triton-classifier-server"
-REQUIRED_VALUES = {"image": {"repository": SERVER_IMAGE}}
+ADMIN_SECRET = "triton-admin-key"
+REQUIRED_VALUES = {"image": {"repository": SERVER_IMAGE},
+                   "security": {"restrictedApi": {"existingSecret": ADMIN_SECRET}}}
 
 
 @dataclass(frozen=True)

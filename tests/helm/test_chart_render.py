@@ -79,7 +79,8 @@ def test_every_rendered_object_is_valid_kubernetes(scenario):
 
 def test_default_release_renders_the_expected_objects():
     kinds = sorted(m.kind for m in render().manifests)
-    assert kinds == sorted(["ServiceAccount", "Secret", "Service", "Deployment", "PodDisruptionBudget",
+    # No Secret: the admin key's Secret is the platform team's (the chart never renders the key).
+    assert kinds == sorted(["ServiceAccount", "Service", "Deployment", "PodDisruptionBudget",
                             "NetworkPolicy", "ConfigMap", "ConfigMap", "Pod",  # liveness probe script, helm test
                             "NetworkPolicy"])  # the helm test pod's (no ingress)
 
@@ -177,24 +178,29 @@ def test_notes_tell_how_to_reach_and_test_the_service():
     assert "helm test prod -n ml" in notes
     assert "port-forward service/prod-triton-classifier 8000:http 8001:grpc 8002:metrics" in notes
     assert "/v2/health/ready" in notes and "/v2/models/digits" in notes
-    assert "get secret prod-triton-classifier-admin-key" in notes
+    assert "get secret triton-admin-key" in notes
 
 
-def test_readme_values_table_lists_every_values_key():
+def test_values_are_documented_once_in_values_yaml():
+    """values.yaml's comments are the one reference (test_every_values_key_has_a_comment keeps them complete): the
+    README points there instead of repeating a table, and the schema types and constrains without a second copy of
+    the descriptions."""
     readme = (CHART / "README.md").read_text()
-    documented = set(re.findall(r"^\| `([A-Za-z0-9_.]+)` \|", readme, flags=re.M))
+    assert not re.findall(r"^\| `[A-Za-z0-9_.]+` \| `", readme, flags=re.M), "a hand-kept values table is back"
+    assert "helm show values" in readme and "[values.yaml](values.yaml)" in readme
 
-    def leaves(node, prefix=""):
-        for key, value in node.items():
-            path = f"{prefix}{key}"
-            # Maps with values of their own (resources, behavior, labels) are documented as one row.
-            if isinstance(value, dict) and value and path not in documented:
-                yield from leaves(value, path + ".")
-            else:
+    def descriptions(node, path="$"):
+        if isinstance(node, dict):
+            if isinstance(node.get("description"), str):
                 yield path
+            for key, child in node.items():
+                yield from descriptions(child, f"{path}.{key}")
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                yield from descriptions(child, f"{path}[{index}]")
 
-    missing = [path for path in leaves(yaml.safe_load((CHART / "values.yaml").read_text())) if path not in documented]
-    assert not missing, f"README values table lacks {missing}"
+    schema = yaml.safe_load((CHART / "values.schema.json").read_text())
+    assert not list(descriptions(schema)), "descriptions belong in values.yaml comments"
     for section in ("helm test", "Promote", "Roll back", "prometheus-adapter", "triton-deploy repo"):
         assert section in readme, section
 
@@ -213,3 +219,20 @@ def test_make_chart_lint_renders_every_scenario_and_fails_on_bad_values(tmp_path
         ["defaults", *(scenario_id(p) for p in SCENARIOS)]
     assert "got string, want integer" in result.stdout and "bad-values did not lint clean" in result.stderr
     assert (CHART.parents[1] / "build" / "chart" / "defaults.yaml").read_text().count("\nkind: ") >= 5
+
+
+def test_make_chart_lint_names_a_missing_values_file_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    script = CHART.parents[1] / "scripts" / "chart_lint.py"
+    missing = tmp_path / "missing.yaml"
+    result = subprocess.run([sys.executable, str(script), str(missing)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == "", "nothing is linted before the values files are known to be readable"
+    assert result.stderr.splitlines() == [f"chart-lint: cannot read values file {missing}: no such file"]
+    not_yaml = tmp_path / "broken.yaml"
+    not_yaml.write_text("image: [unclosed\n")
+    result = subprocess.run([sys.executable, str(script), str(not_yaml)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"chart-lint: {not_yaml} is not valid YAML (line ")

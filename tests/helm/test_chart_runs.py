@@ -3,17 +3,21 @@ from the nvidia-pytriton wheel), and the probes, the Service ports, the restrict
 monitoring reads and the `helm test` script all work against it.
 
 Only what cannot exist outside a pod is mapped: the in-cluster repository path becomes a tiny local repository,
-ports become free local ports bound to 127.0.0.1, the backend directory (inside the NGC image) is added, and
-$(VAR) references are expanded from the container's env the way the kubelet does. The chart's image is a newer
+ports become free local ports bound to 127.0.0.1, the backend directory (inside the NGC image) is added, the
+admin key's Secret (which the platform team creates) gets a random key, the gRPC certificate Secret's mount becomes
+a folder of throwaway certificates made with `cryptography`, and $(VAR) references are expanded from the
+container's env the way the kubelet does. The chart's image is a newer
 Triton than the local 2.51 binary: the few flags it has that 2.51 lacks are listed in NEWER_THAN_LOCAL_BINARY and
 dropped. Every other argument is kept.
 """
 
 from __future__ import annotations
 
-import base64
+import datetime
+import ipaddress
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -106,10 +110,55 @@ def expand_kubelet_vars(text: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), text)
 
 
+def write_certificates(folder: Path, common_name: str, hosts: list[str]) -> dict[str, Path]:
+    """A throwaway CA and, signed by it, a certificate for `hosts` usable by a server and a client (as the chart's
+    cert-manager Certificate is), written as a kubernetes.io/tls Secret mounts them: ca.crt, tls.crt, tls.key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def build(subject: str, key, issuer: str, issuer_key, ca: bool):
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if ca:
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
+                decipher_only=False), critical=True)
+        else:
+            names = [x509.IPAddress(ipaddress.ip_address(h)) if h[0].isdigit() else x509.DNSName(h) for h in hosts]
+            builder = (builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+                       .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                             ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = build(f"{common_name} CA", ca_key, f"{common_name} CA", ca_key, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = build(common_name, key, f"{common_name} CA", ca_key, ca=False)
+    folder.mkdir(parents=True)
+    files = {"ca.crt": ca.public_bytes(serialization.Encoding.PEM),
+             "tls.crt": cert.public_bytes(serialization.Encoding.PEM),
+             "tls.key": key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption())}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        (folder / name).chmod(0o440 if name == "tls.key" else 0o444)
+    return {name: folder / name for name in files}
+
+
 class LocalPod:
     """The rendered server container, started locally."""
 
-    def __init__(self, rendered, workdir: Path):
+    def __init__(self, rendered, workdir: Path, tls_dir: Path | None = None):
         from triton_deploy.server import ServerInstallation, free_ports
 
         self.rendered = rendered
@@ -117,21 +166,24 @@ class LocalPod:
         self.repository = write_repository(workdir / "repository")
         self.tmp = workdir / "tmp"
         self.tmp.mkdir()
-        secret = rendered.one("Secret")
-        self.admin_key = base64.b64decode(next(iter(secret["data"].values()))).decode()
+        # The platform team's Secret: the chart renders only its name.
+        self.admin_key = secrets.token_hex(20)
         self.ports = dict(zip(("http", "grpc", "metrics"), free_ports(3)))
         container_ports = {p["name"]: p["containerPort"] for p in self.container["ports"]}
         self.installation = ServerInstallation.discover()
 
-        # The container's env as the kubelet builds it: literal values, then secretKeyRefs from the rendered Secret.
+        # The container's env as the kubelet builds it: literal values, then the admin key's secretKeyRef.
         pod_env = {}
         for entry in self.container["env"]:
             if "value" in entry:
                 pod_env[entry["name"]] = entry["value"].replace("/tmp", str(self.tmp))
             else:
-                assert entry["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+                assert entry["name"] == "TRITON_ADMIN_KEY", entry
                 pod_env[entry["name"]] = self.admin_key
-        mount = next(m["mountPath"] for m in self.container["volumeMounts"] if m["name"] == "model-repository")
+        mounts = {m["name"]: m["mountPath"] for m in self.container["volumeMounts"]}
+        mount = mounts["model-repository"]
+        tls_mount = mounts.get("grpc-tls")
+        assert (tls_mount is None) == (tls_dir is None), "certificates are given exactly when the chart mounts them"
         flag_for_port = {"--http-port": "http", "--grpc-port": "grpc", "--metrics-port": "metrics"}
         args, self.dropped = [], []
         for arg in self.container["args"]:
@@ -142,6 +194,8 @@ class LocalPod:
             if flag == "--model-repository":
                 assert value == mount
                 arg = f"{flag}={self.repository}"
+            elif tls_mount and value.startswith(tls_mount + "/"):
+                arg = f"{flag}={tls_dir}/{value.removeprefix(tls_mount + '/')}"
             elif flag in flag_for_port:
                 assert int(value) == container_ports[flag_for_port[flag]]
                 arg = f"{flag}={self.ports[flag_for_port[flag]]}"
@@ -375,3 +429,118 @@ def test_sigterm_drains_within_the_grace_period(pod):
     assert returncode == 0, pod.log_tail()
     budget = spec["terminationGracePeriodSeconds"] - int(pod.container["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert elapsed < budget, f"took {elapsed:.1f} s"
+
+
+# --- gRPC over mutual TLS: the platform scenario's rendered arguments ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def tls_pod(tmp_path_factory):
+    """ci/platform-values.yaml (mutual gRPC TLS from an existing Secret) started locally, with a throwaway CA and a
+    certificate for localhost in place of the Secret, plus a second CA whose client certificate must be refused."""
+    workdir = tmp_path_factory.mktemp("chart-tls-pod")
+    certs = write_certificates(workdir / "grpc-tls", "triton", ["localhost"])
+    stranger = write_certificates(workdir / "stranger", "stranger", ["localhost"])
+    rendered = render_scenario(next(p for p in SCENARIOS if p.name == "platform-values.yaml"))
+    local = LocalPod(rendered, workdir, tls_dir=certs["ca.crt"].parent)
+    local.certs, local.stranger = certs, stranger
+    local.start()
+    try:
+        startup = local.container["startupProbe"]
+        local.wait_until_started(budget=min(120, startup["periodSeconds"] * startup["failureThreshold"]))
+        yield local
+    finally:
+        local.stop()
+
+
+def grpc_client(pod, *, ca=None, cert=None, key=None, ssl=True):
+    import tritonclient.grpc as grpcclient
+
+    path = lambda file: str(file) if file else None  # noqa: E731  (tritonclient takes file names)
+    return grpcclient.InferenceServerClient(f"localhost:{pod.ports['grpc']}", ssl=ssl, root_certificates=path(ca),
+                                            private_key=path(key), certificate_chain=path(cert))
+
+
+def run_helm_test_script(pod, **env_overrides) -> subprocess.CompletedProcess:
+    rendered_pod = pod.rendered.one("Pod")
+    (container,) = rendered_pod["spec"]["containers"]
+    script = pod.rendered.one("ConfigMap", "prod-triton-classifier-test-inference")["data"]["helm_test_inference.py"]
+    path = pod.tmp / "helm_test_inference.py"
+    path.write_text(script)
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["GRPC_TLS_TARGETS"] == "prod-triton-classifier.ml.svc:8001"
+    (mount,) = [m["mountPath"] for m in container["volumeMounts"] if m["name"] == "grpc-tls"]
+    assert env["GRPC_TLS_DIR"] == mount and env["GRPC_TLS_MUTUAL"] == "1"
+    env.update(TRITON_URLS=f"http://127.0.0.1:{pod.ports['http']}", TOP_K="3",
+               GRPC_TLS_TARGETS=f"localhost:{pod.ports['grpc']}", GRPC_TLS_DIR=str(pod.certs["ca.crt"].parent))
+    env.update(env_overrides)
+    return subprocess.run([sys.executable, str(path)], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_tls_pod_starts_with_the_rendered_tls_arguments_and_its_probes_answer(tls_pod):
+    assert arg_value(tls_pod.args, "--grpc-use-ssl") == ["true"]
+    assert arg_value(tls_pod.args, "--grpc-use-ssl-mutual") == ["true"]
+    assert arg_value(tls_pod.args, "--grpc-root-cert") == [str(tls_pod.certs["ca.crt"])]
+    for probe in ("startupProbe", "readinessProbe"):
+        assert http_status(tls_pod.url("http", tls_pod.container[probe]["httpGet"]["path"])) == 200, probe
+    command = liveness_probe_command(tls_pod.rendered, tls_pod.rendered.deployment(), tls_pod.tmp / "probe",
+                                     tls_pod.ports["http"])
+    result = subprocess.run(command, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_grpc_client_with_a_certificate_of_the_ca_classifies_over_mutual_tls(tls_pod):
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    client = grpc_client(tls_pod, ca=tls_pod.certs["ca.crt"], cert=tls_pod.certs["tls.crt"],
+                         key=tls_pod.certs["tls.key"])
+    try:
+        assert client.is_server_ready() and client.is_model_ready("digits")
+        image = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
+        image.set_data_from_numpy(np.array([[b"not an image"]], dtype=np.object_))
+        result = client.infer("digits", [image])
+        assert result.as_numpy("LABELS")[0][0] == b"not-png"
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("who", ["no client certificate", "client certificate of another CA", "plaintext"])
+def test_grpc_clients_the_tls_pod_must_refuse(tls_pod, who):
+    from tritonclient.utils import InferenceServerException
+
+    if who == "no client certificate":
+        client = grpc_client(tls_pod, ca=tls_pod.certs["ca.crt"])
+    elif who == "client certificate of another CA":
+        client = grpc_client(tls_pod, ca=tls_pod.certs["ca.crt"], cert=tls_pod.stranger["tls.crt"],
+                             key=tls_pod.stranger["tls.key"])
+    else:
+        client = grpc_client(tls_pod, ssl=False)
+    try:
+        with pytest.raises(InferenceServerException):
+            client.is_server_ready(client_timeout=10)
+    finally:
+        client.close()
+
+
+def test_helm_test_script_checks_the_grpc_tls_port(tls_pod):
+    """The rendered helm test's environment, mapped to the local pod: HTTP inference, then the TLS handshake with
+    the Secret's ca.crt, ALPN h2 and an HTTP/2 SETTINGS answer, presenting the Secret's certificate."""
+    result = run_helm_test_script(tls_pod)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(rf"^OK grpcs://localhost:{tls_pod.ports['grpc']}: TLSv1\.[23], certificate for localhost "
+                     r"trusted, client certificate accepted$", result.stdout, flags=re.M), result.stdout
+
+
+@pytest.mark.parametrize("case,env,expected", [
+    ("without the client certificate", {"GRPC_TLS_MUTUAL": "0"}, "it may require a client certificate"),
+    ("against the wrong CA", {"GRPC_TLS_DIR": "stranger"}, "CERTIFICATE_VERIFY_FAILED"),
+    ("under a name the certificate lacks", {"GRPC_TLS_TARGETS": "127.0.0.1:{port}"}, "IP address mismatch"),
+])
+def test_helm_test_script_fails_on_a_bad_tls_setup(tls_pod, case, env, expected):
+    env = {k: v.format(port=tls_pod.ports["grpc"]) for k, v in env.items()}
+    if env.get("GRPC_TLS_DIR") == "stranger":
+        env["GRPC_TLS_DIR"] = str(tls_pod.stranger["ca.crt"].parent)
+    result = run_helm_test_script(tls_pod, **env)
+    assert result.returncode != 0, case
+    assert expected in result.stderr, (case, result.stdout, result.stderr)

@@ -5,6 +5,9 @@ Standard library only, so any image with python3 runs it. Environment:
     MODEL_NAME             the ensemble model to call
     READY_TIMEOUT_SECONDS  how long to wait for readiness (default 300)
     TOP_K                  expected length of the outputs; 0 = any length (default 0)
+    GRPC_TLS_TARGETS       comma-separated host:port of gRPC ports that speak TLS ("" = gRPC is not checked)
+    GRPC_TLS_DIR           folder of the mounted certificate Secret: ca.crt verifies the server (system CAs when
+                           absent); with GRPC_TLS_MUTUAL=1 its tls.crt and tls.key are presented as client certificate
 
 Why the binary-data extension: the ensemble input IMAGE is a TYPE_STRING (BYTES) tensor holding encoded image bytes.
 In the KServe v2 JSON body a BYTES element is taken as the string itself, so base64 text would reach the
@@ -18,6 +21,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+import ssl
 import struct
 import sys
 import time
@@ -83,11 +88,7 @@ def infer(base: str, model: str, image: bytes) -> dict:
     # [-1, 1] when the ensemble batches, [1] when it does not: one image either way.
     shape = [1 if dim == -1 else dim for dim in inputs[EXPECTED_INPUT]["shape"]]
     tensor = struct.pack("<I", len(image)) + image
-    header = json.dumps({
-        "inputs": [{"name": EXPECTED_INPUT, "datatype": "BYTES", "shape": shape,
-                    "parameters": {"binary_data_size": len(tensor)}}],
-        "outputs": [{"name": name, "parameters": {"binary_data": False}} for name in EXPECTED_OUTPUTS],
-    }).encode()
+    header = json.dumps(request_header(shape, len(tensor))).encode()
     status, raw = http("POST", f"{base}/v2/models/{model}/infer", header + tensor, {
         "Content-Type": "application/octet-stream",
         "Inference-Header-Content-Length": str(len(header)),
@@ -95,6 +96,43 @@ def infer(base: str, model: str, image: bytes) -> dict:
     if status != 200:
         raise SystemExit(f"FAIL {base}: inference -> HTTP {status}: {raw[:500]!r}")
     return json.loads(raw)
+
+
+def request_header(shape: list[int], tensor_size: int) -> dict:
+    """The JSON part of the inference request. It never asks for `classification` (class_count) on an output:
+    LABELS is BYTES, and Triton 2.51 dies of SIGFPE on top-k of a BYTES output (later releases refuse it)."""
+    return {
+        "inputs": [{"name": EXPECTED_INPUT, "datatype": "BYTES", "shape": shape,
+                    "parameters": {"binary_data_size": tensor_size}}],
+        "outputs": [{"name": name, "parameters": {"binary_data": False}} for name in EXPECTED_OUTPUTS],
+    }
+
+
+def check_grpc_tls(target: str, tls_dir: str, mutual: bool) -> str:
+    """TLS handshake with the gRPC port (server certificate checked against ca.crt and the host name), then the
+    HTTP/2 connection preface: a gRPC server answers with a SETTINGS frame. Standard library only, so no gRPC call;
+    a refused client certificate shows here too (TLS 1.3 servers reject it on the first read)."""
+    host, _, port = target.rpartition(":")
+    ca_file = os.path.join(tls_dir, "ca.crt")
+    context = ssl.create_default_context(cafile=ca_file if os.path.exists(ca_file) else None)
+    context.set_alpn_protocols(["h2"])
+    if mutual:
+        context.load_cert_chain(os.path.join(tls_dir, "tls.crt"), os.path.join(tls_dir, "tls.key"))
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname=host) as conn:
+            if conn.selected_alpn_protocol() != "h2":
+                raise SystemExit(f"FAIL grpcs://{target}: the server did not agree on HTTP/2 (ALPN h2)")
+            conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+            frame = conn.recv(9)
+            if not frame and not mutual:
+                raise SystemExit(f"FAIL grpcs://{target}: the server closed the connection after the TLS handshake; "
+                                 "it may require a client certificate (security.grpcTls.mutual)")
+            if len(frame) < 9 or frame[3] != 4:
+                raise SystemExit(f"FAIL grpcs://{target}: no HTTP/2 SETTINGS frame after the preface ({frame!r})")
+            return f"{conn.version()}, certificate for {host} trusted" + (", client certificate accepted" if mutual else "")
+    except (ssl.SSLError, OSError) as error:
+        raise SystemExit(f"FAIL grpcs://{target}: {error}") from None
 
 
 def check(response: dict, top_k: int) -> str:
@@ -126,6 +164,10 @@ def main() -> int:
         wait_ready(base, model, timeout)
         summary = check(infer(base, model, image), top_k)
         print(f"OK {base}: {model} classified a {len(image)}-byte PNG: {summary}", flush=True)
+    targets = [t.strip() for t in os.environ.get("GRPC_TLS_TARGETS", "").split(",") if t.strip()]
+    for target in targets:
+        summary = check_grpc_tls(target, os.environ.get("GRPC_TLS_DIR", ""), os.environ.get("GRPC_TLS_MUTUAL") == "1")
+        print(f"OK grpcs://{target}: {summary}", flush=True)
     return 0
 
 

@@ -17,16 +17,23 @@ Call with (dict "root" $ "track" "stable"|"canary" "name" <object name> "repo" <
 {{- $staged := or (eq $repo.source "image") $trt.enabled }}
 {{- $repoArg := $repo.mountPath }}
 {{- if eq $repo.source "objectStore" }}{{- $repoArg = $repo.objectStore.url }}{{- end }}
-{{- $serverImage := include "triton-classifier.imageRef" .image }}
+{{- $serverImage := include "triton-classifier.imageRef" (list $root .image) }}
 {{- $ra := $v.security.restrictedApi }}
 {{- $gcsKeyDir := "/var/run/secrets/triton/gcs" }}
 {{- $live := $v.probes.liveness }}
 {{- $probeDir := "/opt/triton-probe" }}
 {{- /* checkov findings that are deliberate trade-offs here, each with its reason (chart README, Security notes). */}}
-{{- $images := list (dict "key" .imageKey "image" .image "policyKey" "image") }}
+{{- $images := list (dict "key" .imageKey "image" .image "policyPath" "image.pullPolicy") }}
 {{- if eq $repo.source "image" }}{{- $images = append $images (dict "key" "modelRepository.image" "image" $repo.image) }}{{- end }}
 {{- if $trt.enabled }}{{- $images = append $images (dict "key" "tensorrt.build.image" "image" $trt.image) }}{{- end }}
+{{- range $group := list "initContainers" "sidecars" }}
+{{- range $i, $c := index $v $group }}
+{{- $images = append $images (dict "key" (printf "%s[%d]" $group $i) "image" (dict "pullPolicy" (default "IfNotPresent" $c.imagePullPolicy) "digest" (contains "@sha256:" $c.image)) "policyPath" (printf "%s[%d].imagePullPolicy" $group $i) "digestPath" (printf "%s[%d].image (name@sha256:...)" $group $i)) }}
+{{- end }}
+{{- end }}
 {{- $skips := include "triton-classifier.imageCheckovSkips" $images | fromJsonArray }}
+{{- $tls := $v.security.grpcTls }}
+{{- $tlsDir := "/var/run/secrets/triton/grpc-tls" }}
 {{- $envSecrets := list }}
 {{- if $ra.enabled }}
 {{- $envSecrets = append $envSecrets "the admin key reaches Triton only on its command line (--http-restricted-api), which the kubelet fills from an env var" }}
@@ -46,9 +53,14 @@ metadata:
     {{- include "triton-classifier.labels" $root | nindent 4 }}
     app.kubernetes.io/component: inference-server
     track: {{ $track }}
-  {{- with $skips }}
+  {{- if or $skips $v.deploymentAnnotations }}
   annotations:
+    {{- with $v.deploymentAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- with $skips }}
     {{- include "triton-classifier.checkovSkips" . | nindent 4 }}
+    {{- end }}
   {{- end }}
 spec:
   {{- if hasKey . "replicas" }}
@@ -59,11 +71,7 @@ spec:
     matchLabels:
       {{- include "triton-classifier.trackSelectorLabels" (list $root $track) | nindent 6 }}
   strategy:
-    type: RollingUpdate
-    rollingUpdate:
-      # Bring a new pod to ready before an old one drains: capacity never drops during a rollout.
-      maxSurge: 1
-      maxUnavailable: 0
+    {{- toYaml $v.updateStrategy | nindent 4 }}
   template:
     metadata:
       labels:
@@ -135,11 +143,15 @@ spec:
       topologySpreadConstraints:
         {{- toYaml $constraints | nindent 8 }}
       {{- end }}
-      {{- if $staged }}
+      {{- if or $staged $v.initContainers }}
       initContainers:
+        {{- range $v.initContainers }}
+        {{- include "triton-classifier.extraContainer" (list $root .) | nindent 8 }}
+        {{- end }}
+        {{- if $staged }}
         {{- if eq $repo.source "image" }}
         - name: copy-model-repository
-          image: {{ include "triton-classifier.imageRef" $repo.image }}
+          image: {{ include "triton-classifier.imageRef" (list $root $repo.image) }}
           imagePullPolicy: {{ $repo.image.pullPolicy }}
           command: ["cp", "-R", "{{ trimSuffix "/" $repo.image.path }}/.", "/staging/"]
         {{- else }}
@@ -173,7 +185,7 @@ spec:
         # Plans are bound to the GPU model and the TensorRT version, so each pod builds its own on its node, one per
         # version directory of the model that holds the ONNX file.
         - name: build-tensorrt-plan
-          image: {{ include "triton-classifier.imageRef" $trt.image }}
+          image: {{ include "triton-classifier.imageRef" (list $root $trt.image) }}
           imagePullPolicy: {{ $trt.image.pullPolicy }}
           command:
             - sh
@@ -227,6 +239,7 @@ spec:
             - name: tmp
               mountPath: /tmp
         {{- end }}
+        {{- end }}
       {{- end }}
       containers:
         - name: tritonserver
@@ -267,6 +280,16 @@ spec:
             - --grpc-restricted-protocol={{ join "," $ra.grpc }}:{{ $ra.header }}=$(TRITON_ADMIN_KEY)
             {{- end }}
             {{- end }}
+            {{- if $tls.enabled }}
+            # gRPC over TLS with the certificate Secret mounted read-only (Triton reads it once, at start).
+            - --grpc-use-ssl=true
+            - --grpc-server-cert={{ $tlsDir }}/tls.crt
+            - --grpc-server-key={{ $tlsDir }}/tls.key
+            {{- if $tls.mutual }}
+            - --grpc-root-cert={{ $tlsDir }}/ca.crt
+            - --grpc-use-ssl-mutual=true
+            {{- end }}
+            {{- end }}
             {{- range $v.server.extraArgs }}
             - {{ . | quote }}
             {{- end }}
@@ -298,10 +321,13 @@ spec:
             {{- with $v.server.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
+          {{- $envFrom := list }}
           {{- if and (eq $repo.source "objectStore") $repo.objectStore.credentialsSecret }}
+          {{- $envFrom = append $envFrom (dict "secretRef" (dict "name" $repo.objectStore.credentialsSecret)) }}
+          {{- end }}
+          {{- with concat $envFrom $v.extraEnvFrom }}
           envFrom:
-            - secretRef:
-                name: {{ $repo.objectStore.credentialsSecret }}
+            {{- toYaml . | nindent 12 }}
           {{- end }}
           startupProbe:
             httpGet:
@@ -379,6 +405,17 @@ spec:
               mountPath: {{ $gcsKeyDir }}
               readOnly: true
             {{- end }}
+            {{- if $tls.enabled }}
+            - name: grpc-tls
+              mountPath: {{ $tlsDir }}
+              readOnly: true
+            {{- end }}
+            {{- with $v.extraVolumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+        {{- range $v.sidecars }}
+        {{- include "triton-classifier.extraContainer" (list $root .) | nindent 8 }}
+        {{- end }}
       volumes:
         - name: dshm
           emptyDir:
@@ -413,5 +450,14 @@ spec:
           secret:
             secretName: {{ $repo.objectStore.gcsKeySecret }}
             defaultMode: 0440
+        {{- end }}
+        {{- if $tls.enabled }}
+        - name: grpc-tls
+          secret:
+            secretName: {{ include "triton-classifier.grpcTlsSecretName" $root }}
+            defaultMode: 0440
+        {{- end }}
+        {{- with $v.extraVolumes }}
+        {{- toYaml . | nindent 8 }}
         {{- end }}
 {{- end }}

@@ -38,6 +38,9 @@ helm.sh/chart: {{ include "triton-classifier.chart" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: {{ include "triton-classifier.name" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* Labels that identify the release's pods; never change them (Deployment selectors are immutable). */}}
@@ -61,9 +64,18 @@ track: {{ index . 1 }}
 {{- end }}
 {{- end }}
 
-{{/* Name of the Secret holding the admin key of the restricted APIs. */}}
+{{/*
+Name of the Secret holding the admin key of the restricted APIs. The platform team creates it: a key the chart
+generated would sit in the rendered manifest (and so in Helm's release record, CI logs and GitOps diffs), and an
+offline render (helm template, Argo CD) would make a new one every time.
+*/}}
 {{- define "triton-classifier.adminSecretName" -}}
-{{- default (include "triton-classifier.suffixedName" (list . "admin-key")) .Values.security.restrictedApi.existingSecret }}
+{{- .Values.security.restrictedApi.existingSecret }}
+{{- end }}
+
+{{/* Name of the Secret holding the gRPC port's certificate: the existing one, or the one cert-manager writes. */}}
+{{- define "triton-classifier.grpcTlsSecretName" -}}
+{{- default (include "triton-classifier.suffixedName" (list . "grpc-tls")) .Values.security.grpcTls.existingSecret }}
 {{- end }}
 
 {{/* Triton model names derived from the ensemble name. */}}
@@ -75,10 +87,25 @@ track: {{ index . 1 }}
 {{- default (include "triton-classifier.classifierModel" .) .Values.autoscaling.queueTime.model }}
 {{- end }}
 
-{{/* "repository:tag[@digest]" of an image. Call with (dict "repository" .. "tag" .. "digest" ..). */}}
+{{/*
+"[registry/]repository:tag[@digest]" of an image the chart names itself. Call with (list $ <image values>), the values
+holding repository, tag and digest. global.imageRegistry replaces the repository's registry (its first path component
+when that has a dot or a port or is localhost, as Docker reads image names), or is put in front when it has none.
+*/}}
 {{- define "triton-classifier.imageRef" -}}
-{{- $ref := printf "%s:%s" .repository (toString .tag) }}
-{{- if .digest }}{{- $ref = printf "%s@%s" $ref .digest }}{{- end }}
+{{- $root := index . 0 }}
+{{- $image := index . 1 }}
+{{- $repository := $image.repository }}
+{{- with (($root.Values.global).imageRegistry) }}
+{{- $parts := splitList "/" $repository }}
+{{- $first := first $parts }}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) }}
+{{- $parts = rest $parts }}
+{{- end }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) (join "/" $parts) }}
+{{- end }}
+{{- $ref := printf "%s:%s" $repository (toString $image.tag) }}
+{{- if $image.digest }}{{- $ref = printf "%s@%s" $ref $image.digest }}{{- end }}
 {{- $ref }}
 {{- end }}
 
@@ -114,14 +141,15 @@ checkov.io/skip{{ add1 $i }}: {{ $skip | quote }}
 {{/*
 The deliberate trade-offs on images, as checkov skips (JSON list of "CHECK=reason"): a pull policy other than Always
 (CKV_K8S_15) and an image without a digest (CKV_K8S_43). Each reason names the values that lift it. Call with a list
-of (dict "key" "<values path of the image>" "image" <image values> ["policyKey" "<values path of its pullPolicy>"]).
+of (dict "key" "<values path of the image>" "image" <image values> ["policyPath" "<values path of its pullPolicy>"]
+["digestPath" "<where its digest goes>"]).
 */}}
 {{- define "triton-classifier.imageCheckovSkips" -}}
 {{- $notAlways := list }}
 {{- $noDigest := list }}
 {{- range . }}
-{{- if ne (toString .image.pullPolicy) "Always" }}{{- $notAlways = append $notAlways (printf "%s.pullPolicy" (default .key .policyKey)) }}{{- end }}
-{{- if not .image.digest }}{{- $noDigest = append $noDigest (printf "%s.digest" .key) }}{{- end }}
+{{- if ne (toString .image.pullPolicy) "Always" }}{{- $notAlways = append $notAlways (default (printf "%s.pullPolicy" .key) .policyPath) }}{{- end }}
+{{- if not .image.digest }}{{- $noDigest = append $noDigest (default (printf "%s.digest" .key) .digestPath) }}{{- end }}
 {{- end }}
 {{- $skips := list }}
 {{- if $notAlways }}
@@ -141,19 +169,40 @@ of (dict "key" "<values path of the image>" "image" <image values> ["policyKey" 
 {{- end }}
 
 {{/*
-Security context of every container: the "restricted" Pod Security Standard. Fixed on purpose, not taken
-from values, so no values file can weaken it.
+Security context of every container: the "restricted" Pod Security Standard. containerSecurityContext may add
+fields (SELinux options, a Localhost seccomp or AppArmor profile); its schema refuses any value that would weaken the
+standard, and the fields below cannot be overridden at all.
 */}}
 {{- define "triton-classifier.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-runAsNonRoot: true
-runAsUser: {{ .Values.podSecurityContext.runAsUser }}
-runAsGroup: {{ .Values.podSecurityContext.runAsGroup }}
-capabilities:
-  drop: [ALL]
-seccompProfile:
-  type: RuntimeDefault
+{{- $fixed := dict
+      "allowPrivilegeEscalation" false
+      "readOnlyRootFilesystem" true
+      "runAsNonRoot" true
+      "privileged" false
+      "runAsUser" (int64 .Values.podSecurityContext.runAsUser)
+      "runAsGroup" (int64 .Values.podSecurityContext.runAsGroup)
+      "capabilities" (dict "drop" (list "ALL")) }}
+{{- $ctx := mergeOverwrite (dict "seccompProfile" (dict "type" "RuntimeDefault")) (deepCopy (default (dict) .Values.containerSecurityContext)) $fixed }}
+{{- toYaml $ctx }}
+{{- end }}
+
+{{/*
+A container of initContainers or sidecars: the user's spec with the chart's restricted securityContext in place of
+its own. Only fields that cannot weaken it are taken from the user's: seLinuxOptions, and a seccomp or AppArmor
+profile of type RuntimeDefault or Localhost. Call with (list $ <container>).
+*/}}
+{{- define "triton-classifier.extraContainer" -}}
+{{- $root := index . 0 }}
+{{- $container := deepCopy (index . 1) }}
+{{- $ctx := include "triton-classifier.containerSecurityContext" $root | fromYaml }}
+{{- $own := default (dict) $container.securityContext }}
+{{- with $own.seLinuxOptions }}{{- $_ := set $ctx "seLinuxOptions" . }}{{- end }}
+{{- range $field := list "seccompProfile" "appArmorProfile" }}
+{{- $profile := index $own $field }}
+{{- if and $profile (has (toString $profile.type) (list "RuntimeDefault" "Localhost")) }}{{- $_ := set $ctx $field $profile }}{{- end }}
+{{- end }}
+{{- $_ := set $container "securityContext" $ctx }}
+{{- toYaml (list $container) }}
 {{- end }}
 
 {{- define "triton-classifier.podSecurityContext" -}}
@@ -213,6 +262,71 @@ template.
 {{- if and $v.autoscaling.enabled (gt (int $v.autoscaling.minReplicas) (int $v.autoscaling.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
 {{- end }}
+{{- if and $v.security.restrictedApi.enabled (not $v.security.restrictedApi.existingSecret) }}
+{{- fail (printf "security.restrictedApi.existingSecret is required while security.restrictedApi.enabled: create the Secret first (kubectl -n %s create secret generic <name> --from-literal=%s=\"$(openssl rand -hex 32)\"); the chart never renders the key (chart README, \"Admin key\")" .Release.Namespace $v.security.restrictedApi.secretKey) }}
+{{- end }}
+{{- include "triton-classifier.validateGrpcTls" . }}
+{{- include "triton-classifier.validateExtras" . }}
+{{- if and $v.monitoring.serviceMonitor.enabled $v.monitoring.podMonitor.enabled }}
+{{- fail "monitoring.serviceMonitor.enabled and monitoring.podMonitor.enabled both scrape the same pods: enable one" }}
+{{- end }}
+{{- range $kind := list "serviceMonitor" "podMonitor" }}
+{{- $m := index $v.monitoring $kind }}
+{{- if and $m.tlsConfig (ne $m.scheme "https") }}
+{{- fail (printf "monitoring.%s.tlsConfig is set but monitoring.%s.scheme is %s: set scheme https (Triton's metrics port itself has no TLS)" $kind $kind $m.scheme) }}
+{{- end }}
+{{- end }}
+{{- if and (or $v.service.loadBalancerIP $v.service.loadBalancerSourceRanges) (ne $v.service.type "LoadBalancer") }}
+{{- fail (printf "service.loadBalancerIP and service.loadBalancerSourceRanges need service.type LoadBalancer (it is %s)" $v.service.type) }}
+{{- end }}
+{{- if and $v.ingress.enabled (not $v.ingress.hosts) }}
+{{- fail "ingress.hosts needs at least one host name, e.g. [digits.ml.example.com]" }}
+{{- end }}
+{{- if and (eq $v.updateStrategy.type "Recreate") $v.updateStrategy.rollingUpdate }}
+{{- fail "updateStrategy.rollingUpdate must be left out when updateStrategy.type is Recreate (set it to null)" }}
+{{- end }}
+{{- end }}
+
+{{/* gRPC TLS: one certificate source, and cert-manager's API when it is the source. */}}
+{{- define "triton-classifier.validateGrpcTls" -}}
+{{- $tls := .Values.security.grpcTls }}
+{{- if $tls.enabled }}
+{{- if and $tls.existingSecret $tls.certManager.enabled }}
+{{- fail "security.grpcTls: set existingSecret or certManager.enabled, not both" }}
+{{- end }}
+{{- if not (or $tls.existingSecret $tls.certManager.enabled) }}
+{{- fail "security.grpcTls.enabled needs a certificate: security.grpcTls.existingSecret (a kubernetes.io/tls Secret) or security.grpcTls.certManager.enabled" }}
+{{- end }}
+{{- if $tls.certManager.enabled }}
+{{- if not $tls.certManager.issuerRef.name }}
+{{- fail "security.grpcTls.certManager.issuerRef.name is required: the Issuer or ClusterIssuer that signs the gRPC certificate" }}
+{{- end }}
+{{- if not (include "triton-classifier.hasApi" (list . "cert-manager.io/v1")) }}
+{{- fail "security.grpcTls.certManager.enabled needs the cert-manager.io/v1 API: install cert-manager, or list the API in capabilities.assumeApiVersions for an offline render (without it the pods would wait for a Secret nobody writes)" }}
+{{- end }}
+{{- end }}
+{{- else if $tls.certManager.enabled }}
+{{- fail "security.grpcTls.certManager.enabled needs security.grpcTls.enabled" }}
+{{- end }}
+{{- end }}
+
+{{/* Extra volumes, mounts and containers must not collide with the chart's own. */}}
+{{- define "triton-classifier.validateExtras" -}}
+{{- $v := .Values }}
+{{- $reserved := list "dshm" "tmp" "liveness-probe" "model-repository" "model-source" "gcs-key" "grpc-tls" }}
+{{- $volumes := list }}
+{{- range $v.extraVolumes }}
+{{- if has .name $reserved }}{{- fail (printf "extraVolumes: the name %s is the chart's own volume; pick another" .name) }}{{- end }}
+{{- $volumes = append $volumes .name }}
+{{- end }}
+{{- range $v.extraVolumeMounts }}
+{{- if not (has .name $volumes) }}{{- fail (printf "extraVolumeMounts: %s is not a volume of extraVolumes" .name) }}{{- end }}
+{{- end }}
+{{- $containers := list "tritonserver" "copy-model-repository" "build-tensorrt-plan" }}
+{{- range concat $v.initContainers $v.sidecars }}
+{{- if has .name $containers }}{{- fail (printf "initContainers/sidecars: the name %s is taken (the chart's own, or used twice)" .name) }}{{- end }}
+{{- $containers = append $containers .name }}
+{{- end }}
 {{- end }}
 
 {{/* Checks one repository source. Call with (list <modelRepository values> "<values path>"). */}}
@@ -230,5 +344,30 @@ template.
 {{- fail (printf "%s.image.repository and .tag are required when %s.source is image" $path $path) }}
 {{- end }}
 {{- if eq (toString $r.image.tag) "latest" }}{{- fail (printf "%s.image.tag must be pinned, not latest" $path) }}{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Scrape settings shared by the ServiceMonitor endpoint and the PodMonitor endpoint. Call with (list <monitor values>
+<relabelings the chart adds first>).
+*/}}
+{{- define "triton-classifier.scrapeEndpoint" -}}
+{{- $m := index . 0 }}
+{{- $relabelings := concat (index . 1) $m.relabelings }}
+path: /metrics
+scheme: {{ $m.scheme }}
+interval: {{ $m.interval }}
+scrapeTimeout: {{ $m.scrapeTimeout }}
+{{- with $m.tlsConfig }}
+tlsConfig:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $relabelings }}
+relabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $m.metricRelabelings }}
+metricRelabelings:
+  {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
