@@ -130,8 +130,9 @@ def search(knobs: list[Knob], measure: MeasureFn, settings: SearchSettings,
                 # both pairs, so one lucky window on a shared machine does not move the search.
                 pairs = [(run(incumbent, settings.challenge_s, "challenge"), run(candidate, settings.challenge_s,
                                                                                  "challenge")) for _ in range(2)]
-                if all(d and c and better(c, d, d, settings.p99_ms, settings.margin / 2) for d, c in pairs):
-                    incumbent, incumbent_m, changed = candidate, pairs[-1][1], True
+                won = [c for d, c in pairs if d and c and better(c, d, d, settings.p99_ms, settings.margin / 2)]
+                if len(won) == len(pairs):
+                    incumbent, incumbent_m, changed = candidate, won[-1], True
             if result.stopped_by_budget:
                 break
         if not changed or result.stopped_by_budget:

@@ -154,13 +154,13 @@ def _check_writable(options: TuneOptions) -> None:
 
 
 def _refuse_if_over_budget(outcome: SearchResult, options: TuneOptions) -> None:
-    measured = [r for r in outcome.records if r.measurement is not None]
-    if not any(r.measurement.feasible(options.p99_ms) for r in measured):
-        best = min(measured, key=lambda r: r.measurement.worst_p99())
+    measured = [(r.candidate, r.measurement) for r in outcome.records if r.measurement is not None]
+    if not any(m.feasible(options.p99_ms) for _, m in measured):
+        best, best_m = min(measured, key=lambda pair: pair[1].worst_p99())
         raise LatencyBudgetError(
             f"no configuration met p99 <= {options.p99_ms:g} ms at concurrency "
             f"{','.join(map(str, options.settings.concurrencies))}: the best p99 reached was "
-            f"{best.measurement.worst_p99():.1f} ms ({best.candidate.label}); nothing was written "
+            f"{best_m.worst_p99():.1f} ms ({best.label}); nothing was written "
             f"(report in {options.report_dir})",
             hint="raise --p99-ms or drop the highest --concurrency")
     runs = outcome.confirm_winner
