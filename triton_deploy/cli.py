@@ -26,6 +26,7 @@ from .optimize.cli import add_optimize, add_tensorrt_check
 from .progress import Reporter
 from .repository.cli import add_repo
 from .server.cli import add_serve
+from .tuning.cli import add_tune
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,7 +63,7 @@ def _known_words(parser: argparse.ArgumentParser) -> set[str]:
 
 # In the order `--help` lists them: the pipeline first, then what builds on it.
 SUBCOMMANDS: list[Callable] = [add_export, add_repo, add_serve, add_classify, add_evaluate, add_loadtest, add_bench,
-                               add_optimize, add_tensorrt_check, add_monitor]
+                               add_optimize, add_tensorrt_check, add_tune, add_monitor]
 
 
 def build_parser() -> argparse.ArgumentParser:

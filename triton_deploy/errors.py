@@ -28,6 +28,7 @@ EXIT_CODES: dict[str, tuple[int, str]] = {
     "DemoError": (13, "a step of the demo failed"),
     "ChanceAccuracyError": (14, "export: accuracy no better than guessing (usually the wrong --scale)"),
     "TFLiteError": (15, "TFLite conversion failed, or a TFLite file cannot be loaded or fails validation"),
+    "LatencyBudgetError": (16, "tune: no configuration met the --p99-ms budget (the best p99 reached is named)"),
     "QuantizationError": (20, "a rewrite (onnxslim, float16, ONNX Runtime quantisation) failed"),
     "TensorRTCompatibilityError": (21, "the ONNX graph cannot be built into a TensorRT plan as it is"),
     "GateError": (22, "no optimised variant passed the accuracy gate, nothing to publish"),
@@ -132,3 +133,7 @@ class ClientError(TritonDeployError):
 
 class GateError(TritonDeployError):
     """No variant could be published (e.g. ``--publish`` while every variant failed the accuracy gate)."""
+
+
+class LatencyBudgetError(TritonDeployError):
+    """tune: no configuration kept p99 within the budget at every concurrency."""

@@ -1,0 +1,5 @@
+"""``triton-deploy tune``: the fastest configuration of a whole ensemble under a p99 budget, measured on real Triton."""
+
+from .tune import TuneOptions, TuneResult, tune
+
+__all__ = ["TuneOptions", "TuneResult", "tune"]

@@ -1,0 +1,194 @@
+"""``tune``: find the fastest configuration of a whole ensemble under a p99 latency budget, on the real Triton.
+
+``tune(options)`` checks everything it will write first, copies the repository, starts Triton in explicit model
+control on the copy, runs the search (``search.py``), writes the report and then the winning configuration: a new
+repository (``output``) or the original in place with each replaced config kept beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from triton_deploy.errors import LatencyBudgetError, Problem, UsageError, raise_problems
+from triton_deploy.fsutil import atomic_directory, check_output_dir
+from triton_deploy.progress import Reporter
+
+from . import report
+from .measure import Measurement, TuningServer, link_copy
+from .search import Record, SearchResult, SearchSettings, search
+from .space import FIELDS, Candidate, EnsembleConfigs
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    repository: Path
+    model: str
+    p99_ms: float
+    concurrencies: tuple[int, ...] = (1, 4, 8, 16)
+    budget_s: float = 600.0
+    output: Path | None = None  # a new repository with the winner; None with in_place
+    in_place: bool = False
+    report_dir: Path = Path("build/tune")
+    force: bool = False
+    image_dir: Path | None = None  # default: rendered digits (the preprocess step resizes any image)
+    only: tuple[str, ...] = ()  # knob fields to search (e.g. "instances"); empty: all of them
+    screen_s: float = 2.0
+    challenge_s: float = 4.0
+    confirm_s: float = 5.0
+    repeats: int = 3
+
+    def check(self) -> None:
+        """Every problem with the options at once, before anything runs."""
+        problems: list[Problem] = []
+        if not Path(self.repository).is_dir():
+            problems.append((f"repository {self.repository} does not exist", "check REPOSITORY"))
+        if self.p99_ms <= 0:
+            problems.append((f"--p99-ms {self.p99_ms:g} must be positive", "check --p99-ms"))
+        if not self.concurrencies or min(self.concurrencies) < 1:
+            problems.append((f"--concurrency {','.join(map(str, self.concurrencies))} needs values >= 1",
+                             "check --concurrency"))
+        if (self.output is None) == (not self.in_place):
+            problems.append(("say where the winning configuration goes", "give --output DIR or --in-place"))
+        if self.budget_s < self.minimum_budget_s:
+            problems.append((f"--budget {self.budget_s:g} s is too short to measure the start and confirm a winner "
+                             f"(at least {self.minimum_budget_s:.0f} s for {len(self.concurrencies)} concurrencies)",
+                             "raise --budget or give fewer --concurrency values"))
+        unknown = sorted(set(self.only) - set(FIELDS))
+        if unknown:
+            problems.append((f"--only {','.join(unknown)}: no such knob (knobs: {', '.join(FIELDS)})",
+                             "check --only"))
+        if self.repeats < 1:
+            problems.append(("--repeats must be at least 1", "check --repeats"))
+        raise_problems(problems)
+
+    @property
+    def minimum_budget_s(self) -> float:
+        windows = len(self.concurrencies) * (self.screen_s + 2 * self.repeats * self.confirm_s)
+        return windows + 30.0  # server start and reloads
+
+    @property
+    def settings(self) -> SearchSettings:
+        # The budget covers everything; the server start and the copy are paid before the search's clock starts.
+        return SearchSettings(concurrencies=tuple(sorted(set(self.concurrencies))), p99_ms=self.p99_ms,
+                              budget_s=self.budget_s - 20.0, screen_s=self.screen_s, challenge_s=self.challenge_s,
+                              confirm_s=self.confirm_s, repeats=self.repeats)
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    winner: Candidate
+    report: dict
+    report_dir: Path
+    written: Path  # the repository that now holds the winner
+
+
+def tune(options: TuneOptions, reporter: Reporter | None = None) -> TuneResult:
+    reporter = reporter or Reporter(quiet=True)
+    options.check()
+    repository = Path(options.repository)
+    configs = EnsembleConfigs.read(repository, options.model)
+    _check_writable(options)
+    knobs = [k for k in configs.knobs() if not options.only or k.field in options.only]
+    pool = _pool(options)
+    started = time.monotonic()
+    reporter.info(f"Tuning {options.model}: {len(knobs)} knobs ({', '.join(k.name for k in knobs)}), "
+                  f"concurrency {','.join(map(str, options.settings.concurrencies))}, p99 <= {options.p99_ms:g} ms, "
+                  f"budget {options.budget_s:.0f} s")
+    with tempfile.TemporaryDirectory(prefix="triton-deploy-tune-") as temp:
+        work = Path(temp) / "repository"
+        link_copy(repository, work)
+        server = TuningServer(work, options.model, Path(temp) / "triton.log")
+        with reporter.step("Starting Triton (explicit model control) on a copy of the repository"):
+            server.start()
+        with server:
+            server.loaded = configs.render(Candidate(), knobs)  # what Triton runs now, in the form we write
+            server.warm_up(pool, max(options.concurrencies), seconds=2.0)
+
+            def measure(candidate: Candidate, window_s: float) -> Measurement:
+                server.load(configs.render(candidate, knobs))
+                return server.measure(pool, options.settings.concurrencies, window_s)
+
+            outcome = search(knobs, measure, options.settings, on_record=lambda r: reporter.info(_progress_line(r)))
+    summary = report.summarise(outcome, knobs, options, elapsed_s=time.monotonic() - started)
+    report.write(summary, outcome, options.report_dir, options.p99_ms)
+    _refuse_if_over_budget(outcome, options)
+    written = _write_winner(configs, outcome.winner, knobs, options)
+    for line in report.conclusion_lines(summary):
+        reporter.info(line)
+    return TuneResult(outcome.winner, summary, options.report_dir, written)
+
+
+def _pool(options: TuneOptions):
+    from triton_deploy.loadtests.payloads import PoolOptions, load_pool
+
+    return load_pool(PoolOptions(image_dir=options.image_dir, count=64))
+
+
+def _progress_line(record: Record) -> str:
+    if record.measurement is None:
+        return f"  {record.stage:9} {record.candidate.label}: not loaded ({record.note})"
+    points = "  ".join(f"c={p.concurrency} {p.images_per_s:,.0f}/s p99 {p.p99_ms:.1f} ms"
+                       + (f" {p.failures} failed" if p.failures else "") for p in record.measurement.points)
+    return f"  {record.stage:9} {record.candidate.label}: {points}"
+
+
+def _check_writable(options: TuneOptions) -> None:
+    """Fail before the long measurement when an output cannot be written."""
+    targets = [options.report_dir]
+    if options.output is not None:
+        check_output_dir(Path(options.output), force=options.force)
+        targets.append(Path(options.output))
+    else:
+        targets += [p for p in Path(options.repository).glob("*/config.pbtxt")]
+    for target in targets:
+        existing = next((p for p in [Path(target), *Path(target).absolute().parents] if p.exists()), None)
+        if existing is None or not os.access(existing if existing.is_dir() else existing.parent, os.W_OK):
+            raise UsageError(f"cannot write {target}: {existing or 'no existing parent'} is not writable",
+                             hint="choose another --output / --report-dir, or fix the permissions")
+
+
+def _refuse_if_over_budget(outcome: SearchResult, options: TuneOptions) -> None:
+    measured = [(r.candidate, r.measurement) for r in outcome.records if r.measurement is not None]
+    if not any(m.feasible(options.p99_ms) for _, m in measured):
+        best, best_m = min(measured, key=lambda pair: pair[1].worst_p99())
+        raise LatencyBudgetError(
+            f"no configuration met p99 <= {options.p99_ms:g} ms at concurrency "
+            f"{','.join(map(str, options.settings.concurrencies))}: the best p99 reached was "
+            f"{best_m.worst_p99():.1f} ms ({best.label}); nothing was written "
+            f"(report in {options.report_dir})",
+            hint="raise --p99-ms or drop the highest --concurrency")
+    runs = outcome.confirm_winner
+    over = [point.concurrency for i, point in enumerate(runs[0].points if runs else ())
+            if statistics.median(m.points[i].p99_ms for m in runs) > options.p99_ms]
+    if over:
+        raise LatencyBudgetError(
+            f"the winner ({outcome.winner.label}) went over p99 {options.p99_ms:g} ms at concurrency "
+            f"{','.join(map(str, over))} in the confirmation runs (median); nothing was written "
+            f"(report in {options.report_dir})", hint="raise --p99-ms, or run again on a quieter machine")
+
+
+def _write_winner(configs: EnsembleConfigs, winner: Candidate, knobs, options: TuneOptions) -> Path:
+    """Write the configs the winner changes; every other file stays as it was (comments and formatting included)."""
+    start = configs.render(Candidate(), knobs)
+    texts = {name: text for name, text in configs.render(winner, knobs).items() if text != start[name]}
+    if options.output is not None:
+        with atomic_directory(Path(options.output), force=options.force) as staging:
+            shutil.rmtree(staging)
+            shutil.copytree(options.repository, staging, ignore=shutil.ignore_patterns("__pycache__"))
+            for name, text in texts.items():
+                (staging / name / "config.pbtxt").write_text(text, encoding="utf-8")
+        return Path(options.output)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name, text in texts.items():
+        path = Path(options.repository) / name / "config.pbtxt"
+        shutil.copy2(path, path.with_name(f"config.pbtxt.before-tune-{stamp}"))  # the previous config, kept
+        staging = path.with_name("config.pbtxt.tune-tmp")
+        staging.write_text(text, encoding="utf-8")
+        staging.replace(path)
+    return Path(options.repository)
