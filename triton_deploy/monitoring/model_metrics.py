@@ -30,6 +30,11 @@ IMAGES = "triton_classifier_images_total"  # counter {model, version, format, en
 IMAGE_PIXELS = "triton_classifier_image_pixels"  # histogram {model, version}: width x height of decoded images
 DECODE_FAILURES = "triton_classifier_decode_failures_total"  # counter {model, version, reason}
 HISTOGRAMS = (CONFIDENCE, MARGIN, IMAGE_PIXELS)  # exposed as <name>_bucket{le=...}, <name>_sum, <name>_count
+METRICS = (PREDICTIONS, CONFIDENCE, MARGIN, LOW_CONFIDENCE, DRIFT, DRIFT_WINDOW, REFERENCE_RATIO, IMAGES, IMAGE_PIXELS,
+           DECODE_FAILURES)
+# The series names Prometheus stores (what PromQL selects): a histogram as its three series.
+SERIES = tuple(series for name in METRICS
+               for series in ((f"{name}_bucket", f"{name}_sum", f"{name}_count") if name in HISTOGRAMS else (name,)))
 
 DRIFT_DISTRIBUTIONS = ("class", "confidence")
 

@@ -202,6 +202,7 @@ def _ensemble_view(before: Scrape, after: Scrape, ensemble: str, seconds: float,
         "drift_window_predictions": window,
         "images_per_s": round(received / seconds, 2),
         "images_by_format": {k: v for k, v in images.items() if v},
+        "images_by_encoding": {k: v for k, v in increase(mm.IMAGES, "encoding").items() if v},
         "decode_failures_per_s": {k: round(v / seconds, 2) for k, v in failures.items() if v},
         "decode_failure_ratio": _round(sum(failures.values()) / received if received else None),
         "decode_failures_total": {k: v for k, v in after.by_label(mm.DECODE_FAILURES, "reason", ensemble).items()
