@@ -15,7 +15,10 @@ CHART_FILES = ROOT / "helm" / "triton-classifier" / "files"
 def test_python_models_read_and_write_the_contract_tensors():
     assert f'INPUT = "{contract.IMAGE}"' in (PYTHON_MODELS / "preprocess.py").read_text()
     postprocess = (PYTHON_MODELS / "postprocess.py").read_text()
-    assert all(f'pb_utils.Tensor("{name}"' in postprocess for name in contract.OUTPUTS)
+    assert all(f'pb_utils.Tensor("{name}"' in postprocess for name in (*contract.OUTPUTS, contract.PROBABILITIES))
+    # The label probe's mark, looked for as a JSON key in the request's parameters.
+    assert f"TOOLING_PARAMETER = '\"{contract.TOOLING_PARAMETER}\"'" in postprocess
+    assert not contract.TOOLING_PARAMETER.startswith("triton_")  # Triton refuses request parameters named so
 
 
 def test_chart_scripts_use_the_contract_tensors():
