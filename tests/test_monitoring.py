@@ -134,6 +134,23 @@ def png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+class FakeRequest:
+    """What the python models read of a request here: its parameters, as Triton's JSON string."""
+
+    def __init__(self, parameters: dict) -> None:
+        self.text = json.dumps(parameters)
+
+    def parameters(self) -> str:
+        return self.text
+
+
+def test_traffic_rows_leave_out_the_rows_of_requests_marked_as_tooling():
+    traffic, probe = FakeRequest({}), FakeRequest({mm.TOOLING_PARAMETER: "label-probe"})
+    assert mm.traffic_rows([traffic, FakeRequest({"priority": 1})], [2, 3]) is None  # the usual case: no mask
+    assert mm.traffic_rows([traffic, probe, traffic], [2, 3, 1]).tolist() == [True, True, False, False, False, True]
+    assert not mm.traffic_rows([probe], [4]).any()
+
+
 def test_preprocess_batch_reports_format_size_and_failure_reason_per_image():
     transform = ImageTransform(height=8, width=8, color_mode="L", max_pixels=10_000, max_bytes=100_000)
     good, jpeg = png(40, 20), io.BytesIO()

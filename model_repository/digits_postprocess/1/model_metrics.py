@@ -179,6 +179,29 @@ class MetricSet:
         return family.Metric(labels=self.base_labels, buckets=[float(b) for b in bounds])
 
 
+# A request parameter marking tooling traffic (the clients' label probe, health checks): answered, never counted.
+# The same as triton_deploy.contract.TOOLING_PARAMETER (this file cannot import the package; a test checks).
+TOOLING_PARAMETER = "tooling"
+_TOOLING_KEY = f'"{TOOLING_PARAMETER}"'
+
+
+def traffic_rows(requests, rows_per_request: list[int]) -> np.ndarray | None:
+    """Per batch row, whether it belongs to a request that is traffic rather than tooling; None when every request
+    is traffic (the usual case: no mask to apply). Looks for the key in each request's parameters (a JSON string)
+    without parsing it, so the check costs about a microsecond per request."""
+    tooling = [_is_tooling(request) for request in requests]
+    if not any(tooling):
+        return None
+    return np.repeat(np.logical_not(tooling), rows_per_request)
+
+
+def _is_tooling(request) -> bool:
+    try:
+        return _TOOLING_KEY in request.parameters()
+    except AttributeError:  # python backends before request parameters existed
+        return False
+
+
 def warmup_executions(model_config: dict) -> int:
     """How many times Triton runs ``execute`` for the config's ``model_warmup`` samples before the model is ready
     (``count`` times each, 1 when unset). The models leave those batches out of their metrics: a warmup sample is

@@ -22,8 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import model_metrics as mm  # noqa: E402  (copied beside this file)
 from postprocessing import label_lookup, softmax, top_k  # noqa: E402
 
-TOOLING_PARAMETER = '"tooling"'  # as a JSON key in the request's parameters (triton_deploy.contract)
-
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -60,11 +58,11 @@ class TritonPythonModel:
         if self.warmup_batches:
             self.warmup_batches -= 1  # Triton warms the model up before it is ready: not traffic
         elif self.metrics is not None:
-            traffic = [not _is_tooling(r) for r in requests]
-            if all(traffic):
+            traffic = mm.traffic_rows(requests, [len(a) for a in arrays])
+            if traffic is None:
                 self.metrics.record(scores)
-            elif any(traffic):
-                self.metrics.record(scores[np.repeat(traffic, [len(a) for a in arrays])])
+            elif traffic.any():
+                self.metrics.record(scores[traffic])
         return responses
 
     def finalize(self):
@@ -131,14 +129,6 @@ class PredictionMetrics:
 
     def close(self):
         self.buffer.close()
-
-
-def _is_tooling(request):
-    """Whether the request is marked as tooling traffic (a substring test: no JSON parsing per request)."""
-    try:
-        return TOOLING_PARAMETER in request.parameters()
-    except AttributeError:  # python backends before request parameters existed
-        return False
 
 
 def _same(new, old):

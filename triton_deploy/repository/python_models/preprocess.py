@@ -5,6 +5,7 @@ beside it. Sizes and normalisation come from ``config.pbtxt`` parameters. Every 
 call: images are decoded one by one (Pillow's C code), then normalised as one array. An image that cannot be decoded
 fails its own request with a message naming the problem; the other requests in the batch are answered normally.
 An element that is base64 text of an image (a JSON-only request) is decoded first (``preprocessing.from_base64``).
+Requests carrying the ``tooling`` parameter (health checks) are answered but not counted.
 With ``monitoring`` on, every batch counts images by detected format and encoding, observes their sizes in a
 histogram, and counts decode failures by reason (queued per batch; a background thread sends them to Triton).
 """
@@ -44,7 +45,9 @@ class TritonPythonModel:
         if self.warmup_batches:
             self.warmup_batches -= 1  # Triton warms the model up before it is ready: not traffic
         elif self.metrics is not None:
-            self.metrics.record(batch)
+            traffic = mm.traffic_rows(requests, counts)  # requests marked as tooling are not counted
+            if traffic is None or traffic.any():
+                self.metrics.record(batch, traffic)
         all_decoded = len(decoded) == len(images)
         row_of = {image: row for row, image in enumerate(decoded)}
 
@@ -88,8 +91,12 @@ class ImageMetrics:
                                           "COUNTER", "reason", mm.DECODE_REASONS)
         self.buffer = mm.MetricBuffer(self._summarise)
 
-    def record(self, batch):
-        self.buffer.put((batch.formats, batch.pixels, batch.reasons, batch.encodings))
+    def record(self, batch, traffic=None):
+        """Queue the batch's per-image facts; ``traffic`` (a mask per image, or None for all) leaves tooling out."""
+        facts = (batch.formats, batch.pixels, batch.reasons, batch.encodings)
+        if traffic is not None:
+            facts = tuple([value for value, keep in zip(values, traffic, strict=True) if keep] for values in facts)
+        self.buffer.put(facts)
 
     def _summarise(self, batches):
         other, encodings = self.format_index["other"], len(mm.IMAGE_ENCODINGS)
