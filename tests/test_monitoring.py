@@ -144,6 +144,20 @@ class FakeRequest:
         return self.text
 
 
+def test_observe_all_observes_each_finite_value_once():
+    class Histogram:
+        def __init__(self) -> None:
+            self.values: list[float] = []
+
+        def observe(self, value: float) -> None:
+            self.values.append(value)
+
+    histogram = Histogram()
+    mm.observe_all(histogram, np.array([0.5, np.nan, 1.0, np.inf, 0.25], dtype=np.float32))
+    mm.observe_all(histogram, [])
+    assert histogram.values == [0.5, 1.0, 0.25]
+
+
 def test_traffic_rows_leave_out_the_rows_of_requests_marked_as_tooling():
     traffic, probe = FakeRequest({}), FakeRequest({mm.TOOLING_PARAMETER: "label-probe"})
     assert mm.traffic_rows([traffic, FakeRequest({"priority": 1})], [2, 3]) is None  # the usual case: no mask

@@ -209,9 +209,11 @@ def warmup_executions(model_config: dict) -> int:
     return sum(max(1, int(sample.get("count", 1) or 1)) for sample in model_config.get("model_warmup", []))
 
 
-def observe_all(histogram, values: np.ndarray) -> None:
-    """Observe every value (one call each: Triton's observe takes one value)."""
-    for value in np.asarray(values, dtype=np.float64).tolist():
+def observe_all(histogram, values) -> None:
+    """Observe every finite value (one call each: Triton's observe takes one value). A NaN (a model emitting NaN
+    scores) would make the histogram's _sum NaN for the life of the server, so it is left out."""
+    values = np.asarray(values, dtype=np.float64)
+    for value in values[np.isfinite(values)].tolist():
         histogram.observe(value)
 
 
