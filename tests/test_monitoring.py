@@ -399,3 +399,31 @@ def test_evaluate_raises_the_prediction_count_by_exactly_the_images_it_evaluated
     evaluate(EvaluateOptions(data_dir=tmp_path / "data", output=tmp_path / "report", url=triton_server.grpc_url,
                              protocol="grpc"))
     assert predictions() - before == 24
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_a_request_marked_as_tooling_is_answered_but_not_counted_even_through_the_ensemble(triton_server,
+                                                                                            heldout_digits):
+    """Health checks and probes carry the `tooling` request parameter; Triton passes an ensemble request's
+    parameters on to its steps, so neither the preprocess nor the postprocess step counts them."""
+    import tritonclient.http as httpclient
+
+    from conftest import encode_digit
+
+    url = MonitorOptions(metrics_url=f"127.0.0.1:{triton_server.options.metrics_port}").url
+
+    def counts() -> tuple[float, float]:
+        time.sleep(1.5)  # longer than the metric flush period (0.5 s)
+        scrape = Scrape.read(url)
+        return scrape.total(mm.PREDICTIONS, "digits") or 0.0, scrape.total(mm.IMAGES, "digits") or 0.0
+
+    client = httpclient.InferenceServerClient(triton_server.http_url)
+    tensor = httpclient.InferInput("IMAGE", [2, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[encode_digit(p)] for p in heldout_digits[0][:2]], dtype=np.object_))
+    before = counts()
+    answer = client.infer("digits", [tensor], parameters={"tooling": "liveness-probe"})
+    assert answer.as_numpy("CLASS_IDS").shape == (2, 5)
+    assert counts() == before
+    client.infer("digits", [tensor])
+    assert counts() == (before[0] + 2, before[1] + 2)
