@@ -93,10 +93,10 @@ class ImageMetrics:
 
     def record(self, batch, traffic=None):
         """Queue the batch's per-image facts; ``traffic`` (a mask per image, or None for all) leaves tooling out."""
-        facts = (batch.formats, batch.pixels, batch.reasons, batch.encodings)
+        facts = [batch.formats, batch.pixels, batch.reasons, batch.encodings]
         if traffic is not None:
-            facts = tuple([value for value, keep in zip(values, traffic, strict=True) if keep] for values in facts)
-        self.buffer.put(facts)
+            facts = [[value for value, keep in zip(values, traffic, strict=True) if keep] for values in facts]
+        self.buffer.put(tuple(facts))
 
     def _summarise(self, batches):
         other, encodings = self.format_index["other"], len(mm.IMAGE_ENCODINGS)
