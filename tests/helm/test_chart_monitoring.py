@@ -256,3 +256,13 @@ def test_dashboard_queries_only_metrics_triton_exports(dashboard):
     # Every metric named in the issues is on the dashboard (the drift window is only context for the score).
     assert CPU_SERVER_METRICS | PREDICTION_METRICS - {mm.DRIFT_WINDOW} <= used, (
         CPU_SERVER_METRICS | PREDICTION_METRICS - used)
+
+
+def test_dashboard_reads_the_distributions_as_histograms(dashboard):
+    """Confidence, margin and input size are Prometheus histograms: quantiles over their buckets summed by le, means
+    from _sum over _count, never a `bucket` label."""
+    queries = dashboard_queries(dashboard)
+    for histogram in mm.HISTOGRAMS:
+        assert any(q.startswith("histogram_quantile(0.5, sum by (le) (rate(" + histogram + "_bucket{") for q in queries)
+        assert any(f"{histogram}_sum{{" in q and f"{histogram}_count{{" in q for q in queries)
+    assert not any("bucket)" in q or "{{bucket}}" in q for q in queries)
