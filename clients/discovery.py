@@ -9,7 +9,8 @@ tensor = labels), not by name. For client-side preprocessing the member models a
 ``<model>_classifier`` and ``<model>_postprocess`` (the names ``triton-deploy repo`` gives them). The labels and
 whether the classifier emits logits are asked of the postprocess model itself: one batch of one-hot rows, whose
 top-1 answers are the labels in class order and whose scores show whether a softmax was applied. So the client
-uses the server's own labels without admin rights, and both modes produce the same answers.
+uses the server's own labels without admin rights, and both modes produce the same answers. The probe carries the
+``tooling`` request parameter, so the postprocess model leaves it out of its prediction metrics.
 
 Written as generators that yield ``Call``s and receive their results, so one implementation serves the sync and the
 asyncio clients (see ``drive`` of the transports in ``transport.py``).
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from triton_deploy.contract import PROBABILITIES, TOOLING_PARAMETER
 from triton_deploy.errors import ManifestError
 from triton_deploy.postprocessing import softmax
 from triton_deploy.preprocessing import ImageTransform
@@ -42,6 +44,7 @@ class Call:
     inputs: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)  # name -> (Triton dtype, array)
     outputs: tuple[TensorSpec, ...] = ()
     version: str = ""  # "" = the version the server's policy picks (the latest)
+    parameters: dict[str, str] = field(default_factory=dict)  # request parameters (infer only)
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,9 @@ def discover_ensemble(model: str, max_batch_size: int | None) -> Generator[Call,
         raise ModelMismatchError(f"model '{model}' takes {len(inputs)} inputs; an image classifier ensemble takes "
                                  "one (encoded image bytes)", hint="check --model")
     class_ids = _one(outputs, ("INT64", "INT32"), model, "class-id output")
-    scores = _one(outputs, ("FP32", "FP16", "FP64"), model, "score output")
+    # PROBABILITIES (every class, for Triton's classification extension) is not one of the ranked outputs.
+    ranked = [s for s in outputs if s.name != PROBABILITIES]
+    scores = _one(ranked, ("FP32", "FP16", "FP64"), model, "score output")
     labels = _one(outputs, ("BYTES",), model, "label output")
     top_k = scores.shape[-1] if scores.shape else -1
     if top_k < 1:
@@ -190,7 +195,7 @@ def _probe_postprocess(post: str, batch_size: int,
     classes = classes or (post_in.shape[-1] if post_in.shape else -1)
     if classes < 2:
         raise ModelMismatchError(f"'{post}' takes scores of shape {list(post_in.shape)}; expected (batch, classes)")
-    post_out = tensors(post_meta, "outputs")
+    post_out = [s for s in tensors(post_meta, "outputs") if s.name != PROBABILITIES]
     post_scores = _one(post_out, ("FP32", "FP16", "FP64"), post, "score output")
     post_labels = _one(post_out, ("BYTES",), post, "label output")
     probe = np.eye(classes, dtype=np.float32)
@@ -198,7 +203,9 @@ def _probe_postprocess(post: str, batch_size: int,
     top1: list[float] = []
     for start in range(0, classes, batch_size):
         rows = probe[start:start + batch_size]
-        answer = yield Call("infer", post, {post_in.name: (post_in.dtype, rows)}, (post_scores, post_labels))
+        # Marked as tooling: the postprocess model answers it without counting it as predictions.
+        answer = yield Call("infer", post, {post_in.name: (post_in.dtype, rows)}, (post_scores, post_labels),
+                            parameters={TOOLING_PARAMETER: "label-probe"})
         labels += [_text(v) for v in answer[post_labels.name][:, 0]]
         top1 += [float(v) for v in answer[post_scores.name][:, 0]]
     return labels, top1

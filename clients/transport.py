@@ -308,8 +308,10 @@ def _call(protocol: _Protocol, call: Call, slot: Slot | None) -> Program[Any]:
     if slot is not None:
         yield from _register(protocol, slot, request, call.model)
         request.bind()
+    extra = {"parameters": call.parameters} if call.parameters else {}  # e.g. the tooling mark of a probe
     result = yield Op("infer", (call.model, request.inputs), {"model_version": call.version,
-                                                              "outputs": request.output_objects(), **protocol.kw()},
+                                                              "outputs": request.output_objects(), **extra,
+                                                              **protocol.kw()},
                       call.model)
     return request.answer(result)
 

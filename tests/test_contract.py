@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from triton_deploy import contract
+from triton_deploy.monitoring import model_metrics as mm
 
 ROOT = Path(__file__).parent.parent
 PYTHON_MODELS = ROOT / "triton_deploy" / "repository" / "python_models"
@@ -15,7 +16,11 @@ CHART_FILES = ROOT / "helm" / "triton-classifier" / "files"
 def test_python_models_read_and_write_the_contract_tensors():
     assert f'INPUT = "{contract.IMAGE}"' in (PYTHON_MODELS / "preprocess.py").read_text()
     postprocess = (PYTHON_MODELS / "postprocess.py").read_text()
-    assert all(f'pb_utils.Tensor("{name}"' in postprocess for name in contract.OUTPUTS)
+    assert all(f'pb_utils.Tensor("{name}"' in postprocess for name in (*contract.OUTPUTS, contract.PROBABILITIES))
+    # The tooling mark (the label probe's), looked for by the python models through the copied model_metrics.
+    assert mm.TOOLING_PARAMETER == contract.TOOLING_PARAMETER and "mm.traffic_rows(" in postprocess
+    assert "mm.traffic_rows(" in (PYTHON_MODELS / "preprocess.py").read_text()
+    assert not contract.TOOLING_PARAMETER.startswith("triton_")  # Triton refuses request parameters named so
 
 
 def test_chart_scripts_use_the_contract_tensors():

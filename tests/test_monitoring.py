@@ -15,7 +15,7 @@ from PIL import Image
 
 from triton_deploy.errors import ManifestError, UsageError
 from triton_deploy.monitoring import model_metrics as mm
-from triton_deploy.monitoring.monitor import MonitorOptions, Scrape, take_snapshot
+from triton_deploy.monitoring.monitor import MonitorOptions, Scrape, histogram_quantile, take_snapshot
 from triton_deploy.preprocessing import ImageTransform
 from triton_deploy.spec import Manifest, Reference
 
@@ -35,8 +35,22 @@ def test_js_distance_is_zero_for_equal_one_for_disjoint_and_symmetric():
 def test_bucket_index_puts_a_bound_in_its_own_bucket_like_prometheus_le():
     bounds = (0.2, 0.5, 1.0)
     assert mm.bucket_index(np.array([0.0, 0.2, 0.21, 0.5, 1.0, 1.5]), bounds).tolist() == [0, 0, 1, 1, 2, 2]
-    assert mm.bucket_labels(bounds) == ("0-0.2", "0.2-0.5", "0.5-1")
-    assert mm.bucket_labels((1024.0, 4096.0)) == ("0-1024", "1024-4096")
+
+
+def test_histogram_quantile_interpolates_inside_the_bucket_like_promql():
+    buckets = {0.5: 2.0, 1.0: 4.0, float("inf"): 4.0}  # cumulative, as Prometheus stores le buckets
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.5)
+    assert histogram_quantile(0.75, buckets) == pytest.approx(0.75)
+    assert histogram_quantile(0.25, buckets) == pytest.approx(0.25)
+    assert histogram_quantile(0.5, {1.0: 0.0, float("inf"): 0.0}) is None
+    assert histogram_quantile(0.9, {0.5: 1.0, float("inf"): 4.0}) == 0.5  # in +Inf: the highest finite bound
+
+
+def test_series_names_spell_histograms_as_prometheus_stores_them():
+    assert f"{mm.CONFIDENCE}_bucket" in mm.SERIES and f"{mm.IMAGE_PIXELS}_count" in mm.SERIES
+    assert mm.CONFIDENCE not in mm.SERIES and mm.PREDICTIONS in mm.SERIES
+    counters = [name for name in mm.SERIES if name.endswith("_total")]
+    assert counters and all(name not in mm.HISTOGRAMS for name in counters)
 
 
 def test_top_two_gives_class_confidence_and_margin_per_row():
@@ -120,6 +134,37 @@ def png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+class FakeRequest:
+    """What the python models read of a request here: its parameters, as Triton's JSON string."""
+
+    def __init__(self, parameters: dict) -> None:
+        self.text = json.dumps(parameters)
+
+    def parameters(self) -> str:
+        return self.text
+
+
+def test_observe_all_observes_each_finite_value_once():
+    class Histogram:
+        def __init__(self) -> None:
+            self.values: list[float] = []
+
+        def observe(self, value: float) -> None:
+            self.values.append(value)
+
+    histogram = Histogram()
+    mm.observe_all(histogram, np.array([0.5, np.nan, 1.0, np.inf, 0.25], dtype=np.float32))
+    mm.observe_all(histogram, [])
+    assert histogram.values == [0.5, 1.0, 0.25]
+
+
+def test_traffic_rows_leave_out_the_rows_of_requests_marked_as_tooling():
+    traffic, probe = FakeRequest({}), FakeRequest({mm.TOOLING_PARAMETER: "label-probe"})
+    assert mm.traffic_rows([traffic, FakeRequest({"priority": 1})], [2, 3]) is None  # the usual case: no mask
+    assert mm.traffic_rows([traffic, probe, traffic], [2, 3, 1]).tolist() == [True, True, False, False, False, True]
+    assert not mm.traffic_rows([probe], [4]).any()
+
+
 def test_preprocess_batch_reports_format_size_and_failure_reason_per_image():
     transform = ImageTransform(height=8, width=8, color_mode="L", max_pixels=10_000, max_bytes=100_000)
     good, jpeg = png(40, 20), io.BytesIO()
@@ -130,6 +175,7 @@ def test_preprocess_batch_reports_format_size_and_failure_reason_per_image():
     assert batch.reasons == ["", "empty", "not_an_image", "truncated", "too_many_pixels", "too_many_bytes", ""]
     assert batch.formats == ["png", "unknown", "unknown", "png", "png", "unknown", "jpeg"]
     assert batch.pixels == [800, 0, 0, 0, 0, 0, 256]
+    assert batch.encodings == ["binary"] * 7
     # The plain API is unchanged: same tensor, same indices and messages.
     tensor, ok, errors = transform.preprocess(images)
     assert ok == batch.ok and errors == batch.errors and np.array_equal(tensor, batch.tensor)
@@ -220,7 +266,11 @@ def test_monitor_snapshot_counts_what_the_server_answered(triton_server, heldout
     assert {k: v["predictions"] for k, v in view["classes"].items() if v["predictions"]} == {
         str(k): float(answered.count(k)) for k in set(answered)}
     assert sum(v["reference_share"] for v in view["classes"].values()) == pytest.approx(1.0, abs=1e-3)
-    assert view["images_by_format"] == {"png": 30.0}
+    assert view["images_by_format"] == {"png": 30.0} and view["images_by_encoding"] == {"binary": 30.0}
+    # The confidence histogram counted every prediction; its median (as histogram_quantile computes it) is a
+    # probability.
+    assert view["confidence_buckets"]["+Inf"] == 30.0
+    assert 0.0 < view["median_confidence"] <= 1.0
     assert set(snapshot.models) == {"digits", "digits_preprocess", "digits_classifier", "digits_postprocess"}
     assert snapshot.models["digits"]["images_per_s"] > 0
     assert snapshot.to_dict()["ensembles"]["digits"]["classes"]  # serialisable for --json
@@ -262,3 +312,118 @@ def test_monitor_names_the_flag_when_the_endpoint_does_not_answer(capsys):
     assert main(["monitor", "--once", "--metrics-url", f"127.0.0.1:{port}"]) == 10
     error = capsys.readouterr().err.strip()
     assert "cannot read Triton metrics" in error and "--metrics-url" in error and "\n" not in error
+
+
+# ---- what the project's metrics look like to Prometheus' own tools, and monitor's one-line errors -----------------
+
+
+def our_series(text: str) -> str:
+    """The lines of a /metrics page that belong to the project's metric families (HELP, TYPE and samples)."""
+    kept, ours = [], False
+    for line in text.splitlines():
+        if line.startswith("# "):
+            ours = line.split()[2].startswith("triton_classifier_")
+        elif line:
+            ours = line.startswith("triton_classifier_")
+        if ours:
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_every_series_the_project_defines_passes_promtool_check_metrics(triton_server, heldout_digits):
+    import shutil
+    import subprocess
+
+    from conftest import encode_digit
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not installed: run scripts/setup-system.sh (Debian package 'prometheus')")
+    send(triton_server, [encode_digit(pixels) for pixels in heldout_digits[0][:5]])
+    time.sleep(1.5)  # the models flush their metrics every 0.5 s
+    url = MonitorOptions(metrics_url=f"127.0.0.1:{triton_server.options.metrics_port}").url
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = our_series(response.read().decode())
+    families = {line.split()[2]: line.split()[3] for line in text.splitlines() if line.startswith("# TYPE")}
+    assert set(families) == set(mm.METRICS)
+    assert {name for name, kind in families.items() if kind == "histogram"} == set(mm.HISTOGRAMS)
+    assert f'{mm.CONFIDENCE}_bucket{{model="digits",version="1",le="+Inf"}}' in text
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_monitor_refuses_a_model_the_server_does_not_have_and_names_those_it_has(triton_server, capsys):
+    from triton_deploy.cli import main
+
+    code = main(["monitor", "--once", "--model", "digitz", "--interval", "0.1",
+                 "--metrics-url", f"127.0.0.1:{triton_server.options.metrics_port}"])
+    error = capsys.readouterr().err.strip()
+    assert code == 31 and "no model digitz" in error and "digits, digits_classifier" in error and "\n" not in error
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_monitor_pointed_at_the_grpc_port_says_so_in_one_line(triton_server, capsys):
+    from triton_deploy.cli import main
+
+    code = main(["monitor", "--once", "--metrics-url", f"127.0.0.1:{triton_server.options.grpc_port}"])
+    error = capsys.readouterr().err.strip()
+    assert code == 10 and "not with HTTP" in error and "--metrics-url" in error and "\n" not in error
+    assert "Traceback" not in error
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_evaluate_raises_the_prediction_count_by_exactly_the_images_it_evaluated(triton_server, heldout_digits,
+                                                                                  tmp_path):
+    """evaluate's label probe (one-hot rows sent to digits_postprocess) is tooling traffic, not predictions."""
+    from conftest import encode_digit
+    from triton_deploy.clients.evaluate import EvaluateOptions, evaluate
+
+    images, labels = heldout_digits
+    for n, (pixels, label) in enumerate(zip(images[:24], labels[:24], strict=True)):
+        folder = tmp_path / "data" / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{n}.png").write_bytes(encode_digit(pixels))
+    url = MonitorOptions(metrics_url=f"127.0.0.1:{triton_server.options.metrics_port}").url
+
+    def predictions() -> float:
+        time.sleep(1.5)  # longer than the metric flush period (0.5 s)
+        return Scrape.read(url).total(mm.PREDICTIONS, "digits") or 0.0
+
+    before = predictions()
+    evaluate(EvaluateOptions(data_dir=tmp_path / "data", output=tmp_path / "report", url=triton_server.grpc_url,
+                             protocol="grpc"))
+    assert predictions() - before == 24
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_a_request_marked_as_tooling_is_answered_but_not_counted_even_through_the_ensemble(triton_server,
+                                                                                            heldout_digits):
+    """Health checks and probes carry the `tooling` request parameter; Triton passes an ensemble request's
+    parameters on to its steps, so neither the preprocess nor the postprocess step counts them."""
+    import tritonclient.http as httpclient
+
+    from conftest import encode_digit
+
+    url = MonitorOptions(metrics_url=f"127.0.0.1:{triton_server.options.metrics_port}").url
+
+    def counts() -> tuple[float, float]:
+        time.sleep(1.5)  # longer than the metric flush period (0.5 s)
+        scrape = Scrape.read(url)
+        return scrape.total(mm.PREDICTIONS, "digits") or 0.0, scrape.total(mm.IMAGES, "digits") or 0.0
+
+    client = httpclient.InferenceServerClient(triton_server.http_url)
+    tensor = httpclient.InferInput("IMAGE", [2, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[encode_digit(p)] for p in heldout_digits[0][:2]], dtype=np.object_))
+    before = counts()
+    answer = client.infer("digits", [tensor], parameters={"tooling": "liveness-probe"})
+    assert answer.as_numpy("CLASS_IDS").shape == (2, 5)
+    assert counts() == before
+    client.infer("digits", [tensor])
+    assert counts() == (before[0] + 2, before[1] + 2)

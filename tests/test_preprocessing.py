@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 
 import numpy as np
@@ -136,3 +137,32 @@ def test_classify_takes_probabilities_as_they_are_and_caps_k():
     ids, scores = classify(probabilities, 10, logits=False)
     assert ids.tolist() == [[1, 2, 0]] and scores[0].tolist() == pytest.approx([0.7, 0.2, 0.1])
     assert label_lookup(["a", "b", "c"])[ids].tolist() == [[b"b", b"c", b"a"]]
+
+
+@pytest.mark.parametrize("wrap", [
+    pytest.param(lambda data: base64.b64encode(data), id="base64"),
+    pytest.param(lambda data: base64.encodebytes(data), id="mime-line-breaks"),
+    pytest.param(lambda data: base64.urlsafe_b64encode(data), id="url-safe"),
+    pytest.param(lambda data: b"data:image/png;base64," + base64.b64encode(data), id="data-url"),
+])
+def test_base64_text_of_an_image_decodes_like_the_image(wrap):
+    """What a JSON-only request carries: Triton passes the string's characters, base64 and all."""
+    transform = ImageTransform(height=8, width=8, color_mode="L")
+    image = io.BytesIO()
+    Image.fromarray(np.arange(16 * 12, dtype=np.uint8).reshape(12, 16)).save(image, format="PNG")
+    batch = transform.preprocess_batch([image.getvalue(), wrap(image.getvalue())])
+    assert batch.ok == [0, 1] and batch.errors == ["", ""]
+    assert batch.formats == ["png", "png"] and batch.encodings == ["binary", "base64"] and batch.pixels == [192, 192]
+    assert np.array_equal(batch.tensor[0], batch.tensor[1])
+
+
+@pytest.mark.parametrize(("data", "extra"), [
+    (b"this is not an image", ""),
+    (base64.b64encode(b"plain text, then encoded"), "base64 text, of something that is not an image"),
+    (b"GIF89a", ""),  # ASCII, but too short to be an image and not base64 of one
+])
+def test_an_element_that_is_neither_image_nor_base64_of_one_keeps_the_clear_error(data, extra):
+    transform = ImageTransform(height=8, width=8, color_mode="L")
+    batch = transform.preprocess_batch([data])
+    assert batch.ok == [] and batch.reasons == ["not_an_image"]
+    assert batch.errors[0].startswith("cannot decode image: not a supported image format") and extra in batch.errors[0]

@@ -105,7 +105,9 @@ def test_repository_layout_and_warmup_files(export, tmp_path):
     assert (repo / "tiny" / "1").is_dir()
     assert (repo / "tiny_preprocess" / "1" / "preprocessing.py").is_file()
     assert (repo / "tiny_postprocess" / "1" / "postprocessing.py").is_file()
-    assert (repo / "tiny_postprocess" / "labels.txt").read_text().splitlines() == ["label 0", "label 1", "label 2"]
+    # Beside every config whose outputs name it as label_filename (Triton's classification extension reads it).
+    for model in ("tiny_postprocess", "tiny_classifier", "tiny"):
+        assert (repo / model / "labels.txt").read_text().splitlines() == ["label 0", "label 1", "label 2"]
     sample = (export / "sample.png").read_bytes()
     warm = (repo / "tiny_preprocess" / "warmup" / "sample_image").read_bytes()
     assert int.from_bytes(warm[:4], "little") == len(sample) and warm[4:] == sample  # Triton's BYTES layout

@@ -14,6 +14,17 @@ CLASS_IDS = "CLASS_IDS"
 SCORES = "SCORES"
 LABELS = "LABELS"
 OUTPUTS = (CLASS_IDS, SCORES, LABELS)
+# One more ensemble output, for Triton's classification extension (``class_count``): every class's probability (FP32,
+# in class order) with the labels file attached, so a stock client asking for class_count=k gets "score:index:label"
+# of the true top k. The top-k outputs above are already ranked, and class_count on them is meaningless (and on the
+# BYTES one crashes Triton 2.51). Not requested by the project's own clients.
+PROBABILITIES = "PROBABILITIES"
+# The file of labels, one per line in class order, in every model directory whose outputs Triton may classify.
+LABELS_FILE = "labels.txt"
+
+# A request parameter marking tooling traffic (the clients' label probe): the postprocess model answers it but leaves
+# it out of the prediction metrics. Its value names the tool.
+TOOLING_PARAMETER = "tooling"  # (Triton reserves keys starting with "triton_")
 
 # The header (HTTP) or metadata key (gRPC, with Triton's protocol prefix) whose value unlocks the restricted APIs.
 ADMIN_HEADER = "triton-admin-key"

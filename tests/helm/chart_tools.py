@@ -152,12 +152,9 @@ CPU_SERVER_METRICS = frozenset({
 })
 GPU_ONLY_METRICS = frozenset({"nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes",
                               "nv_gpu_power_usage", "nv_energy_consumption"})
-# The custom metrics of the ensemble's python steps (triton_deploy.monitoring.model_metrics); checked against the live
-# local server in test_monitoring_e2e.py.
-PREDICTION_METRICS = frozenset({
-    mm.PREDICTIONS, mm.CONFIDENCE, mm.MARGIN, mm.LOW_CONFIDENCE, mm.DRIFT, mm.DRIFT_WINDOW, mm.REFERENCE_RATIO,
-    mm.IMAGES, mm.IMAGE_PIXELS, mm.DECODE_FAILURES,
-})
+# The series of the custom metrics of the ensemble's python steps (triton_deploy.monitoring.model_metrics; a histogram
+# as its _bucket, _sum and _count series); checked against the live local server in test_monitoring_e2e.py.
+PREDICTION_METRICS = frozenset(mm.SERIES)
 # Series the alerts read from other exporters: Prometheus itself (up) and kube-state-metrics.
 NON_TRITON_METRICS = frozenset({"up", "kube_pod_status_ready"})
 

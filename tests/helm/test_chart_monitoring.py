@@ -147,6 +147,53 @@ def test_adapter_rule_computes_queue_time_per_request_per_pod(promtool, tmp_path
     assert "SUCCESS" in run([promtool, "test", "rules", "prometheus_adapter_rule_test.yaml"], tmp_path)
 
 
+SECONDS = {"autoscaling": {"prometheusAdapterRule": {"enabled": True},
+                           "queueTime": {"metricName": "triton_queue_time_per_request_seconds"}}}
+
+
+def check_metrics(promtool: str, name: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`promtool check metrics` on the series prometheus-adapter serves under ``name`` (one gauge per pod)."""
+    text = (f"# HELP {name} Mean time one request waited in Triton's queue.\n# TYPE {name} gauge\n"
+            f'{name}{{namespace="ml",pod="pod-a",model="digits_classifier"}} 0.002\n')
+    return subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+
+
+def test_adapter_rule_named_in_seconds_serves_seconds_and_passes_promtool_check_metrics(promtool, tmp_path):
+    """A metric name ending in _seconds gets the queue time in seconds (Prometheus' base unit): the same values
+    as the microsecond rule's promtool test, divided by 10^6, and a name `promtool check metrics` accepts."""
+    rule = adapter_rule(SECONDS)
+    assert rule["name"]["as"] == "triton_queue_time_per_request_seconds"
+    assert rule["metricsQuery"].endswith("/ 1e6")
+    result = check_metrics(promtool, rule["name"]["as"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    def for_hpa(namespace: str, pods: str) -> str:
+        matchers = f'namespace="{namespace}",pod=~"{pods}",model="digits_classifier"'
+        return rule["metricsQuery"].replace("<<.LabelMatchers>>", matchers).replace("<<.GroupBy>>", "pod")
+
+    rules = {"groups": [{"name": "adapter", "rules": [
+        {"record": "hpa:ml", "expr": for_hpa("ml", "pod-a|pod-b|pod-c")},
+        {"record": "hpa:team_b", "expr": for_hpa("team-b", "pod-a")},
+    ]}]}
+    (tmp_path / "adapter_rules.yaml").write_text(yaml.safe_dump(rules))
+    tests = yaml.safe_load((HERE / "prometheus_adapter_rule_test.yaml").read_text())
+    for case in tests["tests"]:
+        for expected in case["promql_expr_test"]:
+            for sample in expected["exp_samples"]:
+                sample["value"] = sample["value"] / 1e6
+    (tmp_path / "seconds_test.yaml").write_text(yaml.safe_dump(tests))
+    assert "SUCCESS" in run([promtool, "test", "rules", "seconds_test.yaml"], tmp_path)
+
+
+@pytest.mark.xfail(strict=True, reason="values.yaml's autoscaling.queueTime.metricName is still "
+                   "triton_queue_time_per_request_us; the chart's values (and the HPA target, in microseconds) move to "
+                   "triton_queue_time_per_request_seconds, then drop this mark")
+def test_default_adapter_metric_passes_promtool_check_metrics(promtool, tmp_path):
+    result = check_metrics(promtool, adapter_rule()["name"]["as"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_readme_documents_the_rendered_adapter_rule():
     """The README's rule block is the one the chart renders (default values), so copying it works."""
     readme = (CHART / "README.md").read_text()
@@ -209,3 +256,13 @@ def test_dashboard_queries_only_metrics_triton_exports(dashboard):
     # Every metric named in the issues is on the dashboard (the drift window is only context for the score).
     assert CPU_SERVER_METRICS | PREDICTION_METRICS - {mm.DRIFT_WINDOW} <= used, (
         CPU_SERVER_METRICS | PREDICTION_METRICS - used)
+
+
+def test_dashboard_reads_the_distributions_as_histograms(dashboard):
+    """Confidence, margin and input size are Prometheus histograms: quantiles over their buckets summed by le, means
+    from _sum over _count, never a `bucket` label."""
+    queries = dashboard_queries(dashboard)
+    for histogram in mm.HISTOGRAMS:
+        assert any(q.startswith("histogram_quantile(0.5, sum by (le) (rate(" + histogram + "_bucket{") for q in queries)
+        assert any(f"{histogram}_sum{{" in q and f"{histogram}_count{{" in q for q in queries)
+    assert not any("bucket)" in q or "{{bucket}}" in q for q in queries)

@@ -1,7 +1,8 @@
 """Prediction monitoring end to end: a real Prometheus server (Debian's `prometheus` package) scrapes a real local
 Triton serving the digits ensemble, with the chart's rendered PrometheusRule loaded, and is asked through its HTTP API.
 
-One scenario, in order: held-out digits (per-class counts equal the answers, no drift alert), then one class only
+One scenario, in order: held-out digits (per-class counts equal the answers, the median confidence from
+histogram_quantile() over the confidence histogram agrees with the answers' scores, no drift alert), then one class only
 (the drift score rises and its alert fires), then undecodable images (decode-failure series by reason, and their alert
 fires). Intervals are short (1 s scrape and evaluation, a 200-prediction drift window, 30 s rate windows) so the whole
 test takes about a minute; every wait is bounded, and on failure the Prometheus and Triton logs are printed.
@@ -24,6 +25,7 @@ import yaml
 
 from chart_tools import ALL_APIS, PREDICTION_METRICS, render
 from conftest import encode_digit
+from triton_deploy.monitoring import model_metrics as mm
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -136,8 +138,9 @@ def prometheus(monitored_server, tmp_path_factory, request):
             print(f"--- triton log ({monitored_server.log_path}) ---\n{monitored_server.log_path.read_text()[-4000:]}")
 
 
-def classify(server, images: list[bytes]) -> tuple[list[int], list[str]]:
-    """Send each image as its own request; (top-1 class ids of the answers, error messages of the failures)."""
+def classify(server, images: list[bytes], scores: list[float] | None = None) -> tuple[list[int], list[str]]:
+    """Send each image as its own request; (top-1 class ids of the answers, error messages of the failures). The
+    top-1 scores are appended to ``scores`` when given."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
@@ -147,7 +150,10 @@ def classify(server, images: list[bytes]) -> tuple[list[int], list[str]]:
         tensor = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
         tensor.set_data_from_numpy(np.array([[image]], dtype=np.object_))
         try:
-            ids.append(int(client.infer("digits", [tensor]).as_numpy("CLASS_IDS")[0, 0]))
+            result = client.infer("digits", [tensor])
+            ids.append(int(result.as_numpy("CLASS_IDS")[0, 0]))
+            if scores is not None:
+                scores.append(float(result.as_numpy("SCORES")[0, 0]))
         except InferenceServerException as exc:
             errors.append(str(exc))
     return ids, errors
@@ -163,7 +169,8 @@ def test_prometheus_sees_classes_drift_and_decode_failures(monitored_server, pro
 
     # 1. Held-out traffic: Prometheus counts exactly the classes the server answered; no drift alert.
     normal = [encode_digit(pixels) for pixels in images]
-    answered, errors = classify(monitored_server, normal)
+    top1: list[float] = []
+    answered, errors = classify(monitored_server, normal, top1)
     assert not errors and len(answered) == len(normal)
     assert np.mean(np.asarray(answered) == labels) > 0.9  # the model works, so the counts below mean something
     expected = {str(k): float(v) for k, v in Counter(answered).items()}
@@ -173,6 +180,19 @@ def test_prometheus_sees_classes_drift_and_decode_failures(monitored_server, pro
         and sum(c.values()) == len(normal) and c)
     assert {k: v for k, v in counts.items() if v} == expected
     assert set(counts) == {str(k) for k in range(10)}  # every class has a series, at 0 when never predicted
+    # The confidence histogram: every prediction observed once, its sum the answers' top-1 scores, and
+    # histogram_quantile() puts the median inside the bucket that holds the answers' median.
+    confidence = mm.CONFIDENCE
+    count = prometheus.wait_for(f"{len(normal)} observations in {confidence}_count", lambda: [
+        s for s in prometheus.query(f"{confidence}_count") if float(s["value"][1]) == len(normal)])
+    assert len(count) == 1
+    (total,) = prometheus.query(f"{confidence}_sum")
+    assert float(total["value"][1]) == pytest.approx(sum(top1), rel=1e-4)
+    (median,) = prometheus.query(f"histogram_quantile(0.5, sum by (le) ({confidence}_bucket))")
+    bounds = (0.0, *mm.CONFIDENCE_BUCKETS)
+    true_median = float(np.median(top1))
+    bucket = next(i for i in range(1, len(bounds)) if true_median <= bounds[i])
+    assert bounds[bucket - 1] <= float(median["value"][1]) <= bounds[bucket], (median, true_median)
     drift = by_label(prometheus.query("triton_classifier_drift_score"), "distribution")
     assert set(drift) == {"class", "confidence"} and max(drift.values()) < DRIFT_THRESHOLD, drift
     time.sleep(3)  # longer than the alert's `for`: had the score crossed the threshold, the alert would fire now

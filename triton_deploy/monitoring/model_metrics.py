@@ -17,17 +17,24 @@ import threading
 
 import numpy as np
 
-# ---- metric names (Prometheus conventions: counters end in _total, ratios are 0..1, sizes in pixels) --------------
+# ---- metric names (Prometheus conventions: counters end in _total and name what they count, distributions are
+# histograms (_bucket{le}, _sum, _count) in base units, ratios are 0..1, sizes in pixels) --------------------------
 PREDICTIONS = "triton_classifier_predictions_total"  # counter {model, version, class}: top-1 answers per class
-CONFIDENCE = "triton_classifier_prediction_confidence_total"  # counter {model, version, bucket}: by top-1 probability
-MARGIN = "triton_classifier_prediction_margin_total"  # counter {model, version, bucket}: by top-1 minus top-2
+CONFIDENCE = "triton_classifier_prediction_confidence_ratio"  # histogram {model, version}: top-1 probability
+MARGIN = "triton_classifier_prediction_margin_ratio"  # histogram {model, version}: top-1 minus top-2 probability
 LOW_CONFIDENCE = "triton_classifier_low_confidence_predictions_total"  # counter {model, version}
 DRIFT = "triton_classifier_drift_score"  # gauge {model, version, distribution="class"|"confidence"}
 DRIFT_WINDOW = "triton_classifier_drift_window_predictions"  # gauge {model, version}: predictions the score covers
 REFERENCE_RATIO = "triton_classifier_reference_class_ratio"  # gauge {model, version, class}: share on held-out data
-IMAGES = "triton_classifier_images_total"  # counter {model, version, format}: every image received
-IMAGE_PIXELS = "triton_classifier_image_pixels_total"  # counter {model, version, bucket}: by width x height
+IMAGES = "triton_classifier_images_total"  # counter {model, version, format, encoding}: every image received
+IMAGE_PIXELS = "triton_classifier_image_pixels"  # histogram {model, version}: width x height of decoded images
 DECODE_FAILURES = "triton_classifier_decode_failures_total"  # counter {model, version, reason}
+HISTOGRAMS = (CONFIDENCE, MARGIN, IMAGE_PIXELS)  # exposed as <name>_bucket{le=...}, <name>_sum, <name>_count
+METRICS = (PREDICTIONS, CONFIDENCE, MARGIN, LOW_CONFIDENCE, DRIFT, DRIFT_WINDOW, REFERENCE_RATIO, IMAGES, IMAGE_PIXELS,
+           DECODE_FAILURES)
+# The series names Prometheus stores (what PromQL selects): a histogram as its three series.
+SERIES = tuple(series for name in METRICS
+               for series in ((f"{name}_bucket", f"{name}_sum", f"{name}_count") if name in HISTOGRAMS else (name,)))
 
 DRIFT_DISTRIBUTIONS = ("class", "confidence")
 
@@ -41,6 +48,8 @@ PIXEL_BUCKETS = tuple(float(side * side) for side in (32, 64, 128, 256, 512, 102
 # Label values are fixed sets, created when the model loads, so every series exists (at 0) before the first request:
 # rate() ratios and "stopped being predicted" alerts need a series to compare.
 IMAGE_FORMATS = ("png", "jpeg", "gif", "bmp", "webp", "tiff", "other", "unknown")  # unknown: not identified
+# How the image arrived: its bytes as sent ("binary"), or base64 text of them (a JSON-only request), decoded first.
+IMAGE_ENCODINGS = ("binary", "base64")
 DECODE_REASONS = ("empty", "too_many_bytes", "not_an_image", "too_many_pixels", "no_pixels", "truncated", "corrupt")
 
 DEFAULT_WINDOW = 1000  # predictions in the drift window
@@ -134,21 +143,11 @@ class PredictionWindow:
 
 # ---- helpers for the python models (they pass in their pb_utils module; this file imports nothing of Triton's) ----
 # Measured in Triton 2.51 on the 2-core machine: one metric call (increment, set, observe) is a round trip to the
-# server of about 25 µs, whatever the kind. Distributions are therefore counters per bucket rather than a HISTOGRAM
-# (whose observe() takes one value: 25 µs per image and metric), and the work leaves the hot path: ``MetricBuffer``
-# queues each batch's raw results and a background thread counts them with numpy every half second, calling each
-# metric once per round where its count is not zero. Calls per batch instead (3 in postprocess, 2 in preprocess for a
-# one-image batch) cost 0.13 ms of postprocess CPU per single-image request in the bench, and even the numpy counting
-# per batch measured 40-140 µs per one-image batch on the busy machine.
-
-def bucket_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
-    """Label values of the buckets ``(lower, upper]``, e.g. "0.95-0.99"."""
-    edges = (0.0, *bounds)
-    return tuple(f"{_number(low)}-{_number(high)}" for low, high in zip(edges, edges[1:], strict=False))
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+# server of about 25 µs, whatever the kind. So the work leaves the hot path: ``MetricBuffer`` queues each batch's raw
+# results and a background thread, every half second, counts with numpy (one increment per counter whose count is not
+# zero) and observes the histograms. A histogram observe() takes one value, so histograms cost one call per image
+# and histogram in that thread; Prometheus' histogram convention is what lets histogram_quantile() and the usual
+# dashboards read them (per-bucket counters with a `bucket` label, the earlier form, could not be).
 
 
 class MetricSet:
@@ -173,12 +172,49 @@ class MetricSet:
         family = self.family(name, description, kind)
         return [family.Metric(labels={**self.base_labels, label: str(value)}) for value in values]
 
+    def histogram(self, name: str, description: str, bounds: tuple[float, ...]):
+        """A histogram with upper bounds ``bounds`` (Triton adds +Inf). Triton 2.51 needs ``buckets=`` on every
+        histogram metric and has crashed the stub on invalid metric calls, so only this form is used."""
+        family = self.family(name, description, "HISTOGRAM")
+        return family.Metric(labels=self.base_labels, buckets=[float(b) for b in bounds])
+
+
+# A request parameter marking tooling traffic (the clients' label probe, health checks): answered, never counted.
+# The same as triton_deploy.contract.TOOLING_PARAMETER (this file cannot import the package; a test checks).
+TOOLING_PARAMETER = "tooling"
+_TOOLING_KEY = f'"{TOOLING_PARAMETER}"'
+
+
+def traffic_rows(requests, rows_per_request: list[int]) -> np.ndarray | None:
+    """Per batch row, whether it belongs to a request that is traffic rather than tooling; None when every request
+    is traffic (the usual case: no mask to apply). Looks for the key in each request's parameters (a JSON string)
+    without parsing it, so the check costs about a microsecond per request."""
+    tooling = [_is_tooling(request) for request in requests]
+    if not any(tooling):
+        return None
+    return np.repeat(np.logical_not(tooling), rows_per_request)
+
+
+def _is_tooling(request) -> bool:
+    try:
+        return _TOOLING_KEY in request.parameters()
+    except AttributeError:  # python backends before request parameters existed
+        return False
+
 
 def warmup_executions(model_config: dict) -> int:
     """How many times Triton runs ``execute`` for the config's ``model_warmup`` samples before the model is ready
     (``count`` times each, 1 when unset). The models leave those batches out of their metrics: a warmup sample is
     not traffic (the postprocess one, all-zero scores, would count as a low-confidence prediction of class 0)."""
     return sum(max(1, int(sample.get("count", 1) or 1)) for sample in model_config.get("model_warmup", []))
+
+
+def observe_all(histogram, values) -> None:
+    """Observe every finite value (one call each: Triton's observe takes one value). A NaN (a model emitting NaN
+    scores) would make the histogram's _sum NaN for the life of the server, so it is left out."""
+    values = np.asarray(values, dtype=np.float64)
+    for value in values[np.isfinite(values)].tolist():
+        histogram.observe(value)
 
 
 def add_counts(counters: list, counts: np.ndarray) -> None:

@@ -9,11 +9,13 @@ one line (a repository generated without monitoring, an export without a referen
 
 from __future__ import annotations
 
+import http.client
 import math
 import time
 from dataclasses import dataclass, field
 
-from triton_deploy.errors import UsageError
+from triton_deploy.clients.errors import ModelNotFoundError
+from triton_deploy.errors import ClientError, UsageError
 from triton_deploy.loadtests import server_stats
 
 from . import model_metrics as mm
@@ -48,7 +50,12 @@ class Scrape:
 
     @classmethod
     def read(cls, url: str) -> Scrape:
-        text = server_stats.read_metrics_text(url)
+        try:
+            text = server_stats.read_metrics_text(url)
+        except http.client.HTTPException:  # e.g. the gRPC port: it answers, but not with HTTP/1
+            raise ClientError(f"cannot read Triton metrics from {url}: the port answers, but not with HTTP (is it "
+                              "the gRPC port?)", hint="check --metrics-url (Triton's --metrics-port, default 8002)"
+                              ) from None
         return cls(time.monotonic(), server_stats.parse_metrics(text), server_stats.parse_samples(text))
 
     def by_label(self, name: str, label: str, model: str) -> dict[str, float]:
@@ -58,6 +65,16 @@ class Scrape:
             if metric == name and labels.get("model") == model and label in labels:
                 values[labels[label]] = values.get(labels[label], 0.0) + value
         return values
+
+    def buckets(self, name: str, model: str) -> dict[float, float]:
+        """The cumulative buckets of histogram ``name`` for ensemble ``model``: upper bound -> count (summed over
+        versions), +Inf included."""
+        counts: dict[float, float] = {}
+        for metric, labels, value in self.samples:
+            if metric == f"{name}_bucket" and labels.get("model") == model and "le" in labels:
+                bound = float(labels["le"])
+                counts[bound] = counts.get(bound, 0.0) + value
+        return counts
 
     def total(self, name: str, model: str) -> float | None:
         found = [value for metric, labels, value in self.samples if metric == name and labels.get("model") == model]
@@ -81,6 +98,32 @@ class Snapshot:
     def to_dict(self) -> dict:
         return {"metrics_url": self.url, "seconds": round(self.seconds, 3), "models": self.models,
                 "ensembles": self.ensembles, "notes": self.notes}
+
+
+def check_model(scrape: Scrape, model: str | None, url: str) -> None:
+    """``--model`` must name a model the server reports (an ensemble or a member model)."""
+    known = sorted(set(scrape.models) | set(scrape.monitored_models()))
+    if model and model not in known:
+        raise ModelNotFoundError(f"no model {model} at {url}; the models there are: {', '.join(known) or 'none'}",
+                                 hint="check --model")
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """The q-quantile of cumulative histogram buckets (upper bound -> count), interpolated linearly inside the bucket
+    as PromQL's histogram_quantile() does; None without observations."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    rank = q * buckets[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return lower  # PromQL answers the highest finite bound too
+            return lower + (bound - lower) * ((rank - below) / (count - below) if count > below else 0.0)
+        lower, below = bound, count
+    return lower
 
 
 def take_snapshot(before: Scrape, after: Scrape, url: str, model: str | None = None) -> Snapshot:
@@ -141,6 +184,9 @@ def _ensemble_view(before: Scrape, after: Scrape, ensemble: str, seconds: float,
     elif any(math.isnan(v) for v in drift.values()):
         notes.append(f"{ensemble}: drift score not computed yet: the window holds {window or 0:.0f} predictions, "
                      "fewer than its minimum (--drift-min-predictions)")
+    old_buckets = before.buckets(mm.CONFIDENCE, ensemble)
+    confidence = {bound: count - old_buckets.get(bound, 0.0) if count >= old_buckets.get(bound, 0.0) else count
+                  for bound, count in after.buckets(mm.CONFIDENCE, ensemble).items()}
     images = increase(mm.IMAGES, "format")
     failures = increase(mm.DECODE_FAILURES, "reason")
     received = sum(images.values())
@@ -149,16 +195,23 @@ def _ensemble_view(before: Scrape, after: Scrape, ensemble: str, seconds: float,
         "classes": classes,
         "low_confidence_ratio": _round(low_count / predictions if predictions else None),
         "low_confidence_total": after.total(mm.LOW_CONFIDENCE, ensemble),
-        "confidence_buckets": increase(mm.CONFIDENCE, "bucket"),
+        # Predictions in the interval with a top-1 probability at most `le` (cumulative, as in Prometheus).
+        "confidence_buckets": {_le(bound): count for bound, count in sorted(confidence.items())},
+        "median_confidence": _round(histogram_quantile(0.5, confidence)),
         "drift": {name: _round(value) for name, value in drift.items()},
         "drift_window_predictions": window,
         "images_per_s": round(received / seconds, 2),
         "images_by_format": {k: v for k, v in images.items() if v},
+        "images_by_encoding": {k: v for k, v in increase(mm.IMAGES, "encoding").items() if v},
         "decode_failures_per_s": {k: round(v / seconds, 2) for k, v in failures.items() if v},
         "decode_failure_ratio": _round(sum(failures.values()) / received if received else None),
         "decode_failures_total": {k: v for k, v in after.by_label(mm.DECODE_FAILURES, "reason", ensemble).items()
                                   if v},
     }
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if math.isinf(bound) else f"{bound:g}"
 
 
 def _natural(label: str) -> tuple:
@@ -176,6 +229,7 @@ def snapshot_once(options: MonitorOptions) -> Snapshot:
     """Scrape, wait ``interval_s``, scrape again: one snapshot with rates over that interval."""
     options.check()
     before = Scrape.read(options.url)
+    check_model(before, options.model, options.url)
     time.sleep(options.interval_s)
     return take_snapshot(before, Scrape.read(options.url), options.url, options.model)
 
@@ -201,7 +255,8 @@ def render(snapshot: Snapshot):
         parts.append(Text(
             f"{ensemble}: {view['predictions_per_s']:.1f} predictions/s   drift (JS distance, 0-1) {drift} over "
             f"{_fmt(view['drift_window_predictions'], 0)} predictions   low-confidence "
-            f"{'n/a' if low is None else f'{low:.1%}'}", style="bold"))
+            f"{'n/a' if low is None else f'{low:.1%}'}   median confidence {_fmt(view['median_confidence'], 3)}",
+            style="bold"))
         classes = Table(show_edge=False)
         for column in ("class", "share now", "since start", "reference", "predictions", "total"):
             classes.add_column(column, justify="left" if column == "class" else "right")
@@ -235,6 +290,7 @@ def run_monitor(options: MonitorOptions, console=None) -> Snapshot:
     options.check()
     console = console or Console()
     before = Scrape.read(options.url)
+    check_model(before, options.model, options.url)
     time.sleep(min(options.interval_s, 1.0))
     after = Scrape.read(options.url)
     snapshot = take_snapshot(before, after, options.url, options.model)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from triton_deploy.contract import CLASS_IDS, IMAGE, LABELS, OUTPUTS, SCORES
+from triton_deploy.contract import CLASS_IDS, IMAGE, LABELS, LABELS_FILE, OUTPUTS, PROBABILITIES, SCORES
 from triton_deploy.errors import Problem, raise_problems, unknown_choice
 from triton_deploy.spec import Manifest, TensorSpec
 
@@ -177,11 +177,12 @@ class Tensor:
     data_type: str
     dims: tuple[int, ...]
     format: str | None = None
+    label_filename: str | None = None  # outputs only: Triton's classification extension answers with these labels
 
     @classmethod
-    def of(cls, spec: TensorSpec, *, image: bool = False) -> Tensor:
+    def of(cls, spec: TensorSpec, *, image: bool = False, labels: str | None = None) -> Tensor:
         layout = f"FORMAT_{spec.layout}" if image and spec.layout else None
-        return cls(spec.name, spec.config_dtype, spec.dims, layout)
+        return cls(spec.name, spec.config_dtype, spec.dims, layout, labels)
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,16 @@ def classifier_parameters(manifest: Manifest, options: RepositoryOptions) -> dic
 REFERENCE_FILE = "reference.json"
 
 
+def input_parameters(manifest: Manifest) -> dict[str, str]:
+    """How pixels become the classifier's input, stated in its config for clients that call it directly with tensors
+    (Triton's model metadata has no place for it): ``(pixel * input_scale - input_mean) / input_std`` per channel,
+    after converting to ``input_color_mode`` in ``input_channel_order`` and resizing with ``input_resample``. The
+    layout is the input's ``format`` field, which Triton's example clients read."""
+    keys = ("color_mode", "channel_order", "layout", "scale", "mean", "std", "resample")
+    parameters = manifest.preprocessing.to_parameters()
+    return {f"input_{key}": parameters[key] for key in keys}
+
+
 def monitoring_parameters(manifest: Manifest, options: RepositoryOptions, names: ModelNames,
                           version: int) -> tuple[dict[str, str], dict[str, str]]:
     """Parameters of the preprocess and the postprocess model that switch their custom metrics on and label them
@@ -304,6 +315,8 @@ def render_configs(manifest: Manifest, options: RepositoryOptions, names: ModelN
     k = min(options.top_k, manifest.num_classes)
     top = (Tensor(CLASS_IDS, "TYPE_INT64", (k,)), Tensor(SCORES, "TYPE_FP32", (k,)),
            Tensor(LABELS, "TYPE_STRING", (k,)))
+    # Every class's probability, labelled, for Triton's classification extension (class_count) on the ensemble.
+    probabilities = Tensor(PROBABILITIES, "TYPE_FP32", (manifest.num_classes,), label_filename=LABELS_FILE)
     source = f"export '{manifest.name}'"
     preprocess_monitoring, postprocess_monitoring = monitoring_parameters(manifest, options, names, version)
 
@@ -314,21 +327,22 @@ def render_configs(manifest: Manifest, options: RepositoryOptions, names: ModelN
         warmup=(WarmupSample("sample_image", image, PREPROCESS_WARMUP),),
     )
     classifier = ModelContext(
-        name=names.classifier, max_batch_size=mbs, inputs=(model_input,), outputs=(scores,), batching=batching,
+        name=names.classifier, max_batch_size=mbs, inputs=(model_input,),
+        outputs=(Tensor.of(manifest.output, labels=LABELS_FILE),), batching=batching,
         instances=Instances(options.instances, "KIND_GPU" if options.instance_kind == "gpu" else "KIND_CPU"),
         version_policy=version_policy_text(options.version_policy),
-        parameters=classifier_parameters(manifest, options),
+        parameters=classifier_parameters(manifest, options) | input_parameters(manifest),
         warmup=(WarmupSample("sample_input", Tensor.of(manifest.input), CLASSIFIER_WARMUP),),
         accelerator=options.tensorrt_accelerator,
     )
     postprocess = ModelContext(
-        name=names.postprocess, max_batch_size=mbs, inputs=(scores,), outputs=top, batching=step_batching,
-        instances=Instances(options.postprocess_instances),
-        parameters={"top_k": str(k), "output_kind": manifest.output_kind, "labels_file": "labels.txt"}
+        name=names.postprocess, max_batch_size=mbs, inputs=(scores,), outputs=(*top, probabilities),
+        batching=step_batching, instances=Instances(options.postprocess_instances),
+        parameters={"top_k": str(k), "output_kind": manifest.output_kind, "labels_file": LABELS_FILE}
         | postprocess_monitoring,
         warmup=(WarmupSample("zeros", scores, None),),
     )
-    ensemble = ModelContext(name=names.ensemble, max_batch_size=mbs, inputs=(image,), outputs=top,
+    ensemble = ModelContext(name=names.ensemble, max_batch_size=mbs, inputs=(image,), outputs=(*top, probabilities),
                             batching=Batching(False, (), 0), instances=Instances(1))
     steps = [
         {"model": names.preprocess, "inputs": {IMAGE: IMAGE},
@@ -336,7 +350,7 @@ def render_configs(manifest: Manifest, options: RepositoryOptions, names: ModelN
         {"model": names.classifier, "inputs": {manifest.input.name: "preprocessed_image"},
          "outputs": {manifest.output.name: "class_scores"}},
         {"model": names.postprocess, "inputs": {manifest.output.name: "class_scores"},
-         "outputs": {name: name for name in OUTPUTS}},
+         "outputs": {name: name for name in (*OUTPUTS, PROBABILITIES)}},
     ]
     env = _environment()
     common = {"source": source, "backend": options.classifier_backend, "top_k": k}

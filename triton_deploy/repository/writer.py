@@ -2,9 +2,10 @@
 
 Layout for a model exported as ``digits`` (the prefix)::
 
-    digits/                 ensemble: config.pbtxt, 1/ (empty; ensembles still need a version directory)
+    digits/                 ensemble: config.pbtxt, labels.txt, 1/ (empty; ensembles still need a version directory)
     digits_preprocess/      config.pbtxt, warmup/sample_image, 1/model.py + preprocessing.py, model_metrics.py
-    digits_classifier/      config.pbtxt, warmup/sample_input, N/model.onnx (+ model.py for the python backend)
+    digits_classifier/      config.pbtxt, labels.txt, warmup/sample_input, N/model.onnx (+ model.py for the python
+                            backend)
     digits_postprocess/     config.pbtxt, labels.txt, reference.json (if the export has one),
                             1/model.py + postprocessing.py, model_metrics.py
 
@@ -22,6 +23,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from triton_deploy.contract import LABELS_FILE
 from triton_deploy.errors import RepositoryError, UsageError
 from triton_deploy.fsutil import replace_directory
 from triton_deploy.spec import Manifest
@@ -107,7 +109,10 @@ def _write_classifier_group(repo: Path, export_dir: Path, manifest: Manifest, na
             shutil.copyfile(module, model_dir / "1" / module.name)
         (model_dir / "config.pbtxt").write_text(configs[name], encoding="utf-8")
     _write_warmup(repo / names.preprocess, render.PREPROCESS_WARMUP, struct.pack("<I", len(sample)) + sample)
-    shutil.copyfile(export_dir / manifest.labels_file, repo / names.postprocess / "labels.txt")
+    # The labels file beside every config whose outputs carry label_filename (Triton reads it at model load).
+    for name in (names.postprocess, names.classifier, names.ensemble):
+        (repo / name).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(export_dir / manifest.labels_file, repo / name / LABELS_FILE)
     if manifest.reference is not None:
         (repo / names.postprocess / render.REFERENCE_FILE).write_text(
             json.dumps(manifest.reference.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -129,7 +134,7 @@ def _write_classifier_group(repo: Path, export_dir: Path, manifest: Manifest, na
             shutil.rmtree(classifier / str(old))
 
     ensemble = repo / names.ensemble
-    shutil.rmtree(ensemble, ignore_errors=True)
+    shutil.rmtree(ensemble / "1", ignore_errors=True)
     (ensemble / "1").mkdir(parents=True)
     (ensemble / "1" / ".gitkeep").write_text("")  # an ensemble's version directory is empty but must exist
     (ensemble / "config.pbtxt").write_text(configs[names.ensemble], encoding="utf-8")

@@ -1,10 +1,13 @@
-"""Triton python-backend model: class scores -> top-k CLASS_IDS (INT64), SCORES (FP32), LABELS (BYTES).
+"""Triton python-backend model: class scores -> top-k CLASS_IDS (INT64), SCORES (FP32), LABELS (BYTES), and every
+class's PROBABILITIES (FP32, labelled in the config for Triton's classification extension).
 
 Copied into the repository as ``<prefix>_postprocess/1/model.py`` with ``postprocessing.py`` and ``model_metrics.py``
 beside it. Softmax is applied when the ``output_kind`` parameter says ``logits``; ``top_k`` and the labels file come
-from parameters. With ``monitoring`` on, every batch also counts predictions per class, by confidence and margin
-bucket and below the low-confidence threshold, and keeps the window the drift score against ``reference.json`` is
-computed from (see ``model_metrics``): counted with numpy, sent to Triton by a background thread.
+from parameters. With ``monitoring`` on, every batch also counts predictions per class, observes the confidence and
+margin histograms, counts predictions below the low-confidence threshold, and keeps the window the drift score against
+``reference.json`` is computed from (see ``model_metrics``): queued per batch, sent to Triton by a background thread.
+Requests carrying the ``tooling`` parameter (the clients' label probe) are answered but not counted:
+tooling traffic is not predictions.
 """
 
 import json
@@ -50,11 +53,16 @@ class TritonPythonModel:
                 pb_utils.Tensor("CLASS_IDS", ids[rows]),
                 pb_utils.Tensor("SCORES", top[rows]),
                 pb_utils.Tensor("LABELS", names[rows]),
+                pb_utils.Tensor("PROBABILITIES", scores[rows]),
             ]))
         if self.warmup_batches:
             self.warmup_batches -= 1  # Triton warms the model up before it is ready: not traffic
         elif self.metrics is not None:
-            self.metrics.record(scores)
+            traffic = mm.traffic_rows(requests, [len(a) for a in arrays])
+            if traffic is None:
+                self.metrics.record(scores)
+            elif traffic.any():
+                self.metrics.record(scores[traffic])
         return responses
 
     def finalize(self):
@@ -70,12 +78,10 @@ class PredictionMetrics:
         metrics = mm.MetricSet(pb_utils, {"model": parameters["ensemble"], "version": parameters["model_version"]})
         self.metrics = metrics
         self.predictions = metrics.per_value(mm.PREDICTIONS, "Top-1 predictions per class", "COUNTER", "class", labels)
-        self.confidence = metrics.per_value(
-            mm.CONFIDENCE, "Predictions per bucket (lower, upper] of the top-1 probability", "COUNTER", "bucket",
-            mm.bucket_labels(mm.CONFIDENCE_BUCKETS))
-        self.margin = metrics.per_value(
-            mm.MARGIN, "Predictions per bucket (lower, upper] of top-1 minus top-2 probability", "COUNTER", "bucket",
-            mm.bucket_labels(mm.MARGIN_BUCKETS))
+        self.confidence = metrics.histogram(mm.CONFIDENCE, "Top-1 probability of each prediction (0-1)",
+                                            mm.CONFIDENCE_BUCKETS)
+        self.margin = metrics.histogram(mm.MARGIN, "Top-1 minus top-2 probability of each prediction (0-1)",
+                                        mm.MARGIN_BUCKETS)
         self.threshold = float(parameters["low_confidence_threshold"])
         self.low_confidence = metrics.one(
             mm.LOW_CONFIDENCE, f"Predictions whose top-1 probability is below {self.threshold:g}", "COUNTER")
@@ -106,16 +112,15 @@ class PredictionMetrics:
     def _summarise(self, batches):
         scores = batches[0] if len(batches) == 1 else np.concatenate(batches)
         classes, confidence, margin = mm.top_two(scores)
-        confidence_bucket = mm.bucket_index(confidence, mm.CONFIDENCE_BUCKETS)
         mm.add_counts(self.predictions, np.bincount(classes, minlength=len(self.predictions)))
-        mm.add_counts(self.confidence, np.bincount(confidence_bucket, minlength=len(self.confidence)))
-        mm.add_counts(self.margin, mm.bucket_counts(margin, mm.MARGIN_BUCKETS))
+        mm.observe_all(self.confidence, confidence)
+        mm.observe_all(self.margin, margin)
         low = int(np.count_nonzero(confidence < self.threshold))
         if low:
             self.low_confidence.increment(float(low))
         if self.reference is None:
             return
-        self.window.add(classes, confidence_bucket)
+        self.window.add(classes, mm.bucket_index(confidence, mm.CONFIDENCE_BUCKETS))
         for index, score in enumerate(self.window.drift(self.reference, self.min_predictions)):
             if not _same(score, self.shown[index]):
                 self.drift[index].set(score)

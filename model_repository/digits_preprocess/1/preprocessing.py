@@ -7,11 +7,18 @@ stub without the rest of the project installed.
 
 Per image: decode (with size limits) -> colour mode -> resize to the model's size (uint8, Pillow's C code). Per batch:
 one vectorised ``x * scale - mean) / std`` over the stacked uint8 array, channel order and layout applied once.
+
+An element that Pillow cannot identify but that is base64 text (optionally a ``data:image/...;base64,`` URL) is decoded
+and tried again: what a JSON-only request carries, since Triton's JSON protocol passes BYTES elements as the text
+itself. Binary image files always hold bytes outside the base64 alphabet, so the two cannot be confused.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -23,6 +30,10 @@ from PIL import Image, ImageFile
 # header before decoding instead, so the cap is configurable per model and the error names the numbers.
 Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+# Base64 text, standard or URL-safe alphabet, with optional padding and line breaks (MIME wraps at 76 characters).
+BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/\-_\s]+=*\s*")
+DATA_URL = re.compile(rb"data:[\w.+-]*/?[\w.+-]*;base64,")
 
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
             "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
@@ -42,7 +53,8 @@ class ImageDecodeError(ValueError):
 @dataclass(frozen=True)
 class DecodedBatch:
     """A decoded batch and what the preprocess model reports about it: per image, the detected format, the decoded
-    size in pixels (0 where it failed) and the failure reason ("" where it decoded)."""
+    size in pixels (0 where it failed), the failure reason ("" where it decoded) and how it arrived ("binary" or
+    "base64")."""
 
     tensor: np.ndarray
     ok: list[int]
@@ -50,6 +62,7 @@ class DecodedBatch:
     reasons: list[str]
     formats: list[str]
     pixels: list[int]
+    encodings: list[str]
 
 
 @dataclass(frozen=True)
@@ -141,8 +154,26 @@ class ImageTransform:
         """Encoded bytes -> uint8 array ``(height, width, channels)``; raises ``ImageDecodeError``."""
         return self._decode(data)[0]
 
-    def _decode(self, data: bytes) -> tuple[np.ndarray, str, int]:
-        """``decode`` plus the format Pillow identified (lower case) and the image's size in pixels."""
+    def _decode(self, data: bytes) -> tuple[np.ndarray, str, int, str]:
+        """``decode`` plus the format Pillow identified (lower case), the image's size in pixels and its encoding
+        ("binary", or "base64" for base64 text of an image)."""
+        try:
+            return (*self._decode_binary(data), "binary")
+        except ImageDecodeError as exc:
+            if exc.reason != "not_an_image":
+                raise
+            decoded = from_base64(data)
+            if decoded is None:
+                raise
+        try:
+            return (*self._decode_binary(decoded), "base64")
+        except ImageDecodeError as exc:
+            if exc.reason == "not_an_image":
+                exc.args = (f"{exc} (the element is base64 text, of something that is not an image)",)
+            raise
+
+    def _decode_binary(self, data: bytes) -> tuple[np.ndarray, str, int]:
+        """An encoded image file's bytes -> the uint8 array, its format (lower case) and its size in pixels."""
         if len(data) == 0:
             raise ImageDecodeError("image is empty (0 bytes)", "empty")
         if len(data) > self.max_bytes:
@@ -232,14 +263,16 @@ class ImageTransform:
         reasons: list[str] = []
         formats: list[str] = []
         pixels: list[int] = []
+        encodings: list[str] = []
         for index, data in enumerate(images):
             try:
-                array, fmt, size = self._decode(data)
+                array, fmt, size, encoding = self._decode(data)
             except ImageDecodeError as exc:
                 errors.append(str(exc))
                 reasons.append(exc.reason)
                 formats.append(exc.format)
                 pixels.append(0)
+                encodings.append("binary")
                 continue
             arrays.append(array)
             ok.append(index)
@@ -247,11 +280,28 @@ class ImageTransform:
             reasons.append("")
             formats.append(fmt)
             pixels.append(size)
+            encodings.append(encoding)
         if arrays:
             tensor = self.normalise(np.stack(arrays))
         else:
             tensor = np.zeros((0, *self.input_dims), dtype=np.float32)
-        return DecodedBatch(tensor, ok, errors, reasons, formats, pixels)
+        return DecodedBatch(tensor, ok, errors, reasons, formats, pixels, encodings)
+
+
+def from_base64(data: bytes) -> bytes | None:
+    """The bytes of base64 text (standard or URL-safe alphabet, optionally a ``data:...;base64,`` URL), or None when
+    ``data`` is not such text. Only called for elements Pillow could not identify, so binary images pay nothing."""
+    url = DATA_URL.match(data)
+    text = data[url.end():] if url else data
+    if not text or not BASE64_TEXT.fullmatch(text):
+        return None
+    text = b"".join(text.split())
+    try:
+        if b"-" in text or b"_" in text:
+            return base64.b64decode(text, altchars=b"-_", validate=True)
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def _short(exc: Exception) -> str:

@@ -4,8 +4,10 @@ Copied into the repository as ``<prefix>_preprocess/1/model.py`` with ``preproce
 beside it. Sizes and normalisation come from ``config.pbtxt`` parameters. Every request of a dynamic batch is handled in one ``execute``
 call: images are decoded one by one (Pillow's C code), then normalised as one array. An image that cannot be decoded
 fails its own request with a message naming the problem; the other requests in the batch are answered normally.
-With ``monitoring`` on, every batch counts images by detected format and size bucket, and decode failures by reason
-(numpy per batch; a background thread sends the counts to Triton).
+An element that is base64 text of an image (a JSON-only request) is decoded first (``preprocessing.from_base64``).
+Requests carrying the ``tooling`` parameter (health checks) are answered but not counted.
+With ``monitoring`` on, every batch counts images by detected format and encoding, observes their sizes in a
+histogram, and counts decode failures by reason (queued per batch; a background thread sends them to Triton).
 """
 
 import json
@@ -43,7 +45,9 @@ class TritonPythonModel:
         if self.warmup_batches:
             self.warmup_batches -= 1  # Triton warms the model up before it is ready: not traffic
         elif self.metrics is not None:
-            self.metrics.record(batch)
+            traffic = mm.traffic_rows(requests, counts)  # requests marked as tooling are not counted
+            if traffic is None or traffic.any():
+                self.metrics.record(batch, traffic)
         all_decoded = len(decoded) == len(images)
         row_of = {image: row for row, image in enumerate(decoded)}
 
@@ -74,26 +78,33 @@ class ImageMetrics:
         metrics = mm.MetricSet(pb_utils, {"model": parameters["ensemble"], "version": parameters["model_version"]})
         self.metrics = metrics
         self.format_index = {name: i for i, name in enumerate(mm.IMAGE_FORMATS)}
+        self.encoding_index = {name: i for i, name in enumerate(mm.IMAGE_ENCODINGS)}
         self.reason_index = {name: i for i, name in enumerate(mm.DECODE_REASONS)}
-        self.images = metrics.per_value(mm.IMAGES, "Images received, by the format Pillow identified", "COUNTER",
-                                        "format", mm.IMAGE_FORMATS)
-        self.pixels = metrics.per_value(mm.IMAGE_PIXELS, "Decoded images per bucket (lower, upper] of width x "
-                                        "height in pixels", "COUNTER", "bucket", mm.bucket_labels(mm.PIXEL_BUCKETS))
+        images = metrics.family(mm.IMAGES, "Images received, by the format Pillow identified and how they were "
+                                "encoded in the request (binary, or base64 text)", "COUNTER")
+        # One counter per (format, encoding), row-major: index = format * len(encodings) + encoding.
+        self.images = [images.Metric(labels={**metrics.base_labels, "format": name, "encoding": encoding})
+                       for name in mm.IMAGE_FORMATS for encoding in mm.IMAGE_ENCODINGS]
+        self.pixels = metrics.histogram(mm.IMAGE_PIXELS, "Width x height of each decoded image, in pixels",
+                                        mm.PIXEL_BUCKETS)
         self.failures = metrics.per_value(mm.DECODE_FAILURES, "Images that could not be decoded, by reason",
                                           "COUNTER", "reason", mm.DECODE_REASONS)
         self.buffer = mm.MetricBuffer(self._summarise)
 
-    def record(self, batch):
-        self.buffer.put((batch.formats, batch.pixels, batch.reasons))
+    def record(self, batch, traffic=None):
+        """Queue the batch's per-image facts; ``traffic`` (a mask per image, or None for all) leaves tooling out."""
+        facts = [batch.formats, batch.pixels, batch.reasons, batch.encodings]
+        if traffic is not None:
+            facts = [[value for value, keep in zip(values, traffic, strict=True) if keep] for values in facts]
+        self.buffer.put(tuple(facts))
 
     def _summarise(self, batches):
-        other = self.format_index["other"]
-        formats = [self.format_index.get(name, other) for names, _, _ in batches for name in names]
-        mm.add_counts(self.images, np.bincount(formats, minlength=len(self.images)))
-        pixels = np.asarray([size for _, sizes, _ in batches for size in sizes if size], dtype=np.float64)
-        if len(pixels):
-            mm.add_counts(self.pixels, mm.bucket_counts(pixels, mm.PIXEL_BUCKETS))
-        reasons = [self.reason_index[reason] for _, _, names in batches for reason in names if reason]
+        other, encodings = self.format_index["other"], len(mm.IMAGE_ENCODINGS)
+        cells = [self.format_index.get(name, other) * encodings + self.encoding_index[encoding]
+                 for names, _, _, kinds in batches for name, encoding in zip(names, kinds, strict=True)]
+        mm.add_counts(self.images, np.bincount(cells, minlength=len(self.images)))
+        mm.observe_all(self.pixels, [size for _, sizes, _, _ in batches for size in sizes if size])
+        reasons = [self.reason_index[reason] for _, _, names, _ in batches for reason in names if reason]
         if reasons:
             mm.add_counts(self.failures, np.bincount(reasons, minlength=len(self.failures)))
 
