@@ -12,12 +12,12 @@ import pytest
 
 from triton_deploy.errors import EXIT_CODES, TritonDeployError
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Every module that defines a TritonDeployError subclass (a class outside them would be missed by the walk below,
 # but not by the source scan in test_no_module_sets_its_own_exit_code).
 ERROR_MODULES = ["triton_deploy.errors", "triton_deploy.clients.errors", "triton_deploy.loadtests.runner",
                  "triton_deploy.loadtests.slo", "triton_deploy.optimize.quantize", "triton_deploy.optimize.tensorrt",
-                 "triton_deploy.demo"]
+                 "triton_deploy.demo", "triton_deploy.optimize.prune", "triton_deploy.export.tflite"]
 
 
 def _error_classes() -> dict[str, type]:

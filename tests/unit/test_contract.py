@@ -7,7 +7,7 @@ from pathlib import Path
 
 from triton_deploy import contract
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PYTHON_MODELS = ROOT / "triton_deploy" / "repository" / "python_models"
 CHART_FILES = ROOT / "helm" / "triton-classifier" / "files"
 
