@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import fingerprint
 from .errors import TritonDeployError
 from .progress import Reporter
 
@@ -69,6 +70,8 @@ def run(reporter: Reporter) -> None:
 
     reporter.info("[bold]1. Export[/]  triton-deploy export --output build/digits --force")
     exported = export_model(ExportOptions(output=BUILD / "digits", force=True), reporter)
+    # What this export was made from, so the test suite can reuse it instead of training the same model again.
+    fingerprint.record(BUILD / "digits")
     m = exported.manifest
     # the built-in digits model records all three
     assert m.dataset is not None and m.flops_per_image is not None and m.robustness is not None
