@@ -30,14 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from triton_deploy.errors import TritonDeployError
+from triton_deploy.errors import TFLiteError
 
 TFLITE_FILE = "model.tflite"
 FLAVOURS = ("fp32", "int8")
-
-
-class TFLiteError(TritonDeployError):
-    """Conversion to TFLite failed, or a TFLite file cannot be loaded or run."""
 
 
 def convert(keras_model, *, representative: np.ndarray | None = None) -> bytes:

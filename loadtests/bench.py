@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from triton_deploy.errors import UsageError
+from triton_deploy.errors import Problem, raise_problems
 from triton_deploy.loadtests import driver, plots, server_stats
 from triton_deploy.loadtests.payloads import ImagePool, PoolOptions, pool_from_digits
 from triton_deploy.progress import Reporter
@@ -41,15 +41,20 @@ class BenchOptions:
     quick: bool = False  # tiny run for tests: 1 s measurements, no 2-instance config
     monitoring: bool = True  # the repositories report prediction metrics (repo --no-monitoring when False)
 
-    def check(self) -> None:
+    def problems(self) -> list[Problem]:
+        problems = []
         unknown = [m for m in self.models if m not in BUILT_IN]
         if unknown and not self.exports:
-            raise UsageError(f"unknown model(s) {unknown}; the bench builds {', '.join(BUILT_IN)}",
-                             hint="check --models, or pass export directories with --exports")
+            problems.append((f"unknown model(s) {unknown}; the bench builds {', '.join(BUILT_IN)}",
+                             "check --models, or pass export directories with --exports"))
         if self.duration_s <= 0:
-            raise UsageError(f"--duration must be positive, got {self.duration_s:g}", hint="check --duration")
+            problems.append((f"--duration must be positive, got {self.duration_s:g}", "check --duration"))
         if not self.concurrencies or any(c < 1 for c in self.concurrencies):
-            raise UsageError(f"concurrencies {list(self.concurrencies)} must be >= 1", hint="check --concurrency")
+            problems.append((f"concurrencies {list(self.concurrencies)} must be >= 1", "check --concurrency"))
+        return problems
+
+    def check(self) -> None:
+        raise_problems(self.problems())
 
     @property
     def measure_s(self) -> float:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from triton_deploy.errors import TritonDeployError, UsageError
+from triton_deploy.errors import LoadTestError, Problem, TritonDeployError, UsageError, raise_problems, unknown_choice
 from triton_deploy.loadtests import plots, server_stats
 from triton_deploy.loadtests.shapes import ShapePlan, plan_shape
 from triton_deploy.loadtests.slo import SLO, SLOViolation
@@ -36,10 +36,6 @@ LOCUSTFILE = HERE / "locustfile.py"
 CONFIG = HERE / "locust.conf"
 SHAPES = {"step": HERE / "shape_step.py", "spike": HERE / "shape_spike.py"}
 LOCUST_OK = {0, 1, 3}  # 1: some requests failed (Locust's --exit-code-on-error), 3: the locustfile's SLO gate
-
-
-class LoadTestError(TritonDeployError):
-    """Locust could not run, or the run produced no statistics."""
 
 
 @dataclass(frozen=True)
@@ -65,28 +61,36 @@ class LoadTestOptions:
     slo: SLO = SLO()
     metrics_url: str | None = None  # default: the local server's, or http://HOST:8002/metrics
 
-    def check(self) -> None:
+    def problems(self) -> list[Problem]:
+        problems: list[Problem] = []
         if self.url is None and self.repository is None:
-            raise UsageError("nothing to load: give the server's address or a repository to serve",
-                             hint="add --url HOST:PORT or --repository DIR")
+            problems.append(("nothing to load: give the server's address or a repository to serve",
+                             "add --url HOST:PORT or --repository DIR"))
         if self.url is not None and not re.match(r"^(https?://)?[\w.\-\[\]:]+:\d+/?$", self.url):
-            raise UsageError(f"--url {self.url!r} is not HOST:PORT", hint="e.g. --url 127.0.0.1:8001")
+            problems.append((f"--url {self.url!r} is not HOST:PORT", "e.g. --url 127.0.0.1:8001"))
         if self.protocol not in ("http", "grpc"):
-            raise UsageError(f"unknown protocol {self.protocol!r}", hint="--protocol takes http|grpc")
+            problems.append(unknown_choice("protocol", self.protocol, "--protocol", ("http", "grpc")))
         for flag, value in (("--users", self.users), ("--processes", self.processes),
                             ("--batch-size", self.batch_size), ("--top-k", self.top_k)):
             if value < 1:
-                raise UsageError(f"{flag} must be at least 1, got {value}", hint=f"check {flag}")
+                problems.append((f"{flag} must be at least 1, got {value}", f"check {flag}"))
         if any(n < 1 for n in self.sweep):
-            raise UsageError(f"sweep levels {list(self.sweep)} must all be at least 1", hint="check --sweep")
+            problems.append((f"sweep levels {list(self.sweep)} must all be at least 1", "check --sweep"))
         if self.duration_s < 1:
-            raise UsageError(f"--duration must be at least 1 s, got {self.duration_s:g}", hint="check --duration")
+            problems.append((f"--duration must be at least 1 s, got {self.duration_s:g}", "check --duration"))
         if self.shape is not None and self.shape not in SHAPES:
-            raise UsageError(f"unknown load shape {self.shape!r}", hint=f"--shape takes {'|'.join(SHAPES)}")
-        if self.shape and self.sweep:
-            raise UsageError("a load shape and a sweep both set the user count", hint="drop --shape or --sweep")
-        if self.shape:
-            self.shape_plan()
+            problems.append(unknown_choice("load shape", self.shape, "--shape", tuple(SHAPES)))
+        elif self.shape and self.sweep:
+            problems.append(("a load shape and a sweep both set the user count", "drop --shape or --sweep"))
+        elif self.shape and not problems:  # the shape's own options, judged against valid users and duration
+            try:
+                self.shape_plan()
+            except UsageError as exc:
+                problems.append((exc.message, exc.hint or "check --shape-arg"))
+        return problems + self.slo.problems()
+
+    def check(self) -> None:
+        raise_problems(self.problems())
 
     def shape_plan(self) -> ShapePlan | None:
         """What the load shape will run (None without one)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import fingerprint
-from .errors import TritonDeployError
+from .errors import DemoError, TritonDeployError
 from .progress import Reporter
 
 BUILD = Path("build")
@@ -56,10 +56,6 @@ def classify_folder(protocol: str, url: str, folder: Path) -> list[dict]:
     if completed.returncode != 0:
         raise DemoError(f"triton-deploy classify exited {completed.returncode}: {completed.stderr.strip()}")
     return [json.loads(line) for line in completed.stdout.splitlines() if line.strip()]
-
-
-class DemoError(TritonDeployError):
-    """A demo step that should not fail did."""
 
 
 def run(reporter: Reporter) -> None:

@@ -57,7 +57,18 @@ def test_slo_names_each_broken_objective():
 @pytest.mark.parametrize("bad", [dict(p95_ms=0), dict(error_rate=2.0)])
 def test_slo_rejects_meaningless_thresholds(bad):
     with pytest.raises(UsageError, match="--slo-"):
-        SLO(**bad)
+        SLO(**bad).check()
+
+
+def test_load_test_options_report_every_problem_at_once(tmp_path):
+    options = LoadTestOptions(output=tmp_path, url="nowhere", protocol="smtp", users=0, duration_s=0.5,
+                              slo=SLO(p99_ms=-1))
+    with pytest.raises(UsageError) as caught:
+        options.check()
+    message = str(caught.value)
+    for part in ("--url 'nowhere' is not HOST:PORT", "unknown protocol 'smtp'", "--users must be at least 1",
+                 "--duration must be at least 1 s", "--slo-p99-ms must be a positive number"):
+        assert part in message
 
 
 def test_durations_read_like_locust_run_times():
