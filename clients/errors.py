@@ -44,6 +44,7 @@ _BATCH_LIMIT = re.compile(r"batch-size must be <= (\d+)")
 
 def status_of(exc: BaseException) -> str:
     """A transport-neutral status name: 'UNAVAILABLE', 'NOT_FOUND', 'INVALID_ARGUMENT', ... or '' if unknown."""
+    # tritonclient (gRPC/aiohttp/gevent underneath): loaded when a server is called, not at start-up
     from tritonclient.utils import InferenceServerException
 
     if isinstance(exc, InferenceServerException):
@@ -57,6 +58,7 @@ def status_of(exc: BaseException) -> str:
 
 
 def server_message(exc: BaseException) -> str:
+    # tritonclient (gRPC/aiohttp/gevent underneath): loaded when a server is called, not at start-up
     from tritonclient.utils import InferenceServerException
 
     if isinstance(exc, InferenceServerException):

@@ -18,10 +18,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from triton_deploy.errors import Problem, raise_problems
 from triton_deploy.loadtests import driver, plots, server_stats
 from triton_deploy.loadtests.payloads import ImagePool, PoolOptions, pool_from_digits
 from triton_deploy.progress import Reporter
+from triton_deploy.repository.render import RepositoryOptions
+from triton_deploy.server import ServerOptions, TritonServer, free_ports
+from triton_deploy.spec import Manifest
 
 TARGETS = {"mobilenet_v2": 0.8, "digits": 0.6}  # serving efficiency the issue asks for
 BUILT_IN = ("digits", "mobilenet_v2")
@@ -96,6 +101,7 @@ def _machine() -> dict:
 
 
 def _export(name: str, work: Path, options: BenchOptions, reporter: Reporter) -> Path:
+    # the export pipeline loads onnx, and TensorFlow when it trains: only when it runs
     from triton_deploy.export.pipeline import ExportOptions, export_model
 
     target = work / f"export-{name}"
@@ -116,8 +122,6 @@ def _pool(manifest) -> ImagePool:
 
 
 def _configs(options: BenchOptions, work: Path, name: str):
-    from triton_deploy.repository.render import RepositoryOptions
-
     base = RepositoryOptions(output=work / f"repo-{name}-default", monitoring=options.monitoring)
     configs = {DEFAULT_CONFIG: base,
                "batching off, 2 instances": replace(base, output=work / f"repo-{name}-nobatch", dynamic_batching=False)}
@@ -127,8 +131,8 @@ def _configs(options: BenchOptions, work: Path, name: str):
 
 
 def _bench_model(export_dir: Path, work: Path, options: BenchOptions, reporter: Reporter) -> tuple[str, dict]:
+    # the writer checks configs with tritonclient's protobuf schema: only when it writes
     from triton_deploy.repository.writer import generate_repository
-    from triton_deploy.spec import Manifest
 
     manifest = Manifest.read(export_dir)
     name = manifest.name
@@ -181,8 +185,6 @@ def _bench_model(export_dir: Path, work: Path, options: BenchOptions, reporter: 
 
 def _bench_server(name: str, repository: Path, label: str, options: BenchOptions, pool: ImagePool,
                   reporter: Reporter) -> dict:
-    from triton_deploy.server import ServerOptions, TritonServer, free_ports
-
     http_port, grpc_port, metrics_port = free_ports(3)
     server_options = ServerOptions(repository=repository, http_port=http_port, grpc_port=grpc_port,
                                    metrics_port=metrics_port, exit_timeout_s=10,
@@ -231,8 +233,6 @@ def _bench_server(name: str, repository: Path, label: str, options: BenchOptions
 def cpu_seconds(server) -> dict[str, float]:
     """CPU seconds used so far by Triton's own process ("triton core") and by each model's python-backend stubs
     (instances summed under the model's name)."""
-    import psutil
-
     totals: dict[str, float] = {}
     pids = {server.process.pid: "triton core"} | {
         pid: instance.rsplit("_", 2)[0] if instance.count("_") >= 2 else instance

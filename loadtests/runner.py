@@ -30,6 +30,7 @@ from triton_deploy.loadtests import plots, server_stats
 from triton_deploy.loadtests.shapes import ShapePlan, plan_shape
 from triton_deploy.loadtests.slo import SLO, SLOViolation
 from triton_deploy.progress import Reporter
+from triton_deploy.server import ServerOptions, TritonServer, free_ports
 
 HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
@@ -179,7 +180,6 @@ def _endpoints(options: LoadTestOptions, directory: Path, stack: ExitStack, repo
         host = url.rsplit(":", 1)[0]
         return url, options.metrics_url or f"http://{host}:8002/metrics"
     assert options.repository is not None  # LoadTestOptions.check: --url or --repository
-    from triton_deploy.server import ServerOptions, TritonServer, free_ports
 
     http_port, grpc_port, metrics_port = free_ports(3)
     server = TritonServer(ServerOptions(repository=Path(options.repository), http_port=http_port,
@@ -229,7 +229,6 @@ def locust_command(options: LoadTestOptions, url: str, users: int, run_dir: Path
     if options.image_dir is not None:
         command += ["--image-dir", str(options.image_dir)]
     if options.processes > 1:
-        from triton_deploy.server import free_ports
 
         # Locust's master listens on every interface at 5557 unless told otherwise: a second run on the same host (two
         # sweeps, a CI job beside a user's run) would find the port taken, and the workers need no outside access.
