@@ -20,8 +20,9 @@ from typing import Any
 
 import psutil
 
+from triton_deploy import metrics
 from triton_deploy.errors import Problem, raise_problems
-from triton_deploy.loadtests import driver, plots, server_stats
+from triton_deploy.loadtests import driver, plots
 from triton_deploy.loadtests.payloads import ImagePool, PoolOptions, pool_from_digits
 from triton_deploy.progress import Reporter
 from triton_deploy.repository.render import RepositoryOptions
@@ -197,14 +198,14 @@ def _bench_server(name: str, repository: Path, label: str, options: BenchOptions
                      duration_s=min(2.0, options.measure_s))  # warm-up: every instance, every batch path
         with reporter.bar(len(options.concurrencies), f"{name}: {label}") as bar:
             for concurrency in options.concurrencies:
-                before = server_stats.from_statistics(driver.statistics(server.grpc_url))
+                before = metrics.from_statistics(driver.statistics(server.grpc_url))
                 cpu_before = cpu_seconds(server)
                 m = driver.drive(server.grpc_url, name, pool, concurrency=concurrency, duration_s=options.measure_s)
-                after = server_stats.from_statistics(driver.statistics(server.grpc_url))
+                after = metrics.from_statistics(driver.statistics(server.grpc_url))
                 level = m.summary() | {"concurrency": concurrency,
                                        "cpu_ms_per_image": cpu_per_image(server, cpu_before, m)}
-                level["server"] = {k: v.summary() for k, v in server_stats.delta(before, after, prefix=name).items()}
-                level["breakdown_ms"] = breakdown(name, level["mean_ms"], server_stats.delta(before, after, name))
+                level["server"] = {k: v.summary() for k, v in metrics.delta(before, after, prefix=name).items()}
+                level["breakdown_ms"] = breakdown(name, level["mean_ms"], metrics.delta(before, after, name))
                 out["levels"][str(concurrency)] = level
                 bar.advance(1, f"c={concurrency}: {m.images_per_s:.0f} images/s")
         if label == DEFAULT_CONFIG:
@@ -258,7 +259,7 @@ def baseline_key(workers: int, threads_each: int, batch: int) -> str:
     return f"{workers}x{threads_each} b{batch}"
 
 
-def breakdown(ensemble: str, client_mean_ms: float, per_model: dict[str, server_stats.ModelTimes]) -> dict:
+def breakdown(ensemble: str, client_mean_ms: float, per_model: dict[str, metrics.ModelTimes]) -> dict:
     """A request's mean time, split: client (latency outside Triton: client library, network, (de)serialisation),
     queue (summed over the three steps), each step's compute, and the rest of the server time (ensemble
     scheduling, python-backend IPC)."""

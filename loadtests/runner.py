@@ -25,8 +25,9 @@ from pathlib import Path
 
 import psutil
 
+from triton_deploy import metrics
 from triton_deploy.errors import LoadTestError, Problem, TritonDeployError, UsageError, raise_problems, unknown_choice
-from triton_deploy.loadtests import plots, server_stats
+from triton_deploy.loadtests import plots
 from triton_deploy.loadtests.shapes import ShapePlan, plan_shape
 from triton_deploy.loadtests.slo import SLO, SLOViolation
 from triton_deploy.progress import Reporter
@@ -293,18 +294,18 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
     run["slo_violations"] = options.slo.violations(run["p95_ms"], run["p99_ms"], run["error_rate"], run["requests"])
     run["top_failure"] = _top_failure(run_dir / "locust_failures.csv") if run["failures"] else None
     if before is not None and after is not None:
-        per_model = server_stats.delta(before, after, prefix=options.model)
+        per_model = metrics.delta(before, after, prefix=options.model)
         run["server"] = {model: times.summary() for model, times in per_model.items()}
         note = None
         answered = run["requests"] - run["failures"]
         counted = per_model[options.model].requests if options.model in per_model else 0
-        if server_stats.counters_reset(before, after) or counted < answered:
+        if metrics.counters_reset(before, after) or counted < answered:
             # Triton's counters start at zero with the process: fewer requests than the client had answered means
             # the server restarted during the run (or --metrics-url points at another server).
             run["server_note"] = (f"the server restarted during the run (Triton counted {counted:.0f} of the "
                                   f"{answered} requests answered): its figures cover only the time since")
             note = run["server_note"]
-        (run_dir / "server.md").write_text(server_stats.server_report(per_model, title, note))
+        (run_dir / "server.md").write_text(metrics.server_report(per_model, title, note))
     else:
         run["server"] = None
         run["server_error"] = scrape_error
@@ -317,7 +318,7 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
 
 def _scrape(url: str) -> tuple[dict | None, str | None]:
     try:
-        return server_stats.scrape_metrics(url), None
+        return metrics.scrape_metrics(url), None
     except TritonDeployError as exc:
         return None, str(exc)
 

@@ -15,7 +15,7 @@ import urllib.request
 import psutil
 import pytest
 
-from triton_deploy.loadtests import server_stats
+from triton_deploy import metrics
 from triton_deploy.loadtests.runner import (
     LoadTestOptions,
     run_loadtest,
@@ -43,7 +43,7 @@ def _options(server, tmp_path, protocol="http", **overrides) -> LoadTestOptions:
 def test_metrics_parser_reads_every_model_of_the_ensemble_from_the_live_server(triton_server):
     with urllib.request.urlopen(triton_server.metrics_url) as response:
         text = response.read().decode()
-    parsed = server_stats.parse_metrics(text)
+    parsed = metrics.parse_metrics(text)
     assert set(MEMBERS) <= set(parsed)
 
 

@@ -99,9 +99,9 @@ def test_monitor_explains_a_repository_without_monitoring_in_one_line(triton_ser
     url = MonitorOptions(metrics_url=f"127.0.0.1:{triton_server.options.metrics_port}").url
     with urllib.request.urlopen(url, timeout=5) as response:
         text = "\n".join(line for line in response.read().decode().splitlines() if "triton_classifier_" not in line)
-    from triton_deploy.loadtests import server_stats
+    from triton_deploy import metrics
 
-    scrape = Scrape(0.0, server_stats.parse_metrics(text), server_stats.parse_samples(text))
+    scrape = Scrape(0.0, metrics.parse_metrics(text), metrics.parse_samples(text))
     snapshot = take_snapshot(scrape, scrape, url)
     assert snapshot.ensembles == {}
     (note,) = snapshot.notes

@@ -7,7 +7,7 @@ import pytest
 
 from triton_deploy.errors import UsageError
 from triton_deploy.loadtests.bench import BenchOptions, breakdown, run_bench
-from triton_deploy.loadtests.server_stats import ModelTimes
+from triton_deploy.metrics import ModelTimes
 
 
 def test_breakdown_splits_the_client_latency_into_client_queue_and_steps():

@@ -8,8 +8,8 @@ import io
 import pytest
 from PIL import Image
 
+from triton_deploy import metrics
 from triton_deploy.errors import UsageError
-from triton_deploy.loadtests import server_stats
 from triton_deploy.loadtests.payloads import PoolOptions, load_pool, pool_from_digits
 from triton_deploy.loadtests.runner import (
     LoadTestOptions,
@@ -116,16 +116,16 @@ def test_throughput_over_time_comes_from_the_counts_not_locusts_lagging_average(
 
 
 def test_server_view_counts_from_zero_after_a_restart_reset_the_counters():
-    before = {"m": server_stats.ModelTimes("m", requests=1000, inferences=1000, executions=500, queue_us=9000),
-              "m_classifier": server_stats.ModelTimes("m_classifier", requests=1000)}
-    after = {"m": server_stats.ModelTimes("m", requests=40, inferences=40, executions=20, queue_us=300),
-             "m_classifier": server_stats.ModelTimes("m_classifier", requests=1040)}
-    assert server_stats.counters_reset(before, after) == ["m"]
-    per_model = server_stats.delta(before, after, prefix="m")
+    before = {"m": metrics.ModelTimes("m", requests=1000, inferences=1000, executions=500, queue_us=9000),
+              "m_classifier": metrics.ModelTimes("m_classifier", requests=1000)}
+    after = {"m": metrics.ModelTimes("m", requests=40, inferences=40, executions=20, queue_us=300),
+             "m_classifier": metrics.ModelTimes("m_classifier", requests=1040)}
+    assert metrics.counters_reset(before, after) == ["m"]
+    per_model = metrics.delta(before, after, prefix="m")
     # The restarted model counts what it served since the restart; the other one the plain difference.
     assert per_model["m"] == after["m"] and per_model["m_classifier"].requests == 40
     assert all(value >= 0 for t in per_model.values() for value in t.summary().values() if isinstance(value, float))
-    assert server_stats.counters_reset(before, before) == []
+    assert metrics.counters_reset(before, before) == []
 
 
 def test_a_shape_fits_users_and_duration_unless_its_own_options_replace_them():
@@ -142,3 +142,12 @@ def test_a_shape_fits_users_and_duration_unless_its_own_options_replace_them():
     assert shape_line(options.shape_plan(), options).endswith("it replaces --duration 20s")
     with pytest.raises(UsageError, match="--shape spike has no option steps"):
         LoadTestOptions(url="h:1", shape="spike", shape_args={"steps": "3"}).check()
+
+
+def test_metrics_scraping_lives_in_the_core_package_and_the_old_name_still_imports():
+    from triton_deploy.loadtests import server_stats
+    from triton_deploy.monitoring import monitor
+
+    assert server_stats.ModelTimes is metrics.ModelTimes and server_stats.delta is metrics.delta
+    assert set(server_stats.__all__) <= set(vars(metrics))
+    assert monitor.server_stats is metrics  # the monitor reads Triton's metrics with the same code as the load tests

@@ -18,8 +18,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from triton_deploy import metrics as server_stats  # scraping moved from loadtests/ to the core package
 from triton_deploy.errors import UsageError
-from triton_deploy.loadtests import server_stats
 
 from . import model_metrics as mm
 
