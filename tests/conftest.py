@@ -1,8 +1,8 @@
 """Shared fixtures: one trained digits export, one generated repository and one live Triton server per session.
 
 They are real: TensorFlow trains the model, tf2onnx converts it, and the tritonserver binary from the nvidia-pytriton
-wheel serves it on free local ports. Only tests/integration/ may use them (tests/unit/conftest.py refuses them there);
-the unit tier builds tiny exports by hand with ``make_export``.
+wheel serves it on free local ports. Only tests/integration/ may use them (the collection hook below refuses them under
+tests/unit/); the unit tier builds tiny exports by hand with ``make_export``.
 """
 
 from __future__ import annotations
