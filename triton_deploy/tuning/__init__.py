@@ -1,5 +1,6 @@
 """``triton-deploy tune``: the fastest configuration of a whole ensemble under a p99 budget, measured on real Triton."""
 
-from .tune import TuneOptions, TuneResult, tune
+from .options import TuneOptions
+from .tune import TuneResult, tune
 
 __all__ = ["TuneOptions", "TuneResult", "tune"]

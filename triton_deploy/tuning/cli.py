@@ -10,8 +10,8 @@ from pathlib import Path
 from triton_deploy.cliargs import add_common_flags, int_list, word_list
 from triton_deploy.progress import Reporter
 
-from .space import FIELDS
-from .tune import TuneOptions, tune
+from .knobs import FIELDS
+from .options import TuneOptions
 
 
 def duration(text: str) -> float:
@@ -64,6 +64,8 @@ def _run_tune(args: argparse.Namespace, reporter: Reporter) -> int:
                           in_place=args.in_place, report_dir=args.report_dir, force=args.force,
                           image_dir=args.image_dir, only=args.only, screen_s=args.window, challenge_s=2 * args.window,
                           confirm_s=2.5 * args.window, repeats=args.repeats)
+    from .tune import tune  # Triton's client libraries and matplotlib: off the start-up of every other command
+
     result = tune(options, reporter)
     if args.json:
         print(json.dumps(result.report, indent=2))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from triton_deploy.contract import ADMIN_HEADER
@@ -19,38 +18,7 @@ from triton_deploy.loadtests import driver
 from triton_deploy.loadtests.payloads import ImagePool
 from triton_deploy.server import ServerOptions, TritonServer, free_ports
 
-
-class CandidateRejected(Exception):
-    """Triton refused to load a candidate's config (the previous config was put back): skip the candidate."""
-
-
-@dataclass(frozen=True)
-class Point:
-    """One concurrency's result for one candidate in one window."""
-
-    concurrency: int
-    images_per_s: float
-    p50_ms: float
-    p99_ms: float
-    failures: int
-    requests: int
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """A candidate measured at every concurrency in one window of ``window_s`` seconds each."""
-
-    points: tuple[Point, ...]
-    window_s: float
-
-    def feasible(self, p99_ms: float) -> bool:
-        return all(p.failures == 0 and p.p99_ms <= p99_ms for p in self.points)
-
-    def worst_p99(self) -> float:
-        return max(p.p99_ms for p in self.points)
-
-    def throughput(self, concurrency: int) -> float:
-        return next(p.images_per_s for p in self.points if p.concurrency == concurrency)
+from .results import CandidateRejected, Measurement, Point
 
 
 def link_copy(source: Path, target: Path) -> None:
@@ -88,7 +56,7 @@ class TuningServer:
 
     def load(self, configs: dict[str, str]) -> float:
         """Write and reload every step whose config differs from what runs now; the seconds it took."""
-        import tritonclient.http as httpclient
+        import tritonclient.http as httpclient  # the driver already loads it; kept beside its only use
 
         start = time.perf_counter()
         changed = {name: text for name, text in configs.items() if self.loaded.get(name) != text}

@@ -7,7 +7,7 @@ import json
 import statistics
 from pathlib import Path
 
-from .measure import Measurement
+from .results import Measurement
 from .search import SearchResult
 from .space import Knob, repo_flags
 
@@ -110,10 +110,10 @@ def conclusion_lines(summary: dict) -> list[str]:
 def plot(summary: dict, path: Path) -> Path:
     """Throughput against p99, one panel per concurrency: every measurement a dot, the budget a line, the winner's
     and the start's confirmation medians marked."""
-    import matplotlib
+    import matplotlib  # heavy: loaded only when a report is drawn
 
     matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     concurrencies = summary["concurrencies"]
     fig, axes = plt.subplots(1, len(concurrencies), figsize=(4.2 * len(concurrencies), 3.8), squeeze=False)

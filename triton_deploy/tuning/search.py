@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .measure import CandidateRejected, Measurement
-from .space import Candidate, Knob
+from .knobs import Candidate, Knob
+from .results import CandidateRejected, Measurement
 
 
 @dataclass(frozen=True)

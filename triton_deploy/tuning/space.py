@@ -21,49 +21,7 @@ from tritonclient.grpc import model_config_pb2
 
 from triton_deploy.errors import UsageError
 
-Value = bool | int | str
-
-
-@dataclass(frozen=True)
-class Knob:
-    """One tunable field of one step's config."""
-
-    model: str
-    field: str  # instances | dynamic_batching | max_queue_delay_us | intra_op_threads | session_batch_size
-    values: tuple[Value, ...]  # the starting value first
-
-    @property
-    def name(self) -> str:
-        return f"{self.model}.{self.field}"
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """The starting configuration with ``changes`` (knob name -> value) applied."""
-
-    changes: tuple[tuple[str, Value], ...] = ()
-
-    def with_value(self, knob: Knob, value: Value) -> Candidate:
-        changes = dict(self.changes)
-        if value == knob.values[0]:
-            changes.pop(knob.name, None)
-        else:
-            changes[knob.name] = value
-        return Candidate(tuple(sorted(changes.items())))
-
-    def value(self, knob: Knob) -> Value:
-        return dict(self.changes).get(knob.name, knob.values[0])
-
-    @property
-    def label(self) -> str:
-        return ", ".join(f"{name}={_show(value)}" for name, value in self.changes) or "starting configuration"
-
-
-def _show(value: Value) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
-
+from .knobs import FIELDS, Candidate, Knob, Value, show_value
 
 # ---- reading a repository ----------------------------------------------------------------------------------------
 
@@ -196,8 +154,7 @@ APPLY: dict[str, Callable] = {  # knob field -> how it is written into a config
     "intra_op_threads": _parameter("intra_op_thread_count"),
     "session_batch_size": _parameter("session_batch_size"),
 }
-
-FIELDS = tuple(APPLY)
+assert tuple(APPLY) == FIELDS, "every knob field the options accept has a writer, and no other"
 
 # How `triton-deploy repo` reproduces a knob, by the step's role (its name's suffix): the one source of configs.
 REPO_FLAGS = {
@@ -222,5 +179,5 @@ def repo_flags(candidate: Candidate, knobs: list[Knob]) -> tuple[list[str], list
         if flag and not (knob.field == "intra_op_threads" and value == "auto"):
             flags.append(f"{flag} {value}")
         else:
-            unmatched.append(f"{knob.name}={_show(value)}")
+            unmatched.append(f"{knob.name}={show_value(value)}")
     return flags, unmatched

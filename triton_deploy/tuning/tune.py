@@ -15,69 +15,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from triton_deploy.errors import LatencyBudgetError, Problem, UsageError, raise_problems
+from triton_deploy.errors import LatencyBudgetError, UsageError
 from triton_deploy.fsutil import atomic_directory, check_output_dir
+from triton_deploy.loadtests.payloads import PoolOptions, load_pool
 from triton_deploy.progress import Reporter
 
 from . import report
-from .measure import Measurement, TuningServer, link_copy
-from .search import Record, SearchResult, SearchSettings, search
-from .space import FIELDS, Candidate, EnsembleConfigs
-
-
-@dataclass(frozen=True)
-class TuneOptions:
-    repository: Path
-    model: str
-    p99_ms: float
-    concurrencies: tuple[int, ...] = (1, 4, 8, 16)
-    budget_s: float = 600.0
-    output: Path | None = None  # a new repository with the winner; None with in_place
-    in_place: bool = False
-    report_dir: Path = Path("build/tune")
-    force: bool = False
-    image_dir: Path | None = None  # default: rendered digits (the preprocess step resizes any image)
-    only: tuple[str, ...] = ()  # knob fields to search (e.g. "instances"); empty: all of them
-    screen_s: float = 2.0
-    challenge_s: float = 4.0
-    confirm_s: float = 5.0
-    repeats: int = 3
-
-    def check(self) -> None:
-        """Every problem with the options at once, before anything runs."""
-        problems: list[Problem] = []
-        if not Path(self.repository).is_dir():
-            problems.append((f"repository {self.repository} does not exist", "check REPOSITORY"))
-        if self.p99_ms <= 0:
-            problems.append((f"--p99-ms {self.p99_ms:g} must be positive", "check --p99-ms"))
-        if not self.concurrencies or min(self.concurrencies) < 1:
-            problems.append((f"--concurrency {','.join(map(str, self.concurrencies))} needs values >= 1",
-                             "check --concurrency"))
-        if (self.output is None) == (not self.in_place):
-            problems.append(("say where the winning configuration goes", "give --output DIR or --in-place"))
-        if self.budget_s < self.minimum_budget_s:
-            problems.append((f"--budget {self.budget_s:g} s is too short to measure the start and confirm a winner "
-                             f"(at least {self.minimum_budget_s:.0f} s for {len(self.concurrencies)} concurrencies)",
-                             "raise --budget or give fewer --concurrency values"))
-        unknown = sorted(set(self.only) - set(FIELDS))
-        if unknown:
-            problems.append((f"--only {','.join(unknown)}: no such knob (knobs: {', '.join(FIELDS)})",
-                             "check --only"))
-        if self.repeats < 1:
-            problems.append(("--repeats must be at least 1", "check --repeats"))
-        raise_problems(problems)
-
-    @property
-    def minimum_budget_s(self) -> float:
-        windows = len(self.concurrencies) * (self.screen_s + 2 * self.repeats * self.confirm_s)
-        return windows + 30.0  # server start and reloads
-
-    @property
-    def settings(self) -> SearchSettings:
-        # The budget covers everything; the server start and the copy are paid before the search's clock starts.
-        return SearchSettings(concurrencies=tuple(sorted(set(self.concurrencies))), p99_ms=self.p99_ms,
-                              budget_s=self.budget_s - 20.0, screen_s=self.screen_s, challenge_s=self.challenge_s,
-                              confirm_s=self.confirm_s, repeats=self.repeats)
+from .measure import TuningServer, link_copy
+from .options import TuneOptions
+from .results import Measurement
+from .search import Record, SearchResult, search
+from .space import Candidate, EnsembleConfigs
 
 
 @dataclass(frozen=True)
@@ -125,8 +73,6 @@ def tune(options: TuneOptions, reporter: Reporter | None = None) -> TuneResult:
 
 
 def _pool(options: TuneOptions):
-    from triton_deploy.loadtests.payloads import PoolOptions, load_pool
-
     return load_pool(PoolOptions(image_dir=options.image_dir, count=64))
 
 
