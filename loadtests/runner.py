@@ -306,7 +306,8 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
         run["server"] = None
         run["server_error"] = scrape_error
     # Workers send their counts to the master every few seconds (Locust's WORKER_REPORT_INTERVAL, 3 s).
-    history = plots.read_history(run_dir / "locust_stats_history.csv", window_s=3 if options.processes > 1 else 1)
+    history = plots.read_history(run_dir / "locust_stats_history.csv", window_s=3 if options.processes > 1 else 1,
+                                 last_request=_last_request(run_dir / "locust_window.json"))
     if history:
         plots.plot_timeline(history, run_dir, title)
     return run
@@ -323,6 +324,14 @@ def _run_seconds(path: Path) -> float | None:
     """The run's length as the locustfile measured it: from the test's start to its last request."""
     try:
         return float(json.loads(path.read_text())["seconds"]) or None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _last_request(path: Path) -> float | None:
+    """When the last request ended (epoch seconds), as the locustfile noted it."""
+    try:
+        return float(json.loads(path.read_text())["last_request"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -131,6 +131,26 @@ def test_throughput_over_time_comes_from_the_counts_not_locusts_lagging_average(
     assert all(p.stat().st_size > 0 for p in plots.plot_timeline(history, tmp_path, "test"))
 
 
+def test_throughput_line_ends_at_the_last_full_interval_and_whole_second_stamps_draw_no_false_drops(tmp_path):
+    from triton_deploy.loadtests import plots
+
+    header = "Timestamp,User Count,Type,Name,Requests/s,Failures/s,50%,95%,99%,Total Request Count,Total Failure Count\n"
+    # A steady 240 requests/s; Locust writes a row every 1.03 s stamped with the whole second, the load stops at
+    # 20.5 s and two more rows are written while it shuts down (the second-last with a part of an interval).
+    start, stop, rows, t = 1_700_000_000.4, 20.5, [], 0.0
+    while t < stop + 2:
+        rows.append(f"{int(start + t)},4,,Aggregated,0,0,5,9,12,{int(240 * min(t, stop))},0\n")
+        t += 1.03
+    path = tmp_path / "history.csv"
+    path.write_text(header + "".join(rows))
+    stamps = [int(r.split(",")[0]) for r in rows]
+    assert 2 in {b - a for a, b in zip(stamps, stamps[1:])}  # the stamps alone read one 1.03 s gap as 2 s: half the rate
+    history = plots.read_history(path, last_request=start + stop)
+    assert history[-1]["t"] <= stop and len(history) == len(rows) - 2
+    assert all(h["rps"] == pytest.approx(240, rel=0.06) for h in history[1:])
+    assert all(p.stat().st_size > 0 for p in plots.plot_timeline(history, tmp_path, "test"))
+
+
 def test_server_view_counts_from_zero_after_a_restart_reset_the_counters():
     before = {"m": server_stats.ModelTimes("m", requests=1000, inferences=1000, executions=500, queue_us=9000),
               "m_classifier": server_stats.ModelTimes("m_classifier", requests=1000)}
