@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from triton_deploy.errors import UsageError
+from triton_deploy.fsutil import check_writable
 from triton_deploy.loadtests import driver, plots, server_stats
 from triton_deploy.loadtests.payloads import ImagePool, PoolOptions, pool_from_digits
 from triton_deploy.progress import Reporter
@@ -67,6 +68,7 @@ def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchR
     reporter = reporter or Reporter(quiet=True)
     options.check()
     output = Path(options.output)
+    check_writable(output, flag="--output")  # before minutes of training and measuring
     output.mkdir(parents=True, exist_ok=True)
     work = Path(options.work_dir or output / "work")
     work.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 import psutil
 
 from triton_deploy.errors import TritonDeployError, UsageError
+from triton_deploy.fsutil import check_writable
 from triton_deploy.loadtests import plots, server_stats
 from triton_deploy.loadtests.shapes import ShapePlan, plan_shape
 from triton_deploy.loadtests.slo import SLO, SLOViolation
@@ -35,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
 CONFIG = HERE / "locust.conf"
 SHAPES = {"step": HERE / "shape_step.py", "spike": HERE / "shape_spike.py"}
+PREFLIGHT_READY_S = 30.0  # a server still loading its models gets this long; a dead port fails at once
 LOCUST_OK = {0, 1, 3}  # 1: some requests failed (Locust's --exit-code-on-error), 3: the locustfile's SLO gate
 
 
@@ -121,12 +123,17 @@ def run_loadtest(options: LoadTestOptions, reporter: Reporter | None = None) -> 
     the summary. Raises ``SLOViolation`` (after writing all files) when an objective is broken."""
     reporter = reporter or Reporter(quiet=True)
     options.check()
+    check_writable(Path(options.output), flag="--output")
     plan = options.shape_plan()
     if plan is not None:
         reporter.info(shape_line(plan, options))
+    if options.url is not None:  # before a folder is made: a typo in --url or --model leaves nothing behind
+        preflight(options, options.url.split("://", 1)[-1].rstrip("/"))
     directory = _new_run_directory(Path(options.output))
     with ExitStack() as stack:
         url, metrics_url = _endpoints(options, directory, stack, reporter)
+        if options.url is None:
+            preflight(options, url)
         levels = options.sweep or (options.users,)
         runs = []
         for users in levels:
@@ -156,6 +163,19 @@ def run_loadtest(options: LoadTestOptions, reporter: Reporter | None = None) -> 
         error.result = result  # the CLI still prints the table and the folder
         raise error
     return result
+
+
+def preflight(options: LoadTestOptions, url: str) -> None:
+    """What ``classify`` checks before its first image, with its words and exit codes: something answers at ``url``
+    in ``options.protocol`` (30 otherwise, at once for a refused port or the other protocol's port), ``options.model``
+    is served and ready (31) and is an image classifier that returns ``--top-k`` answers. Metadata only, no
+    inference: the check is not counted as a prediction. Without it a dead port ran the whole duration and ended in
+    "SLO broken" with raw exception text."""
+    from triton_deploy.clients.classifier import ImageClassifier, check_top_k
+
+    with ImageClassifier(url, protocol=options.protocol, model=options.model, concurrency=1,
+                         ready_timeout=PREFLIGHT_READY_S, retries=1) as client:
+        check_top_k(options.top_k, client.plan)
 
 
 def _new_run_directory(output: Path) -> Path:
