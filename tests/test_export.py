@@ -191,7 +191,9 @@ def test_export_help_states_the_default_scale():
 @pytest.mark.parametrize("case, argv, code, message", [
     ("unknown arch", ["--arch", "vgg99"], 2, "unknown architecture 'vgg99' (--arch takes one of: mobilenet_v2"),
     ("missing file", ["--keras-model", "{missing}"], 4, "not found (check --keras-model)"),
-    ("corrupt file", ["--keras-model", "{corrupt}"], 4, "cannot load"),
+    ("corrupt file", ["--keras-model", "{corrupt}"], 4, "corrupt.keras is not a Keras file: a .keras model is a zip"),
+    ("text file", ["--keras-model", "{junk}"], 4, "junk.keras is not a Keras file: a .keras model is a zip archive"),
+    ("text as .h5", ["--keras-model", "{junk_h5}"], 4, "junk.h5 is not a Keras file: an .h5 model is an HDF5 file"),
     ("several inputs", ["--keras-model", "{two_inputs}"], 4, "has 2 inputs; an image classifier takes exactly one"),
     ("non-image input", ["--keras-model", "{tabular}"], 4, "expected an image batch (N, H, W, C)"),
     ("not a saved model", ["--saved-model", "{tmp}"], 4, "is not a SavedModel directory"),
@@ -199,14 +201,25 @@ def test_export_help_states_the_default_scale():
     ("bad opset", ["--opset", "3"], 2, "opset 3 is outside"),
 ])
 def test_bad_input_gets_one_clear_line_and_no_output(case, argv, code, message, model_files, tmp_path, capsys):
+    (tmp_path / "junk.keras").write_text("not a model\n")
+    (tmp_path / "junk.h5").write_text("not a model\n")
     paths = {k: str(v) for k, v in model_files.items()} | {"missing": str(tmp_path / "nope.keras"),
-                                                             "tmp": str(tmp_path)}
+                                                             "tmp": str(tmp_path), "junk": str(tmp_path / "junk.keras"),
+                                                             "junk_h5": str(tmp_path / "junk.h5")}
     output = tmp_path / "out"
     status, out, err = run(["export", *[a.format(**paths) for a in argv], "--output", str(output), "-q"], capsys)
     assert status == code, err
     assert message in err and err.startswith("triton-deploy export: error:")
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not output.exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_loading_anything(model_files, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("x")
+    output = tmp_path / "file.txt" / "digits"
+    status, _, err = run(["export", "--keras-model", str(model_files["keras"]), "--output", str(output), "-q"], capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert f"cannot write --output {output}: {tmp_path / 'file.txt'} is a file, not a directory" in err
 
 
 def test_existing_output_needs_force_and_is_left_untouched(model_files, tmp_path, capsys):
