@@ -145,6 +145,34 @@ def test_samples_in_label_folders_give_accuracy(model_files, tmp_path, capsys):
     assert Manifest.read(tmp_path / "o").labels == ("zero", "one", "two")
 
 
+def test_unreadable_samples_are_skipped_and_each_named_as_classify_and_evaluate_do(model_files, tmp_path, capsys):
+    from PIL import Image
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("zero\none\ntwo\n")
+    for label in ("zero", "one"):
+        (tmp_path / "samples" / label).mkdir(parents=True)
+        for i in range(9):
+            Image.fromarray(np.full((20, 20), 30 * i, dtype=np.uint8)).save(tmp_path / "samples" / label / f"{i}.png")
+    bad = [tmp_path / "samples" / "zero" / "truncated.png", tmp_path / "samples" / "one" / "text.jpg"]
+    bad[0].write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    bad[1].write_text("not an image")
+    argv = ["export", "--keras-model", str(model_files["keras"]), "--labels", str(labels), "--samples",
+            str(tmp_path / "samples"), "-q", "--allow-chance-accuracy"]
+    code, out, err = run([*argv, "--output", str(tmp_path / "o"), "--json"], capsys)
+    assert code == 0, err
+    assert [line.split(":")[0] for line in err.strip().splitlines()] == [f"skipped sample {p}" for p in sorted(bad)]
+    summary = json.loads(out)
+    assert summary["parity"]["samples"] == 17 and len(summary["skipped_samples"]) == 2  # as with 18 good ones
+    assert [s["file"] for s in Manifest.read(tmp_path / "o").dataset["skipped"]] == [str(p) for p in sorted(bad)]
+    for folder in ("zero", "one"):  # nothing readable left: refused, every file named
+        for path in (tmp_path / "samples" / folder).glob("*.png"):
+            if path not in bad:
+                path.unlink()
+    code, _, err = run([*argv, "--output", str(tmp_path / "none")], capsys)
+    assert code == 4 and "none of the 2 images in" in err and all(str(p) in err for p in bad)
+
+
 def test_accuracy_at_chance_level_is_refused_and_names_the_scale(rescaling_model, tmp_path, capsys):
     model, folder = rescaling_model
     argv = ["export", "--keras-model", str(model), "--labels", str(folder / "labels.txt"),
