@@ -37,3 +37,13 @@ def test_classify_without_a_port_says_missing_port_not_nothing_listens(tmp_path,
     assert main(["classify", str(image), "--url", "127.0.0.1", "--quiet"]) == InvalidInputError.exit_code
     err = capsys.readouterr().err
     assert "url '127.0.0.1' is missing a port" in err and "nothing listens" not in err and len(err.splitlines()) == 1
+
+
+def test_a_file_reached_by_a_folder_and_a_glob_is_classified_once(tmp_path, monkeypatch):
+    from triton_deploy.clients.paths import expand_paths
+
+    for name in ("a/1.png", "a/b/2.png", "a/notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert expand_paths(["a", "a/**/*.png", "./a/1.png", "a/notes.txt"]) == ["a/1.png", "a/b/2.png", "a/notes.txt"]
