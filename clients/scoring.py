@@ -107,7 +107,7 @@ def score(answers: Answers, labels: tuple[str, ...]) -> Scores:
         precision = true_positive / predicted if predicted else None
         recall = true_positive / actual if actual else None
         f1 = None
-        if actual:
+        if recall is not None:
             p = precision or 0.0
             f1 = 2 * p * recall / (p + recall) if p + recall else 0.0
         per_class.append(ClassScore(label, precision, recall, f1, actual))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from triton_deploy.postprocessing import softmax
 from triton_deploy.preprocessing import ImageDecodeError, ImageTransform
 from triton_deploy.progress import Reporter
 from triton_deploy.spec import Manifest, Reference, Robustness, TensorSpec
+from triton_deploy.tfquiet import load_tensorflow
 
 from . import convert, digits, graph, robustness, sources, tflite, validate
 
@@ -88,7 +88,8 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
     reporter = reporter or Reporter(quiet=True)
     _check_options(options)
     check_output_dir(options.output, force=options.force)  # fail before minutes of training, not after
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with reporter.step("Loading TensorFlow"):
+        load_tensorflow()
 
     model = _load(options, reporter)
     transform = ImageTransform.from_dict(model.transform.to_dict() | options.transform_overrides

@@ -4,6 +4,7 @@ every supported format, and every error case with its message and exit code."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -322,3 +323,16 @@ def test_duplicate_labels_are_refused(model_files, tmp_path, capsys):
                           "--output", str(tmp_path / "out"), "-q"], capsys)
     assert status == 4 and "repeats labels ['cat']" in err and "--labels" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_export_prints_no_tensorflow_notices_a_user_cannot_act_on(model_files, tmp_path):
+    import subprocess
+    import sys
+
+    # A fresh process: the notices come once, when TensorFlow is first imported, some from C++ on descriptor 2.
+    result = subprocess.run([sys.executable, "-m", "triton_deploy.cli", "export", "--keras-model",
+                             str(model_files["keras"]), "--output", str(tmp_path / "o"), "-q"],
+                            capture_output=True, text=True, timeout=600, env={k: v for k, v in os.environ.items()
+                                                                             if not k.startswith("TF_CPP")})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no absl/oneDNN start-up lines, no tf2onnx deprecation warnings
