@@ -123,27 +123,38 @@ def _marker(t: list[float]) -> str | None:
 
 
 def plot_sweep(runs: list[dict], path: Path, title: str) -> Path:
-    """Throughput and p50/p95/p99 against the user count, one point per sweep level."""
+    """Throughput and p50/p95/p99 against the user count, one point per sweep level. Images/s gets its own line only
+    when requests carry several images (at batch 1 it would hide the requests line exactly); latency goes to a log
+    scale when the percentiles span more than a factor of 20, so p50 is not flattened against the axis."""
     users = [r["users"] for r in runs]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(users, [r["requests_per_s"] for r in runs], marker="o", label="answered requests/s")
-    left.plot(users, [r["images_per_s"] for r in runs], marker="s", linestyle="--", label="images/s")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.6), layout="constrained")
+    same = all(r["images_per_s"] == r["requests_per_s"] for r in runs)
+    left.plot(users, [r["requests_per_s"] for r in runs], marker="o",
+              label="answered requests/s" + (" (= images/s)" if same else ""))
+    if not same:
+        left.plot(users, [r["images_per_s"] for r in runs], marker="s", linestyle="--", label="images/s")
     left.set_xlabel("users")
     left.set_ylabel("per second")
+    left.set_ylim(bottom=0)
     left.set_title("Throughput")
-    left.legend()
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=9)
+    latencies = [r[key] for r in runs for key in ("p50_ms", "p95_ms", "p99_ms") if r[key]]
     for key in ("p50_ms", "p95_ms", "p99_ms"):
         right.plot(users, [r[key] for r in runs], marker="o", label=key.removesuffix("_ms"))
+    if latencies and max(latencies) > 20 * min(latencies):
+        right.set_yscale("log")
+    else:
+        right.set_ylim(bottom=0)
     right.set_xlabel("users")
     right.set_ylabel("response time (ms)")
     right.set_title("Latency")
-    right.legend()
+    right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, fontsize=9)
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         ax.set_xticks(users, [str(u) for u in users])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -164,10 +175,11 @@ def plot_bench(report: dict, path: Path) -> Path:
         if e["triton_images_per_request"] > 1:
             ax.plot([concurrency], [e["triton_images_per_s"]], marker="*", markersize=12, linestyle="none",
                     color="black", label=f"Triton, {e['triton_images_per_request']} images per request")
-        ax.axhline(e["in_process_images_per_s"], color="tab:green", linestyle="--",
+        # reference lines in black and grey: the configurations take the colour cycle (green was one of them)
+        ax.axhline(e["in_process_images_per_s"], color="black", linestyle="--",
                    label=f"in-process best ({e['in_process_arrangement']})")
         if r.get("target"):
-            ax.axhline(r["target"] * e["in_process_images_per_s"], color="tab:red", linestyle=":",
+            ax.axhline(r["target"] * e["in_process_images_per_s"], color="dimgrey", linestyle=":",
                        label=f"target: {r['target']:g} x in-process")
         concurrencies = sorted(int(c) for c in next(iter(r["configs"].values()))["levels"])
         ax.set_xscale("log", base=2)
