@@ -98,6 +98,9 @@ def test_loadtest_without_a_target_or_with_a_bad_url_names_the_flag(tmp_path):
         run_loadtest(LoadTestOptions(output=tmp_path, url="localhost"))
     with pytest.raises(UsageError, match="--shape or --sweep"):
         run_loadtest(LoadTestOptions(output=tmp_path, url="127.0.0.1:1", shape="step", sweep=(1, 2)))
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(UsageError, match="cannot write --output .*file.txt is a file, not a directory"):
+        run_loadtest(LoadTestOptions(output=tmp_path / "file.txt" / "results", url="127.0.0.1:1"))
 
 
 def test_results_line_points_into_the_level_folders_of_a_sweep(tmp_path):
