@@ -32,6 +32,7 @@ from triton_deploy.spec import TensorSpec
 
 from .errors import InvalidInputError, ModelMismatchError
 
+NEEDS_PREPROCESSING = "client-side preprocessing needs the parameters"  # evaluate words its own hint on this
 DEFAULT_MAX_BATCH_SIZE = 8  # used when the config is not readable (no admin key): below any sane server limit
 
 
@@ -148,8 +149,7 @@ def discover_local(model: str, transform: ImageTransform | None, batch_size: int
         pre_config = _config((yield Call("config", pre)))
         if pre_config is None:
             raise ModelMismatchError(
-                f"client-side preprocessing needs the parameters of '{pre}', whose configuration the server only "
-                "shows with the admin key", hint="pass the export's preprocessing: --manifest EXPORT_DIR/manifest.json "
+                f"{NEEDS_PREPROCESSING} of '{pre}', whose configuration the server only shows with the admin key", hint="pass the export's preprocessing: --manifest EXPORT_DIR/manifest.json "
                 "(Python: transform=Manifest.read(export_dir).preprocessing), or the admin key: --admin-key / "
                 "admin_key=, or use preprocess='server'")
         try:

@@ -40,6 +40,7 @@ __all__ = [
 
 _GRPC_CODE = re.compile(r"StatusCode\.(\w+)")
 _BATCH_LIMIT = re.compile(r"batch-size must be <= (\d+)")
+_UNSERVED_VERSION = re.compile(r"unknown model: '[^']*' version (\d+)")  # Triton 2.51's words, HTTP and gRPC
 
 
 def status_of(exc: BaseException) -> str:
@@ -144,6 +145,12 @@ def _typed(exc: BaseException, url: str, model: str) -> ClientError:
     if is_connection_failure(exc):
         return ServerUnavailableError(f"cannot reach a Triton server at {url}: {message}",
                                       hint="check --url and that the server is running and ready")
+    version = _UNSERVED_VERSION.search(message)
+    if status == "NOT_FOUND" and version:  # the model exists; its version policy does not serve this version
+        return ModelNotFoundError(
+            f"the server at {url} does not serve version {version.group(1)} of '{model}': {message}",
+            hint="the version policy in the model's config.pbtxt picks the versions served (repo --version-policy, "
+                 "e.g. all or specific:1,2); check --model-version, or leave it out for the latest")
     if status == "NOT_FOUND":
         return ModelNotFoundError(f"the server at {url} has no model '{model}': {message}", hint="check --model")
     if _BATCH_LIMIT.search(message) or status == "TOO_LARGE" or "exceeds" in message and "size" in message:

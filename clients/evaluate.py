@@ -23,7 +23,8 @@ from triton_deploy.progress import Reporter
 
 from . import scoring
 from .classifier import ImageClassifier
-from .errors import AccuracyGateError, DatasetError
+from .discovery import NEEDS_PREPROCESSING
+from .errors import AccuracyGateError, DatasetError, ModelMismatchError
 from .results import Outcome, Prediction
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
@@ -194,6 +195,18 @@ def run_name(model: str, version: str) -> str:
 def _client(options: EvaluateOptions, model: str, version: str) -> ImageClassifier:
     """An ensemble is called with encoded images; a classifier version directly, with the model's own
     preprocessing run here (an ensemble always runs its classifier's latest version)."""
+    try:
+        return _connect(options, model, version)
+    except ModelMismatchError as exc:
+        if not exc.message.startswith(NEEDS_PREPROCESSING):
+            raise
+        raise ModelMismatchError(  # classify's hint names --manifest, which evaluate does not take
+            f"--model-version {version} calls '{model}_classifier' directly, with '{model}_preprocess''s "
+            "preprocessing run here; its parameters are in a configuration the server shows only with the admin key",
+            hint="pass the server's admin key: --admin-key KEY or TRITON_ADMIN_KEY (serve prints it)") from None
+
+
+def _connect(options: EvaluateOptions, model: str, version: str) -> ImageClassifier:
     return ImageClassifier(options.address, protocol=options.protocol, model=model,
                            preprocess="client" if version else "server", model_version=version,
                            concurrency=options.concurrency, timeout=options.timeout_s,

@@ -1,9 +1,11 @@
 """Command-line PATH arguments -> the image files to classify: files as given, directories searched recursively for
-image files, glob patterns (``**`` included) expanded. Order is stable: arguments in order, each expanded sorted."""
+image files, glob patterns (``**`` included) expanded. Order is stable: arguments in order, each expanded sorted. A
+file reached by several arguments (``DIR`` and ``'DIR/**/*.png'``) is classified once, where it first appears."""
 
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,4 +24,11 @@ def expand_paths(arguments: Sequence[str]) -> list[str]:
             files += sorted(m for m in glob.glob(argument, recursive=True) if Path(m).is_file())
         else:
             files.append(argument)
-    return files
+    seen: set[str] = set()
+    unique = []
+    for file in files:
+        key = os.path.abspath(file)  # 'd/a.png' and './d/a.png' are one file; a symlink stays its own input
+        if key not in seen:
+            seen.add(key)
+            unique.append(file)
+    return unique

@@ -85,8 +85,9 @@ def summary(evaluation: Evaluation) -> str:
                      f"(median {_fmt(scores.confidence_wrong['median'])}); request p50 {run.latency_ms(50):.1f} ms, "
                      f"p95 {run.latency_ms(95):.1f} ms")
         lines.append("  class      precision  recall  f1      images")
-        lines += [f"  {c.label[:10]:10s} {c.precision:9.4f}  {c.recall:6.4f}  {c.f1:6.4f}  {c.support:6d}"
-                  for c in scores.per_class]
+        lines += [f"  {c.label[:10]:10s} {_cell(c.precision):>9s}  {_cell(c.recall):>6s}  {_cell(c.f1):>6s}  "
+                  f"{c.support:6d}" for c in scores.per_class]
+        lines.append(f"  {_macro_line(scores)}")
         for outcome in run.failed():
             lines.append(f"  undecodable: {outcome.source}: {outcome.error.reason if outcome.error else ''}")
     if evaluation.comparison is not None:
@@ -119,8 +120,10 @@ def markdown(evaluation: Evaluation) -> str:
                 f"{_fmt(scores.confidence_wrong['median'])} ({scores.confidence_wrong['images']} images).", "",
                 f"Request latency: p50 {run.latency_ms(50):.1f} ms, p95 {run.latency_ms(95):.1f} ms.", "",
                 "| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
-        out += [f"| {c.label} | {c.precision:.4f} | {c.recall:.4f} | {c.f1:.4f} | {c.support} |"
+        out += [f"| {c.label} | {_cell(c.precision)} | {_cell(c.recall)} | {_cell(c.f1)} | {c.support} |"
                 for c in scores.per_class]
+        out += ["", _macro_line(scores) + " (n/a: recall and F1 of a class with no image in DATA_DIR, precision of "
+                "a class the model never answered).", ""]
         failed = run.failed()
         out += ["", f"Undecodable images: {len(failed)}"]
         out += [f"- `{o.source}`: {o.error.reason if o.error else ''}" for o in failed]
@@ -144,28 +147,54 @@ def markdown(evaluation: Evaluation) -> str:
     return "\n".join(out)
 
 
+MAX_PLOTTED_CLASSES = 30  # beyond this a cell is a few pixels and its label unreadable
+
+
+def plotted_classes(confusion: np.ndarray) -> np.ndarray:
+    """The classes a confusion plot shows: those with an image or an answer (a folder covering 3 of 1000 ImageNet
+    labels is a 3x3 plot, not 1000x1000 of zeros), at most ``MAX_PLOTTED_CLASSES``: those in the most mistakes."""
+    activity = confusion.sum(axis=0) + confusion.sum(axis=1)
+    mistakes = activity - 2 * np.diag(confusion)
+    involved = np.flatnonzero(activity)
+    if len(involved) == 0:
+        involved = np.arange(min(len(confusion), MAX_PLOTTED_CLASSES))
+    if len(involved) > MAX_PLOTTED_CLASSES:
+        rank = np.lexsort((-activity[involved], -mistakes[involved]))  # most mistakes, then most images
+        involved = np.sort(involved[rank[:MAX_PLOTTED_CLASSES]])
+    return involved
+
+
 def confusion_plot(scores: Scores, labels: tuple[str, ...], model: str, path: Path) -> None:
-    counts = scores.confusion
-    rows = counts.sum(axis=1, keepdims=True)
+    shown = plotted_classes(scores.confusion)
+    counts = scores.confusion[np.ix_(shown, shown)]
+    names = [labels[i] for i in shown]
+    rows = scores.confusion[shown].sum(axis=1, keepdims=True)  # all answers of the class, also those not shown
     normalised = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=float), where=rows > 0)
-    size = max(4.0, 0.45 * len(labels) + 2)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
-    for ax, values, title, fmt in ((axes[0], counts, "counts", "d"), (axes[1], normalised, "row-normalised", ".2f")):
-        image = ax.imshow(values, cmap="Blues")
+    size = min(12.0, max(4.0, 0.4 * len(shown) + 2))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size + 0.6), layout="constrained")
+    for ax, values, title, fmt in ((axes[0], counts, "counts", "d"), (axes[1], normalised, "share of the true class",
+                                                                      ".2f")):
+        image = ax.imshow(values, cmap="Blues", vmin=0)
         ax.set_title(f"{model}: {title}")
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ticks = np.arange(len(labels))
-        ax.set_xticks(ticks, labels=labels, rotation=90 if len(labels) > 12 else 0)
-        ax.set_yticks(ticks, labels=labels)
-        if len(labels) <= 20:  # numbers in the cells stay readable up to about 20 classes
-            peak = values.max() or 1
-            for (r, c), value in np.ndenumerate(values):
-                ax.text(c, r, format(value, fmt), ha="center", va="center", fontsize=7,
+        ticks = np.arange(len(shown))
+        ax.set_xticks(ticks, labels=[n[:12] for n in names], rotation=90 if len(shown) > 10 else 0, fontsize=8)
+        ax.set_yticks(ticks, labels=[n[:12] for n in names], fontsize=8)
+        peak = values.max() or 1
+        for (r, c), value in np.ndenumerate(values):
+            if value and len(shown) <= 20:  # zeros left blank: the mistakes are what the eye should find
+                ax.text(c, r, format(value, fmt), ha="center", va="center", fontsize=8,
                         color="white" if value > 0.6 * peak else "black")
         fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.suptitle(f"accuracy {scores.accuracy:.4f} on {scores.images} images")
-    fig.tight_layout()
+    for r in np.flatnonzero(rows[:, 0] == 0):  # a class that was answered but has no image: no share to show
+        axes[1].text(len(shown) / 2 - 0.5, r, "no images of this class", ha="center", va="center", fontsize=8,
+                     color="grey")
+    title = f"accuracy {scores.accuracy:.4f} on {scores.images} images"
+    if len(shown) < len(labels):
+        title += (f"; {len(shown)} of {len(labels)} classes shown (those with images or answers"
+                  + (f", the {MAX_PLOTTED_CLASSES} in most mistakes" if len(shown) == MAX_PLOTTED_CLASSES else "") + ")")
+    fig.suptitle(title)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -179,7 +208,8 @@ def errors_plot(evaluation: Evaluation, run: ModelRun, path: Path) -> None:
     wrong = wrong[:evaluation.options.error_grid]
     columns = max(1, min(6, len(wrong)))
     rows = max(1, math.ceil(len(wrong) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.2 * rows), squeeze=False)
+    width = max(4.5, 2 * columns)  # one mistake still leaves room for the title
+    fig, axes = plt.subplots(rows, columns, figsize=(width, 2.2 * rows + 0.5), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, wrong, strict=False):  # more axes than mistakes
@@ -187,13 +217,31 @@ def errors_plot(evaluation: Evaluation, run: ModelRun, path: Path) -> None:
         with Image.open(data.files[i]) as image:
             image.thumbnail((128, 128))
             ax.imshow(image.convert("RGB"))
-        ax.set_title(f"true {data.labels[data.truth[i]]} -> {prediction.label}\n{prediction.score:.2f}", fontsize=8)
+        ax.axis("on")  # a frame, so a white image still shows where it is
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"true {data.labels[data.truth[i]][:14]} -> {prediction.label[:14]}\n"
+                     f"confidence {prediction.score:.2f}", fontsize=8)
     if not wrong:
         axes[0, 0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
-    fig.suptitle(f"{run.model}: {len(wrong)} most confident mistakes", fontsize=10)
-    fig.tight_layout()
+    mistakes = sum(1 for i, o in enumerate(run.outcomes) if o.prediction is not None
+                   and o.prediction.class_id != data.truth[i])
+    fig.suptitle(f"{run.model}: " + (f"the {len(wrong)} most confident of {mistakes} mistakes" if mistakes > len(wrong)
+                                     else "1 mistake" if mistakes == 1 else f"{mistakes} mistakes, most confident first"),
+                 fontsize=10)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _macro_line(scores: Scores) -> str:
+    macro = scores.macro
+    if not macro.classes:
+        return "macro averages: n/a (no classified image)"
+    return (f"macro precision {macro.precision:.4f}, recall {macro.recall:.4f}, F1 {macro.f1:.4f}: {macro.note}")
 
 
 def _fmt(value: float) -> str:

@@ -30,11 +30,37 @@ class Answers:
 
 @dataclass(frozen=True)
 class ClassScore:
+    """One class's scores; ``None`` is "not applicable": recall and F1 of a class with no image in the data, and
+    precision of a class the model never answered (a 0.0 there would read as a measured failure)."""
+
     label: str
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    support: int
+
+    @property
+    def present(self) -> bool:
+        return self.support > 0
+
+
+@dataclass(frozen=True)
+class Macro:
+    """Unweighted means over the classes that have images in the data: a folder covering 3 of 10 labels is scored
+    on those 3, not dragged towards 0 by 7 classes nobody asked about."""
+
     precision: float
     recall: float
     f1: float
-    support: int
+    classes: int  # classes averaged over (present in the data)
+    of: int  # classes the model has
+
+    @property
+    def note(self) -> str:
+        if self.classes == self.of:
+            return f"macro averages over all {self.of} classes"
+        return (f"macro averages over the {self.classes} of {self.of} classes that have images in DATA_DIR; the "
+                f"other {self.of - self.classes} are n/a")
 
 
 @dataclass(frozen=True)
@@ -47,11 +73,25 @@ class Scores:
     confidence_right: dict[str, float]  # mean, median
     confidence_wrong: dict[str, float]
 
+    @property
+    def macro(self) -> Macro:
+        present = [c for c in self.per_class if c.present]
+
+        def mean(values: list[float | None]) -> float:
+            # a present class the model never answered has precision n/a; it counts as 0 (sklearn's zero_division=0)
+            return float(np.mean([v or 0.0 for v in values])) if values else float("nan")
+
+        return Macro(mean([c.precision for c in present]), mean([c.recall for c in present]),
+                     mean([c.f1 for c in present]), len(present), len(self.per_class))
+
     def to_dict(self) -> dict:
+        macro = self.macro
         return {"accuracy": self.accuracy, "images": self.images,
                 "top_k_accuracy": {str(k): v for k, v in self.top_k.items()},
-                "per_class": [vars(c) for c in self.per_class],
-                "macro_f1": float(np.mean([c.f1 for c in self.per_class])) if self.per_class else 0.0,
+                "per_class": [{**vars(c), "present": c.present} for c in self.per_class],
+                "macro_f1": macro.f1 if macro.classes else None,
+                "macro": {"precision": macro.precision, "recall": macro.recall, "f1": macro.f1,
+                          "classes": macro.classes, "of": macro.of, "note": macro.note} if macro.classes else None,
                 "confusion": self.confusion.tolist(),
                 "confidence": {"right": self.confidence_right, "wrong": self.confidence_wrong}}
 
@@ -64,9 +104,12 @@ def score(answers: Answers, labels: tuple[str, ...]) -> Scores:
     for c, label in enumerate(labels):
         true_positive = int(confusion[c, c])
         predicted, actual = int(confusion[:, c].sum()), int(confusion[c, :].sum())
-        precision = true_positive / predicted if predicted else 0.0
-        recall = true_positive / actual if actual else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        precision = true_positive / predicted if predicted else None
+        recall = true_positive / actual if actual else None
+        f1 = None
+        if recall is not None:
+            p = precision or 0.0
+            f1 = 2 * p * recall / (p + recall) if p + recall else 0.0
         per_class.append(ClassScore(label, precision, recall, f1, actual))
     hits = answers.ranked == answers.truth[:, None]
     top_k = {k: float(np.mean(hits[:, :k].any(axis=1))) if len(hits) else 0.0

@@ -77,6 +77,12 @@ class RetryPolicy:
 UNREGISTER_RETRY = RetryPolicy(retries=2, backoff_s=0.05)  # a cleanup call: a short retry, then a warning
 
 
+def has_port(url: str) -> bool:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6), with any scheme left out of the question."""
+    host, _, port = url.split("://", 1)[-1].rstrip("/").rpartition(":")
+    return bool(host) and port.isdigit() and (not host.startswith("[") or host.endswith("]"))
+
+
 @dataclass(frozen=True)
 class Connection:
     """Where and how to talk to the server."""
@@ -93,6 +99,9 @@ class Connection:
             raise InvalidInputError(f"protocol must be 'http' or 'grpc', not {self.protocol!r}", hint="--protocol")
         if "://" in self.url:
             raise InvalidInputError(f"url {self.url!r} must be HOST:PORT without a scheme", hint="--url")
+        if not has_port(self.url):  # without one, a dial goes to port 80 and reads as "nothing listens"
+            raise InvalidInputError(f"url {self.url!r} is missing a port",
+                                    hint="--url HOST:PORT; Triton's defaults are 8000 for HTTP, 8001 for gRPC")
         if self.tls is not None and self.protocol != "grpc":
             raise InvalidInputError("TLS options apply to gRPC; for HTTPS use a gateway in front of the server",
                                     hint="--protocol grpc")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from triton_deploy.cliargs import add_common_flags, float_list
@@ -75,6 +76,8 @@ def run_export(args: argparse.Namespace, reporter: Reporter) -> int:
         allow_chance_accuracy=args.allow_chance_accuracy,
     )
     result = export_model(options, reporter)
+    for file, reason in result.skipped_samples:  # also with --quiet/--json, as classify and evaluate name theirs
+        print(f"skipped sample {file}: {reason}", file=sys.stderr)
     summary = result.summary()
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from triton_deploy.postprocessing import softmax
 from triton_deploy.preprocessing import ImageDecodeError, ImageTransform
 from triton_deploy.progress import Reporter
 from triton_deploy.spec import Manifest, Reference, Robustness, TensorSpec
+from triton_deploy.tfquiet import load_tensorflow
 
 from . import convert, digits, graph, robustness, sources, tflite, validate
 
@@ -65,6 +65,7 @@ class ExportResult:
     output: Path
     manifest: Manifest
     accuracy_note: str | None = None  # why there is no accuracy, when there is none
+    skipped_samples: tuple[tuple[str, str], ...] = ()  # (file, why) of --samples images that could not be read
 
     def summary(self) -> dict:
         m = self.manifest
@@ -76,6 +77,7 @@ class ExportResult:
             "output_tensor": m.output.to_dict() | {"kind": m.output_kind},
             "accuracy": m.accuracy,
             "accuracy_note": self.accuracy_note,
+            "skipped_samples": [{"file": f, "reason": r} for f, r in self.skipped_samples],
             "parity": {"max_abs_diff": m.parity.max_abs_diff, "top1_agreement": m.parity.top1_agreement,
                        "atol": m.parity.atol, "samples": m.parity.samples},
             "flops_per_image": m.flops_per_image,
@@ -88,13 +90,14 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
     reporter = reporter or Reporter(quiet=True)
     _check_options(options)
     check_output_dir(options.output, force=options.force)  # fail before minutes of training, not after
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with reporter.step("Loading TensorFlow"):
+        load_tensorflow()
 
     model = _load(options, reporter)
     transform = ImageTransform.from_dict(model.transform.to_dict() | options.transform_overrides
                                          | ({"layout": "NCHW"} if options.nchw else {}))
     labels = _labels(options, model)
-    samples, sample_labels, sample_png, accuracy_note = _samples(options, model, transform, labels)
+    samples, sample_labels, sample_png, accuracy_note, skipped = _samples(options, model, transform, labels)
 
     with atomic_directory(options.output, force=options.force) as staging:
         first_outputs = model.predict(samples[:4])
@@ -118,7 +121,7 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             # data that stands for real traffic; the 32 parity images of an unlabelled export do not.
             probabilities = softmax(outputs.astype(np.float32)) if kind == "logits" else outputs
             reference = Reference.from_dict(reference_distributions(probabilities))
-            suite = _robustness(options, model, transform, session, sample_labels, reporter)
+            suite = _robustness(options, model, transform, session, sample_labels, reporter, skipped)
         (staging / SAMPLE_IMAGE).write_bytes(sample_png)
         keras_file = None
         if model.keras_model is not None:  # the source pruning and TFLite conversion start from
@@ -143,7 +146,7 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             versions=_versions(),
             source=model.source,
             accuracy=accuracy,
-            dataset=_dataset_record(options, model, sample_labels),
+            dataset=_dataset_record(options, model, sample_labels, skipped),
             flops_per_image=2 * model.extra["multiply_adds_per_image"] if "multiply_adds_per_image" in model.extra
             else None,
             created_by=f"triton-deploy {__version__}",
@@ -156,7 +159,7 @@ def export_model(options: ExportOptions, reporter: Reporter | None = None) -> Ex
             tflite=tflite_record,
         )
         manifest.write(staging)
-    return ExportResult(Path(options.output), manifest, accuracy_note)
+    return ExportResult(Path(options.output), manifest, accuracy_note, tuple((str(p), r) for p, r in skipped))
 
 
 def convert_and_check(model: sources.LoadedModel, path: Path, samples: np.ndarray, plan: validate.ParityPlan, *,
@@ -272,10 +275,13 @@ def _labels(options: ExportOptions, model: sources.LoadedModel) -> tuple[str, ..
     return labels
 
 
+Skipped = list[tuple[Path, str]]  # --samples files that could not be read, and why
+
+
 def _samples(options: ExportOptions, model: sources.LoadedModel, transform: ImageTransform,
-             labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None, bytes, str | None]:
-    """Float NHWC samples for parity and accuracy, their labels if known, one encoded sample image (PNG), and why
-    the labels are not known when they are not."""
+             labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None, bytes, str | None, Skipped]:
+    """Float NHWC samples for parity and accuracy, their labels if known, one encoded sample image (PNG), why
+    the labels are not known when they are not, and the sample files skipped as unreadable."""
     nhwc = ImageTransform.from_dict(transform.to_dict() | {"layout": "NHWC"})  # TF always takes NHWC
     if options.samples is not None:
         return _samples_from_dir(Path(options.samples), nhwc, labels)
@@ -287,13 +293,15 @@ def _samples(options: ExportOptions, model: sources.LoadedModel, transform: Imag
         images, known = images[:32], None  # real digit images, rendered at the model's size, for parity only
         note = "no --samples: parity ran on rendered digits; --samples DIR with one sub-folder per label gives one"
     pixels = np.stack([nhwc.resize(digits.digit_image(image)) for image in images])
-    return nhwc.normalise(pixels), known, _png(digits.digit_image(images[0])), note
+    return nhwc.normalise(pixels), known, _png(digits.digit_image(images[0])), note, []
 
 
-def _dataset_record(options: ExportOptions, model: sources.LoadedModel, sample_labels) -> dict | None:
+def _dataset_record(options: ExportOptions, model: sources.LoadedModel, sample_labels,
+                    skipped: Skipped) -> dict | None:
     """What the accuracy was measured on, so ``optimize`` evaluates and calibrates on the same images."""
     if options.samples is not None:
-        return {"name": "samples", "path": str(Path(options.samples).resolve()), "labelled": sample_labels is not None}
+        return {"name": "samples", "path": str(Path(options.samples).resolve()), "labelled": sample_labels is not None,
+                "skipped": [{"file": str(p), "reason": r} for p, r in skipped]}
     return model.dataset.record() if model.dataset is not None else None
 
 
@@ -301,16 +309,17 @@ def load_sample_folder(directory: Path, transform: ImageTransform,
                        labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None, bytes, str | None]:
     """Model inputs from the images under ``directory``, their class indices when every image sits in a folder named
     after a label, one sample as PNG, and why there are no labels when there are none."""
-    return _samples_from_dir(directory, transform, labels)
+    return _samples_from_dir(directory, transform, labels)[:4]
 
 
 def _robustness(options: ExportOptions, model: sources.LoadedModel, transform: ImageTransform, session,
-                labels: np.ndarray, reporter: Reporter) -> Robustness:
+                labels: np.ndarray, reporter: Reporter, skipped: Skipped) -> Robustness:
     """The robustness suite: held-out digits drawn under every digit condition, or the user's labelled samples
     under the conditions any image can meet."""
     predict = validate.onnx_predictor(session, nchw=options.nchw)
     if options.samples is not None:
-        files = _sample_files(Path(options.samples))
+        unreadable = {path for path, _ in skipped}
+        files = [path for path in _sample_files(Path(options.samples)) if path not in unreadable]
         with reporter.step(f"Robustness suite: {len(robustness.SAMPLE_CONDITIONS)} conditions on {len(files)} "
                            "samples"):
             images = [_open_sample(path) for path in files]
@@ -343,19 +352,26 @@ def _open_sample(path: Path):
 
 
 def _samples_from_dir(directory: Path, transform: ImageTransform,
-                      labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None, bytes, str | None]:
-    files = _sample_files(directory)
-    arrays, classes = [], []
+                      labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None, bytes, str | None, Skipped]:
+    """The rule of ``classify`` and ``evaluate``: an image that cannot be read is skipped and named (here in the
+    result, the manifest's dataset record and on stderr), the others are used; only a folder with no readable image
+    is refused, naming every file."""
+    arrays, classes, files, skipped = [], [], [], []
     index = {label: i for i, label in enumerate(labels)}
-    for path in files:
+    for path in _sample_files(directory):
         try:
             arrays.append(transform.decode(path.read_bytes()))
-        except ImageDecodeError as exc:
-            raise ModelSourceError(f"sample {path}: {exc}", hint="check --samples") from None
+        except (ImageDecodeError, OSError) as exc:
+            skipped.append((path, str(exc)))
+            continue
+        files.append(path)
         classes.append(index.get(path.parent.name) if path.parent != directory else None)
+    if not arrays:
+        raise ModelSourceError(f"none of the {len(skipped)} images in {directory} can be read: "
+                               + "; ".join(f"{p}: {r}" for p, r in skipped), hint="check --samples")
     known = None if any(c is None for c in classes) else np.asarray(classes)
     note = None if known is not None else _why_unlabelled(directory, files, labels)
-    return transform.normalise(np.stack(arrays)), known, _png_from_array(arrays[0]), note
+    return transform.normalise(np.stack(arrays)), known, _png_from_array(arrays[0]), note, skipped
 
 
 def _why_unlabelled(directory: Path, files: list[Path], labels: tuple[str, ...]) -> str:

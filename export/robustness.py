@@ -60,6 +60,10 @@ DIGIT_CONDITIONS: tuple[DigitCondition, ...] = (
     _one("webp-q50", "WebP at quality 50", format="WEBP", quality=50),
     _one("rgb-colour", "RGB image, yellow ink on navy", mode="RGB", ink=(250, 215, 60), background=(20, 30, 90)),
     _one("palette", "16-colour palette PNG (as GIFs and paint programs save)", mode="P"),
+    DigitCondition("low-contrast-colour", "RGB, ink and paper a quarter of the grey range apart in luminance (63-64 "
+                   "levels), alternately ochre ink on teal and wine ink on pale blue",
+                   (replace(REFERENCE, mode="RGB", ink=(200, 150, 90), background=(45, 115, 125)),
+                    replace(REFERENCE, mode="RGB", ink=(150, 60, 70), background=(140, 150, 190)))),
     _one("noise", "Gaussian pixel noise, sigma 20 grey levels", noise=20.0),
     DigitCondition("rotated", "rotated by 12 degrees, alternately each way",
                    (replace(REFERENCE, rotation=12.0), replace(REFERENCE, rotation=-12.0))),

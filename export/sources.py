@@ -111,6 +111,7 @@ def from_keras_file(path: Path) -> LoadedModel:
     if path.suffix not in (".keras", ".h5", ".hdf5"):
         raise ModelSourceError(f"{path} is not a .keras or .h5 file", hint="--keras-model takes .keras or .h5; "
                                "use --saved-model for a SavedModel directory")
+    _check_keras_format(path)
     keras = _keras()
     try:
         model = keras.models.load_model(str(path), compile=False)
@@ -135,6 +136,26 @@ def from_keras_file(path: Path) -> LoadedModel:
         num_classes=num_classes, transform=_default_transform(input_shape), labels=_default_labels(num_classes),
         source={"kind": "keras", "path": str(path)}, output_kind=kind, keras_model=model,
     )
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # at 0, or after a user block of 512, 1024, 2048... bytes
+
+
+def _check_keras_format(path: Path) -> None:
+    """Keras reports a file it cannot parse as "File not found" (a file that exists): look at the bytes first. A
+    ``.keras`` model is a zip archive, an ``.h5`` one an HDF5 file."""
+    import zipfile
+
+    if path.suffix == ".keras":
+        if not zipfile.is_zipfile(path):
+            raise ModelSourceError(f"{path} is not a Keras file: a .keras model is a zip archive (model.save("
+                                   "'name.keras')) and this file is not one", hint="check --keras-model")
+        return
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if not any(head[offset:offset + 8] == HDF5_SIGNATURE for offset in (0, 512, 1024, 2048, 4096, 8192, 16384, 32768)):
+        raise ModelSourceError(f"{path} is not a Keras file: an .h5 model is an HDF5 file and this file is not one",
+                               hint="check --keras-model")
 
 
 def from_saved_model(directory: Path) -> LoadedModel:

@@ -22,6 +22,7 @@ import psutil
 
 from triton_deploy import metrics
 from triton_deploy.errors import Problem, raise_problems
+from triton_deploy.fsutil import check_writable
 from triton_deploy.loadtests import driver, plots
 from triton_deploy.loadtests.payloads import ImagePool, PoolOptions, pool_from_digits
 from triton_deploy.progress import Reporter
@@ -78,6 +79,7 @@ def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchR
     reporter = reporter or Reporter(quiet=True)
     options.check()
     output = Path(options.output)
+    check_writable(output, flag="--output")  # before minutes of training and measuring
     output.mkdir(parents=True, exist_ok=True)
     work = Path(options.work_dir or output / "work")
     work.mkdir(parents=True, exist_ok=True)

@@ -104,8 +104,8 @@ def write_run_window(environment, **_kwargs):
     if options is None or isinstance(environment.runner, WorkerRunner) or not options.csv_prefix or not last:
         return
     seconds = last - _run_window.get("start", environment.stats.total.start_time)
-    with open(f"{options.csv_prefix}_window.json", "w") as f:
-        json.dump({"seconds": round(seconds, 3)}, f)
+    with open(f"{options.csv_prefix}_window.json", "w") as f:  # last_request ends plots.py's time line
+        json.dump({"seconds": round(seconds, 3), "last_request": round(last, 3)}, f)
 
 
 @events.quitting.add_listener

@@ -27,6 +27,7 @@ import psutil
 
 from triton_deploy import metrics
 from triton_deploy.errors import LoadTestError, Problem, TritonDeployError, UsageError, raise_problems, unknown_choice
+from triton_deploy.fsutil import check_writable
 from triton_deploy.loadtests import plots
 from triton_deploy.loadtests.shapes import ShapePlan, plan_shape
 from triton_deploy.loadtests.slo import SLO, SLOViolation
@@ -37,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
 CONFIG = HERE / "locust.conf"
 SHAPES = {"step": HERE / "shape_step.py", "spike": HERE / "shape_spike.py"}
+PREFLIGHT_READY_S = 30.0  # a server still loading its models gets this long; a dead port fails at once
 LOCUST_OK = {0, 1, 3}  # 1: some requests failed (Locust's --exit-code-on-error), 3: the locustfile's SLO gate
 
 
@@ -127,12 +129,17 @@ def run_loadtest(options: LoadTestOptions, reporter: Reporter | None = None) -> 
     the summary. Raises ``SLOViolation`` (after writing all files) when an objective is broken."""
     reporter = reporter or Reporter(quiet=True)
     options.check()
+    check_writable(Path(options.output), flag="--output")
     plan = options.shape_plan()
     if plan is not None:
         reporter.info(shape_line(plan, options))
+    if options.url is not None:  # before a folder is made: a typo in --url or --model leaves nothing behind
+        preflight(options, options.url.split("://", 1)[-1].rstrip("/"))
     directory = _new_run_directory(Path(options.output))
     with ExitStack() as stack:
         url, metrics_url = _endpoints(options, directory, stack, reporter)
+        if options.url is None:
+            preflight(options, url)
         levels = options.sweep or (options.users,)
         runs = []
         for users in levels:
@@ -162,6 +169,19 @@ def run_loadtest(options: LoadTestOptions, reporter: Reporter | None = None) -> 
         error.result = result  # the CLI still prints the table and the folder
         raise error
     return result
+
+
+def preflight(options: LoadTestOptions, url: str) -> None:
+    """What ``classify`` checks before its first image, with its words and exit codes: something answers at ``url``
+    in ``options.protocol`` (30 otherwise, at once for a refused port or the other protocol's port), ``options.model``
+    is served and ready (31) and is an image classifier that returns ``--top-k`` answers. Metadata only, no
+    inference: the check is not counted as a prediction. Without it a dead port ran the whole duration and ended in
+    "SLO broken" with raw exception text."""
+    from triton_deploy.clients.classifier import ImageClassifier, check_top_k
+
+    with ImageClassifier(url, protocol=options.protocol, model=options.model, concurrency=1,
+                         ready_timeout=PREFLIGHT_READY_S, retries=1) as client:
+        check_top_k(options.top_k, client.plan)
 
 
 def _new_run_directory(output: Path) -> Path:
@@ -310,7 +330,8 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
         run["server"] = None
         run["server_error"] = scrape_error
     # Workers send their counts to the master every few seconds (Locust's WORKER_REPORT_INTERVAL, 3 s).
-    history = plots.read_history(run_dir / "locust_stats_history.csv", window_s=3 if options.processes > 1 else 1)
+    history = plots.read_history(run_dir / "locust_stats_history.csv", window_s=3 if options.processes > 1 else 1,
+                                 last_request=_last_request(run_dir / "locust_window.json"))
     if history:
         plots.plot_timeline(history, run_dir, title)
     return run
@@ -327,6 +348,14 @@ def _run_seconds(path: Path) -> float | None:
     """The run's length as the locustfile measured it: from the test's start to its last request."""
     try:
         return float(json.loads(path.read_text())["seconds"]) or None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _last_request(path: Path) -> float | None:
+    """When the last request ended (epoch seconds), as the locustfile noted it."""
+    try:
+        return float(json.loads(path.read_text())["last_request"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -9,11 +9,48 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import OutputExistsError
+from .errors import OutputExistsError, UsageError
+
+
+def check_writable(path: Path, *, flag: str, kind: str = "directory") -> None:
+    """Refuse, before any long work, an output ``path`` (a ``kind`` "directory" or "file") that cannot be written:
+    one line naming the path, the flag and the system's reason (read-only file system, permission denied, a file
+    where a folder is needed). A directory that does not exist yet is checked where it would be created; the check
+    writes and removes a temporary file there, which also catches what permission bits do not (a read-only mount,
+    a full disk's inode table)."""
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing != path and not existing.is_dir():
+        _refuse(path, flag, f"{existing} is a file, not a directory")
+    if existing == path and kind == "directory" and not path.is_dir():
+        _refuse(path, flag, "it is a file, not a directory")
+    if existing == path and kind == "file" and path.is_dir():
+        _refuse(path, flag, "it is a directory, not a file")
+    # an existing directory is replaced through a sibling (atomic_directory): its parent must take writes too
+    folders = {existing.parent} if existing == path else {existing}
+    if existing.is_dir():
+        folders.add(existing)
+    try:
+        for folder in sorted(folders):
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        if existing == path and kind == "file":
+            with open(path, "ab"):  # appending nothing leaves the file as it was
+                pass
+    except OSError as exc:
+        _refuse(path, flag, exc.strerror or str(exc))
+
+
+def _refuse(path: Path, flag: str, reason: str) -> None:
+    raise UsageError(f"cannot write {flag} {path}: {reason}", hint=f"choose another {flag}")
 
 
 def check_output_dir(path: Path, *, force: bool, flag: str = "--output") -> None:
-    """Refuse to replace an existing, non-empty directory unless ``force`` is set."""
+    """Refuse to replace an existing, non-empty directory unless ``force`` is set, and a directory that cannot be
+    written (``check_writable``)."""
+    check_writable(path, flag=flag)
     if path.exists() and not force:
         if path.is_dir() and not any(path.iterdir()):
             return

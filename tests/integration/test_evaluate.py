@@ -182,6 +182,20 @@ def test_a_worse_model_loses_the_ab_comparison(layout, ab_server, labelled_dir, 
     assert (output / f"confusion-{names[1]}.png").is_file() and "## A/B" in (output / "report.md").read_text()
 
 
+@pytest.mark.parametrize("version, key, code, said, hint", [
+    ("1", False, 32, "--model-version 1 calls 'digits_classifier' directly", "--admin-key"),
+    ("9", True, 31, "does not serve version 9 of 'digits_classifier'", "version policy"),
+])
+def test_a_model_version_that_cannot_be_called_gets_a_hint_evaluate_can_follow(version, key, code, said, hint, ab_server,
+                                                                               labelled_dir, tmp_path, capsys):
+    argv = ["evaluate", str(labelled_dir), "--output", str(tmp_path / "out"), "--url", ab_server.grpc_url,
+            "--protocol", "grpc", "--model-version", version, "--quiet"]
+    assert main(argv + (["--admin-key", ab_server.admin_key] if key else [])) == code
+    err = capsys.readouterr().err
+    assert said in err and hint in err and "--manifest" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_mcnemar_exact_test_matches_the_binomial_by_hand():
     from triton_deploy.clients.scoring import mcnemar_exact
 

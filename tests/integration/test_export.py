@@ -4,6 +4,7 @@ every supported format, and every error case with its message and exit code."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,34 @@ def test_samples_in_label_folders_give_accuracy(model_files, tmp_path, capsys):
     assert Manifest.read(tmp_path / "o").labels == ("zero", "one", "two")
 
 
+def test_unreadable_samples_are_skipped_and_each_named_as_classify_and_evaluate_do(model_files, tmp_path, capsys):
+    from PIL import Image
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("zero\none\ntwo\n")
+    for label in ("zero", "one"):
+        (tmp_path / "samples" / label).mkdir(parents=True)
+        for i in range(9):
+            Image.fromarray(np.full((20, 20), 30 * i, dtype=np.uint8)).save(tmp_path / "samples" / label / f"{i}.png")
+    bad = [tmp_path / "samples" / "zero" / "truncated.png", tmp_path / "samples" / "one" / "text.jpg"]
+    bad[0].write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    bad[1].write_text("not an image")
+    argv = ["export", "--keras-model", str(model_files["keras"]), "--labels", str(labels), "--samples",
+            str(tmp_path / "samples"), "-q", "--allow-chance-accuracy"]
+    code, out, err = run([*argv, "--output", str(tmp_path / "o"), "--json"], capsys)
+    assert code == 0, err
+    assert [line.split(":")[0] for line in err.strip().splitlines()] == [f"skipped sample {p}" for p in sorted(bad)]
+    summary = json.loads(out)
+    assert summary["parity"]["samples"] == 17 and len(summary["skipped_samples"]) == 2  # as with 18 good ones
+    assert [s["file"] for s in Manifest.read(tmp_path / "o").dataset["skipped"]] == [str(p) for p in sorted(bad)]
+    for folder in ("zero", "one"):  # nothing readable left: refused, every file named
+        for path in (tmp_path / "samples" / folder).glob("*.png"):
+            if path not in bad:
+                path.unlink()
+    code, _, err = run([*argv, "--output", str(tmp_path / "none")], capsys)
+    assert code == 4 and "none of the 2 images in" in err and all(str(p) in err for p in bad)
+
+
 def test_accuracy_at_chance_level_is_refused_and_names_the_scale(rescaling_model, tmp_path, capsys):
     model, folder = rescaling_model
     argv = ["export", "--keras-model", str(model), "--labels", str(folder / "labels.txt"),
@@ -191,7 +220,9 @@ def test_export_help_states_the_default_scale():
 @pytest.mark.parametrize("case, argv, code, message", [
     ("unknown arch", ["--arch", "vgg99"], 2, "unknown architecture 'vgg99' (--arch takes one of: mobilenet_v2"),
     ("missing file", ["--keras-model", "{missing}"], 4, "not found (check --keras-model)"),
-    ("corrupt file", ["--keras-model", "{corrupt}"], 4, "cannot load"),
+    ("corrupt file", ["--keras-model", "{corrupt}"], 4, "corrupt.keras is not a Keras file: a .keras model is a zip"),
+    ("text file", ["--keras-model", "{junk}"], 4, "junk.keras is not a Keras file: a .keras model is a zip archive"),
+    ("text as .h5", ["--keras-model", "{junk_h5}"], 4, "junk.h5 is not a Keras file: an .h5 model is an HDF5 file"),
     ("several inputs", ["--keras-model", "{two_inputs}"], 4, "has 2 inputs; an image classifier takes exactly one"),
     ("non-image input", ["--keras-model", "{tabular}"], 4, "expected an image batch (N, H, W, C)"),
     ("not a saved model", ["--saved-model", "{tmp}"], 4, "is not a SavedModel directory"),
@@ -199,14 +230,25 @@ def test_export_help_states_the_default_scale():
     ("bad opset", ["--opset", "3"], 2, "opset 3 is outside"),
 ])
 def test_bad_input_gets_one_clear_line_and_no_output(case, argv, code, message, model_files, tmp_path, capsys):
+    (tmp_path / "junk.keras").write_text("not a model\n")
+    (tmp_path / "junk.h5").write_text("not a model\n")
     paths = {k: str(v) for k, v in model_files.items()} | {"missing": str(tmp_path / "nope.keras"),
-                                                             "tmp": str(tmp_path)}
+                                                             "tmp": str(tmp_path), "junk": str(tmp_path / "junk.keras"),
+                                                             "junk_h5": str(tmp_path / "junk.h5")}
     output = tmp_path / "out"
     status, out, err = run(["export", *[a.format(**paths) for a in argv], "--output", str(output), "-q"], capsys)
     assert status == code, err
     assert message in err and err.startswith("triton-deploy export: error:")
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not output.exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_loading_anything(model_files, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("x")
+    output = tmp_path / "file.txt" / "digits"
+    status, _, err = run(["export", "--keras-model", str(model_files["keras"]), "--output", str(output), "-q"], capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert f"cannot write --output {output}: {tmp_path / 'file.txt'} is a file, not a directory" in err
 
 
 def test_existing_output_needs_force_and_is_left_untouched(model_files, tmp_path, capsys):
@@ -281,3 +323,16 @@ def test_duplicate_labels_are_refused(model_files, tmp_path, capsys):
                           "--output", str(tmp_path / "out"), "-q"], capsys)
     assert status == 4 and "repeats labels ['cat']" in err and "--labels" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_export_prints_no_tensorflow_notices_a_user_cannot_act_on(model_files, tmp_path):
+    import subprocess
+    import sys
+
+    # A fresh process: the notices come once, when TensorFlow is first imported, some from C++ on descriptor 2.
+    result = subprocess.run([sys.executable, "-m", "triton_deploy.cli", "export", "--keras-model",
+                             str(model_files["keras"]), "--output", str(tmp_path / "o"), "-q"],
+                            capture_output=True, text=True, timeout=600, env={k: v for k, v in os.environ.items()
+                                                                             if not k.startswith("TF_CPP")})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no absl/oneDNN start-up lines, no tf2onnx deprecation warnings

@@ -14,6 +14,7 @@ import urllib.request
 
 import psutil
 import pytest
+from PIL import Image
 
 from triton_deploy import metrics
 from triton_deploy.loadtests.runner import (
@@ -91,23 +92,27 @@ def test_slo_gate_fails_on_an_impossible_threshold_and_says_which(triton_server,
 
 @pytest.mark.slow
 @pytest.mark.server
-@pytest.mark.parametrize("target", ["nothing listening", "unknown model"])
-def test_a_run_whose_requests_fail_fails_without_slo_flags_and_counts_no_throughput(triton_server, tmp_path, target,
-                                                                                   capsys):
+@pytest.mark.parametrize("target, code", [("nothing listening", 30), ("unknown model", 31),
+                                          ("HTTP on the gRPC port", 30), ("more answers than the model gives", 33)])
+def test_loadtest_checks_the_server_first_with_the_words_and_codes_of_classify(triton_server, tmp_path, target, code,
+                                                                               capsys):
     from triton_deploy.cli import main
 
     (closed_port,) = free_ports(1)
-    url, model = (f"127.0.0.1:{closed_port}", "digits") if target == "nothing listening" else \
-        (triton_server.http_url, "nope")
-    code = main(["loadtest", "--url", url, "--model", model, "--metrics-url", triton_server.metrics_url,
-                 "--users", "2", "--duration", "2s", "--output", str(tmp_path), "--quiet"])
-    assert code == SLOViolation.exit_code
-    assert "error rate 100.00% > 1.00% (--slo-error-rate); most frequent failure:" in capsys.readouterr().err
-    summary = json.loads(next(tmp_path.glob("loadtest-*/summary.json")).read_text())
-    run = summary["runs"][0]
-    assert summary["passed"] is False and run["requests"] == run["failures"] > 0
-    assert run["requests_per_s"] == run["images_per_s"] == 0 and run["failures_per_s"] > 0
-    assert ("Connection refused" if target == "nothing listening" else "unknown model") in run["top_failure"]
+    url, protocol, model, top_k = {
+        "nothing listening": (f"127.0.0.1:{closed_port}", "http", "digits", "1"),
+        "unknown model": (triton_server.http_url, "http", "nope", "1"),
+        "HTTP on the gRPC port": (triton_server.grpc_url, "http", "digits", "1"),
+        "more answers than the model gives": (triton_server.http_url, "http", "digits", "50")}[target]
+    common = ["--url", url, "--protocol", protocol, "--model", model, "--top-k", top_k]
+    assert main(["loadtest", *common, "--users", "2", "--duration", "30s", "--output", str(tmp_path / "out"),
+                 "--quiet"]) == code
+    said = capsys.readouterr().err.strip().split("error: ", 1)[1]
+    assert not (tmp_path / "out").exists()  # refused before a folder was made or Locust started
+    image = tmp_path / "one.png"
+    Image.new("L", (28, 28)).save(image)
+    assert main(["classify", *common, str(image), "--quiet"]) == code
+    assert capsys.readouterr().err.strip().split("error: ", 1)[1] == said
 
 
 @pytest.mark.slow

@@ -122,6 +122,16 @@ def test_training_renderings_are_deterministic_and_cover_every_factor():
     assert min(r.fill for r in a) < 0.45 and any(r.rotation for r in a) and any(r.noise for r in a)
 
 
+def test_low_contrast_colour_is_trained_for_and_tested_at_a_quarter_of_the_grey_range_either_way():
+    gap = [render._luminance(r.ink) - render._luminance(r.background)
+           for r in CONDITIONS["low-contrast-colour"].renderings]
+    assert all(62 <= abs(g) <= 64 for g in gap) and min(gap) < 0 < max(gap)  # both polarities
+    assert all(r.mode == "RGB" and len(set(r.ink)) > 1 for r in CONDITIONS["low-contrast-colour"].renderings)
+    trained = [r for r in render.sample_renderings(2000, np.random.default_rng(0))
+               if r.mode == "RGB" and abs(render._luminance(r.ink) - render._luminance(r.background)) < 70]
+    assert len(trained) > 40 and 0.3 < np.mean([r.dark_on_light for r in trained]) < 0.7
+
+
 def test_augmented_training_set_draws_training_digits_only():
     data = digits.load_digits_data()
     poisoned = data.labels.copy()

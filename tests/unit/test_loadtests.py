@@ -85,6 +85,9 @@ def test_loadtest_without_a_target_or_with_a_bad_url_names_the_flag(tmp_path):
         run_loadtest(LoadTestOptions(output=tmp_path, url="localhost"))
     with pytest.raises(UsageError, match="--shape or --sweep"):
         run_loadtest(LoadTestOptions(output=tmp_path, url="127.0.0.1:1", shape="step", sweep=(1, 2)))
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(UsageError, match="cannot write --output .*file.txt is a file, not a directory"):
+        run_loadtest(LoadTestOptions(output=tmp_path / "file.txt" / "results", url="127.0.0.1:1"))
 
 
 def test_results_line_points_into_the_level_folders_of_a_sweep(tmp_path):
@@ -151,3 +154,23 @@ def test_metrics_scraping_lives_in_the_core_package_and_the_old_name_still_impor
     assert server_stats.ModelTimes is metrics.ModelTimes and server_stats.delta is metrics.delta
     assert set(server_stats.__all__) <= set(vars(metrics))
     assert monitor.server_stats is metrics  # the monitor reads Triton's metrics with the same code as the load tests
+
+
+def test_throughput_line_ends_at_the_last_full_interval_and_whole_second_stamps_draw_no_false_drops(tmp_path):
+    from triton_deploy.loadtests import plots
+
+    header = "Timestamp,User Count,Type,Name,Requests/s,Failures/s,50%,95%,99%,Total Request Count,Total Failure Count\n"
+    # A steady 240 requests/s; Locust writes a row every 1.03 s stamped with the whole second, the load stops at
+    # 20.5 s and two more rows are written while it shuts down (the second-last with a part of an interval).
+    start, stop, rows, t = 1_700_000_000.4, 20.5, [], 0.0
+    while t < stop + 2:
+        rows.append(f"{int(start + t)},4,,Aggregated,0,0,5,9,12,{int(240 * min(t, stop))},0\n")
+        t += 1.03
+    path = tmp_path / "history.csv"
+    path.write_text(header + "".join(rows))
+    stamps = [int(r.split(",")[0]) for r in rows]
+    assert 2 in {b - a for a, b in zip(stamps, stamps[1:])}  # the stamps alone read one 1.03 s gap as 2 s: half the rate
+    history = plots.read_history(path, last_request=start + stop)
+    assert history[-1]["t"] <= stop and len(history) == len(rows) - 2
+    assert all(h["rps"] == pytest.approx(240, rel=0.06) for h in history[1:])
+    assert all(p.stat().st_size > 0 for p in plots.plot_timeline(history, tmp_path, "test"))

@@ -55,6 +55,20 @@ def test_server_options_report_exposure_and_ports_together():
     ServerOptions(repository=Path("r"), host="0.0.0.0", allow_uncapped_http=True).check(installation)
 
 
+def test_a_log_file_that_cannot_be_written_is_refused_before_triton_starts(tmp_path):
+    installation = ServerInstallation.discover()
+    (tmp_path / "file.txt").write_text("x")
+    for log, reason in ((tmp_path / "file.txt" / "triton.log", "is a file, not a directory"),
+                        (tmp_path, "it is a directory, not a file")):
+        with pytest.raises(UsageError) as info:
+            ServerOptions(repository=Path("r"), log_file=log).check(installation)
+        assert str(info.value).startswith(f"cannot write --log-file {log}: ") and reason in str(info.value)
+    existing = tmp_path / "old.log"
+    existing.write_text("kept\n")
+    ServerOptions(repository=Path("r"), log_file=existing).check(installation)
+    assert existing.read_text() == "kept\n"  # the check appends nothing
+
+
 def test_supervision_policy_names_both_flags():
     with pytest.raises(UsageError, match="unknown --stub-failure 'retry'; also: --max-restarts -1 is negative"):
         SupervisionPolicy(stub_failure="retry", max_restarts=-1).check()

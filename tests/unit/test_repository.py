@@ -219,3 +219,23 @@ def test_cross_check_catches_mismatched_ensemble_wiring(export):
 def test_schema_rejects_a_misspelt_field():
     with pytest.raises(RepositoryError, match="rejects it"):
         validate.parse_config('name: "x"\nmax_batch_sise: 4\n', "x/config.pbtxt")
+
+
+def test_top_k_above_the_class_count_is_cut_and_said(export, tmp_path, capsys):
+    assert main(["repo", str(export), "--output", str(tmp_path / "repo"), "--top-k", "5", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "note: --top-k 5 is more than the 3 classes of 'tiny': its ensemble returns all 3" in captured.err
+    assert 'dims: [ 3 ]' in (tmp_path / "repo" / "tiny" / "config.pbtxt").read_text()
+    assert main(["repo", str(export), "--output", str(tmp_path / "repo2"), "--top-k", "2", "--quiet"]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["under a file", "read-only"])
+def test_an_output_that_cannot_be_written_is_one_line_before_anything_is_read(where, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("x")
+    output = tmp_path / "file.txt" / "repo" if where == "under a file" else Path("/sys/triton-deploy-repo")
+    code = main(["repo", str(tmp_path / "nowhere"), "--output", str(output)])  # the export is missing too
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"cannot write --output {output}: " in err and "(choose another --output)" in err
+    assert ("file.txt is a file, not a directory" if where == "under a file" else "Permission denied") in err

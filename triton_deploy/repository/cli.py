@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from triton_deploy.cliargs import add_common_flags, int_list
@@ -82,6 +83,8 @@ def run_repo(args: argparse.Namespace, reporter: Reporter) -> int:
     )
     with reporter.step(f"Generating the model repository in {args.output}"):
         result = generate_repository(args.exports, options)
+    for note in result.notes:  # also with --json/--quiet: the user asked for something else
+        print(f"note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.summary(), indent=2))
     else:

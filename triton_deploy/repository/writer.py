@@ -25,7 +25,7 @@ from pathlib import Path
 
 from triton_deploy.contract import LABELS_FILE
 from triton_deploy.errors import RepositoryError, UsageError
-from triton_deploy.fsutil import replace_directory
+from triton_deploy.fsutil import check_writable, replace_directory
 from triton_deploy.spec import Manifest
 
 from . import render, validate
@@ -43,14 +43,17 @@ class RepositoryResult:
     output: Path
     ensembles: dict[str, int]  # ensemble name -> classifier version written
     models: tuple[str, ...]
+    notes: tuple[str, ...] = ()  # what was done differently from what was asked, and why
 
     def summary(self) -> dict:
-        return {"output": str(self.output), "ensembles": self.ensembles, "models": list(self.models)}
+        return {"output": str(self.output), "ensembles": self.ensembles, "models": list(self.models),
+                "notes": list(self.notes)}
 
 
 def generate_repository(exports: list[Path], options: render.RepositoryOptions) -> RepositoryResult:
     """Read every export, render and validate all configs, then write the repository atomically."""
     options.check()
+    check_writable(Path(options.output), flag="--output")  # one line, not an OSError traceback
     if not exports:
         raise UsageError("no export directory given", hint="pass one or more EXPORT_DIR arguments")
     manifests = [(Path(e), Manifest.read(Path(e))) for e in exports]
@@ -67,8 +70,6 @@ def generate_repository(exports: list[Path], options: render.RepositoryOptions) 
                                   hint="re-run 'triton-deploy export'")
 
     output = Path(options.output).absolute()
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"{output} exists and is not a directory", hint="check --output")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.with_name(f".{output.name}.tmp-{hashlib.sha1(str(output).encode()).hexdigest()[:8]}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -87,7 +88,9 @@ def generate_repository(exports: list[Path], options: render.RepositoryOptions) 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return RepositoryResult(output, written, tuple(sorted(configs)))
+    notes = tuple(f"--top-k {options.top_k} is more than the {m.num_classes} classes of '{m.name}': its ensemble "
+                  f"returns all {m.num_classes}" for _, m in manifests if options.top_k > m.num_classes)
+    return RepositoryResult(output, written, tuple(sorted(configs)), notes)
 
 
 def _write_classifier_group(repo: Path, export_dir: Path, manifest: Manifest, names: render.ModelNames,

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from triton_deploy.contract import ADMIN_HEADER
-from triton_deploy.errors import Problem, raise_problems
+from triton_deploy.errors import Problem, UsageError, raise_problems
+from triton_deploy.fsutil import check_writable
 
 from .install import HTTP_MAX_INPUT_SIZE_FLAG, ServerInstallation
 
@@ -60,6 +61,11 @@ class ServerOptions:
         for flag, port in self.ports.items():
             if not 0 <= port <= 65535:
                 problems.append((f"{flag} {port} is not a port number (0-65535)", f"check {flag}"))
+        if self.log_file is not None:
+            try:
+                check_writable(Path(self.log_file), flag="--log-file", kind="file")
+            except UsageError as exc:
+                problems.append((exc.message, exc.hint or "check --log-file"))
         raise_problems(problems)
 
 

@@ -7,7 +7,6 @@ repository (``output``) or the original in place with each replaced config kept 
 
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 import tempfile
@@ -15,8 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from triton_deploy.errors import LatencyBudgetError, UsageError
-from triton_deploy.fsutil import atomic_directory, check_output_dir
+from triton_deploy.errors import LatencyBudgetError
+from triton_deploy.fsutil import atomic_directory, check_output_dir, check_writable
 from triton_deploy.loadtests.payloads import PoolOptions, load_pool
 from triton_deploy.progress import Reporter
 
@@ -86,17 +85,13 @@ def _progress_line(record: Record) -> str:
 
 def _check_writable(options: TuneOptions) -> None:
     """Fail before the long measurement when an output cannot be written."""
-    targets = [options.report_dir]
+    check_writable(options.report_dir, flag="--report-dir")
     if options.output is not None:
         check_output_dir(Path(options.output), force=options.force)
-        targets.append(Path(options.output))
-    else:
-        targets += [p for p in Path(options.repository).glob("*/config.pbtxt")]
-    for target in targets:
-        existing = next((p for p in [Path(target), *Path(target).absolute().parents] if p.exists()), None)
-        if existing is None or not os.access(existing if existing.is_dir() else existing.parent, os.W_OK):
-            raise UsageError(f"cannot write {target}: {existing or 'no existing parent'} is not writable",
-                             hint="choose another --output / --report-dir, or fix the permissions")
+        check_writable(Path(options.output), flag="--output")
+        return
+    for config in Path(options.repository).glob("*/config.pbtxt"):  # --in-place rewrites them
+        check_writable(config, flag="--in-place", kind="file")
 
 
 def _refuse_if_over_budget(outcome: SearchResult, options: TuneOptions) -> None:
