@@ -23,7 +23,7 @@ from triton_deploy.monitoring.model_metrics import reference_distributions
 from triton_deploy.postprocessing import softmax
 from triton_deploy.preprocessing import ImageDecodeError, ImageTransform
 from triton_deploy.progress import Reporter
-from triton_deploy.spec import Manifest, Reference, Robustness, TensorSpec
+from triton_deploy.spec import DatasetRecord, Manifest, Reference, Robustness, TensorSpec
 
 from . import convert, digits, graph, robustness, sources, tflite, validate
 
@@ -287,10 +287,11 @@ def _samples(options: ExportOptions, model: sources.LoadedModel, transform: Imag
     return nhwc.normalise(pixels), known, _png(digits.digit_image(images[0])), note
 
 
-def _dataset_record(options: ExportOptions, model: sources.LoadedModel, sample_labels) -> dict | None:
+def _dataset_record(options: ExportOptions, model: sources.LoadedModel, sample_labels) -> DatasetRecord | None:
     """What the accuracy was measured on, so ``optimize`` evaluates and calibrates on the same images."""
     if options.samples is not None:
-        return {"name": "samples", "path": str(Path(options.samples).resolve()), "labelled": sample_labels is not None}
+        return DatasetRecord(source="samples", path=str(Path(options.samples).resolve()),
+                             labelled=sample_labels is not None)
     return model.dataset.record() if model.dataset is not None else None
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from triton_deploy.progress import Reporter
 
 from . import evaluate
-from .report import VariantResult
+from .base import VariantResult
 
 
 def benchmark(results: list[VariantResult], inputs: np.ndarray, batch_sizes: tuple[int, ...], *, seconds: float,

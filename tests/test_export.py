@@ -69,7 +69,7 @@ def test_digits_export_is_accurate_and_matches_tensorflow(digits_export, digits_
     assert m.accuracy >= 0.95
     assert m.parity.max_abs_diff <= 1e-4 and m.parity.top1_agreement == 1.0
     assert 1 in m.parity.batch_sizes and max(m.parity.batch_sizes) >= 8
-    assert m.dataset["test_fraction"] >= 0.2 and len(m.dataset["heldout_indices"]) == m.dataset["heldout_size"]
+    assert m.dataset.test_fraction >= 0.2 and len(m.dataset.heldout_indices) == m.dataset.heldout_size
     # 20-50 "MFLOPs" in the multiply-add convention (MobileNetV2's "300 MFLOPs"): realistic compute, not a toy.
     assert 20e6 <= m.multiply_adds_per_image <= 50e6 and m.flops_per_image == 2 * m.multiply_adds_per_image
     assert (m.input.name, m.input.shape, m.input.layout) == ("image", (-1, 64, 64, 1), "NHWC")

@@ -31,6 +31,8 @@ EXIT_CODES: dict[str, tuple[int, str]] = {
     "TensorRTCompatibilityError": (21, "the ONNX graph cannot be built into a TensorRT plan as it is"),
     "GateError": (22, "no optimised variant passed the accuracy gate, nothing to publish"),
     "PruneError": (23, "the model cannot be pruned (nothing prunable, or not a Keras functional model)"),
+    "VariantsFailedError": (24, "optimize: some variants could not be built or failed their own validation (each is "
+                                "marked failed in the report); the others are written and published"),
     "ServerUnavailableError": (30, "nothing answers at the URL, or the server is unavailable (after retries)"),
     "ModelNotFoundError": (31, "the server does not know the model, or it never became ready"),
     "ModelMismatchError": (32, "the model is not an image classifier this client can drive"),
