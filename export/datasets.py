@@ -10,6 +10,7 @@ images and never tests which dataset it has. A new source is one class and one e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -213,9 +214,13 @@ class NoImages:
         return None
 
 
-SOURCES = {
+def _samples(record: DatasetRecord, manifest: Manifest) -> Dataset:
+    return SampleFolder(Path(record.path or ""), manifest.labels)
+
+
+SOURCES: dict[str, Callable[[DatasetRecord, Manifest], Dataset]] = {
     "sklearn-digits": DigitsSplit.from_record,
-    "samples": lambda record, manifest: SampleFolder(Path(record.path or ""), manifest.labels),
+    "samples": _samples,
 }
 
 

@@ -139,7 +139,7 @@ def _style(point: ParetoPoint, front: set[str]) -> tuple[str, str, int]:
 
 def _log_axis(ax: Any, low: float, high: float) -> None:
     """A log x axis a little wider than the data, with 3 to 8 ticks labelled as plain numbers, no minor labels."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator  # late: as in plot_report
 
     pad = 1.35 if high / low < 30 else 1.6
     left, right = low / pad, high * pad
@@ -192,7 +192,7 @@ def _place_labels(ax: Any, items: list[tuple[str, float, float]]) -> None:
     order = sorted(range(len(items)), key=lambda i: -sum(math.dist(centres[i], c) < 40 for c in centres))
     for i in order:
         name, x, y = items[i]
-        best: tuple[float, Any, float] | None = None
+        best: tuple[float, Any, int] | None = None
         for radius in _RINGS:
             for dx, dy in _DIRECTIONS:
                 norm = math.hypot(dx, dy)

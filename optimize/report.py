@@ -4,11 +4,10 @@ report.png is drawn by ``plot``."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .base import BASELINE, VariantResult
+from .base import VariantResult
 from .plot import ParetoPoint, pareto_front, plot_report
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"

@@ -252,12 +252,14 @@ def check_needs(names: tuple[str, ...], manifest: Manifest, context_datasets: Da
     problems = []
     calibrating = [name for name, n in wanted.items() if CALIBRATION in n]
     if calibrating and not context_datasets.calibration.calibrates:
-        problems.append((f"{', '.join(calibrating)} need calibration images like the model's inputs and the export "
+        problems.append((f"{', '.join(calibrating)} {'needs' if len(calibrating) == 1 else 'need'} calibration images "
+                         "like the model's inputs and the export "
                          f"of '{manifest.name}' records none",
                          "pass --calibration DIR (or export with --samples), or leave them out of --variants"))
     training = [name for name, n in wanted.items() if TRAINING in n]
     if training and not context_datasets.own.trains:
-        problems.append((f"{', '.join(training)} train on the export's labelled training images and the export of "
+        problems.append((f"{', '.join(training)} {'trains' if len(training) == 1 else 'train'} on the export's "
+                         "labelled training images and the export of "
                          f"'{manifest.name}' has none (only the built-in model's dataset does)",
                          "leave them out of --variants (drop --distill)"))
     if problems:
