@@ -307,12 +307,9 @@ def _slice_weights(layer, in_keep: np.ndarray | None, out_keep: np.ndarray | Non
 # ---- fine-tuning ------------------------------------------------------------------------------------------------
 
 
-# How the pruned network is fine-tuned, measured on the robustness suite (the 50 % pruned built-in model; its source
-# scores 0.983 mean / 0.951 worst condition): on labels alone with 4 drawings per digit for 3 epochs, 0.976 / 0.900;
-# with 12 drawings (every one the source trained on) for 2 epochs, 0.978 / 0.913. Learning from the unpruned source's
-# answers (targets 0.7 * softmax(source logits / 2) + 0.3 * one-hot) with 12 drawings, 3 epochs and a cosine-decayed
-# rate from 3e-3 reached 0.987 / 0.951: the source's soft answers carry what it learnt about hard drawings. (Hinton's
-# loss, as ``distill`` uses for a student trained from scratch, reached 0.981 / 0.936 with the same settings.)
+# Fine-tuning learns from the unpruned model's softened answers mixed with the labels, on every drawing the source
+# trained on: its soft answers carry what it learnt about hard drawings, and on the built-in model this kept the
+# worst robustness condition where labels alone lost it (the measurements: docs/optimize-notes.md, "Fine-tuning").
 FINE_TUNE_RENDERINGS = 12
 FINE_TUNE_LEARNING_RATE = 3e-3
 SOFT_TARGET_TEMPERATURE = 2.0
