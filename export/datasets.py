@@ -45,9 +45,10 @@ class Dataset(Protocol):
         """Up to ``count`` images like the model's inputs, to calibrate INT8 ranges on; None when there are none."""
         ...
 
-    def training(self, transform: ImageTransform, renderings: int = 0) -> Labelled | None:
+    def training(self, transform: ImageTransform, renderings: int = 0,
+                 progress: Callable[[int], None] | None = None) -> Labelled | None:
         """Labelled training images (``renderings`` > 0: each drawn that many random ways, where the source can
-        draw); None when the source has no training data."""
+        draw; ``progress(n)`` as images are drawn); None when the source has no training data."""
         ...
 
     def robustness(self, transform: ImageTransform, limit: int | None) -> Suite | None:
@@ -108,12 +109,14 @@ class DigitsSplit:
         chosen = np.random.default_rng(seed).permutation(len(images))[:count]
         return digits.to_model_input(images[np.sort(chosen)], transform)
 
-    def training(self, transform: ImageTransform, renderings: int = 0) -> Labelled | None:
+    def training(self, transform: ImageTransform, renderings: int = 0,
+                 progress: Callable[[int], None] | None = None) -> Labelled | None:
         if not self.labelled:
             return None
         data = self.data
         if renderings:  # the model's own augmented renderings (every filter, size, polarity, colour it learnt)
-            pixels, labels = digits.augmented_training_set(data, per_image=renderings, transform=transform)
+            pixels, labels = digits.augmented_training_set(data, per_image=renderings, transform=transform,
+                                                           progress=progress)
             return transform.normalise(pixels), labels
         images, labels = data.split("train")
         return digits.to_model_input(images, transform), labels
@@ -171,7 +174,8 @@ class SampleFolder:
                 raise UsageError(f"calibration image {path}: {exc}", hint=f"check {self.flag}") from None
         return transform.normalise(np.stack(arrays))
 
-    def training(self, transform: ImageTransform, renderings: int = 0) -> Labelled | None:
+    def training(self, transform: ImageTransform, renderings: int = 0,
+                 progress: Callable[[int], None] | None = None) -> Labelled | None:
         return None
 
     def robustness(self, transform: ImageTransform, limit: int | None) -> Suite | None:
@@ -207,7 +211,8 @@ class NoImages:
     def calibration(self, transform: ImageTransform, count: int, seed: int) -> np.ndarray | None:
         return None
 
-    def training(self, transform: ImageTransform, renderings: int = 0) -> Labelled | None:
+    def training(self, transform: ImageTransform, renderings: int = 0,
+                 progress: Callable[[int], None] | None = None) -> Labelled | None:
         return None
 
     def robustness(self, transform: ImageTransform, limit: int | None) -> Suite | None:

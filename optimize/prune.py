@@ -374,9 +374,9 @@ def prune_export(export_dir: Path, manifest: Manifest, options: PruneOptions, ta
         reporter.info(f"pruning: {line}")
     training = None
     if fine_tune_epochs:
-        with reporter.step(f"Drawing the training images ({FINE_TUNE_RENDERINGS} renderings each where the dataset "
-                           "can draw them)"):
-            training = datasets.own.training(nhwc, renderings=FINE_TUNE_RENDERINGS)
+        with reporter.bar(None, f"Drawing the training images ({FINE_TUNE_RENDERINGS} renderings each where the "
+                          "dataset can draw them)") as bar:
+            training = datasets.own.training(nhwc, renderings=FINE_TUNE_RENDERINGS, progress=bar.advance)
     if training is not None:
         # The model's own augmented training renderings (every filter, size, polarity, margin, colour and
         # compression it learnt to read): fine-tuning on the plain rendering alone would trade that robustness away.

@@ -263,7 +263,7 @@ def _write_edge_variant(directory: Path, result: VariantResult, built: BuiltVari
                                                   encoding="utf-8")
     entry = dict(built.artifact or {}) | {
         "variant": result.name, "source_sha256": manifest.model_sha256, "preprocessing":
-        manifest.preprocessing.to_dict() | {"layout": "NHWC"}, "labels_file": manifest.labels_file,
+        dataclasses.replace(manifest.preprocessing, layout="NHWC").to_dict(), "labels_file": manifest.labels_file,
         "accuracy": result.accuracy, "agreement_with_fp32_onnx": result.agreement,
         "accuracy_drop_points": result.accuracy_drop, "max_accuracy_drop_points": options.max_accuracy_drop}
     (directory / "tflite.json").write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")

@@ -17,6 +17,7 @@ ROOT = Path(__file__).parent.parent
 # but not by the source scan in test_no_module_sets_its_own_exit_code).
 ERROR_MODULES = ["triton_deploy.errors", "triton_deploy.clients.errors", "triton_deploy.loadtests.runner",
                  "triton_deploy.loadtests.slo", "triton_deploy.optimize.quantize", "triton_deploy.optimize.tensorrt",
+                 "triton_deploy.optimize.cli",
                  "triton_deploy.demo"]
 
 
