@@ -97,7 +97,7 @@ def test_bench_reuses_the_export_make_demo_left_in_build_and_says_so(rescaling_m
     from triton_deploy.loadtests.bench import _unusable
 
     assert _unusable(build / "mobilenet_v2", "mobilenet_v2") == "it holds model 'digits', not 'mobilenet_v2'"
-    assert "not found" in _unusable(tmp_path / "nothing", "digits")
+    assert "does not exist" in _unusable(tmp_path / "nothing", "digits")
 
 
 def test_a_long_phase_in_a_log_shows_its_count_while_it_runs(capsys, monkeypatch):
