@@ -209,9 +209,10 @@ def _build_and_score(name: str, context: BuildContext, evaluation: _Evaluation, 
 
 
 def _one_line(exc: BaseException) -> str:
-    """A failure as one line: a project error as it would print, anything else as its type and first line."""
+    """A failure as one line: a project error's message (not its hint: raised inside a builder, it may name another
+    command's flags, such as export's --atol), anything else as its type and first line."""
     if isinstance(exc, TritonDeployError):
-        return str(exc).splitlines()[0]
+        return exc.message.splitlines()[0]
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
