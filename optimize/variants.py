@@ -9,6 +9,11 @@ Families of variants with a parameter in their name (``pruned_50``, ``pruned_50_
 removed) are one ``@register_family`` function that receives the name's match. Variants that are not ONNX models
 (``tflite_fp32``, ``tflite_int8``: LiteRT files for edge devices) name their runtime and file suffix; they are
 evaluated, gated and timed like the others but never published to Triton.
+
+What is special about a variant lives here, in its registration and its builder, never in the generic loop: what it
+needs (``needs``: the Keras source, calibration images, labelled training images; checked before any variant is
+built) and, in its ``BuiltVariant``, the TensorRT precision, a parity promise, a report note, whether it may be
+recommended, and a failed validation of its own.
 """
 
 from __future__ import annotations
