@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from triton_deploy.preprocessing import ImageTransform
+from triton_deploy.spec import DatasetRecord
 
 from . import render
 
@@ -45,17 +46,12 @@ class DigitsData:
         index = self.train_indices if which == "train" else self.heldout_indices
         return self.images[index], self.labels[index]
 
-    def record(self) -> dict:
+    def record(self) -> DatasetRecord:
         """What the manifest keeps so anyone can rebuild the same held-out set."""
-        return {
-            "name": "sklearn-digits",
-            "image_size": [IMAGE_SIZE, IMAGE_SIZE],
-            "seed": self.seed,
-            "test_fraction": self.test_fraction,
-            "train_size": int(len(self.train_indices)),
-            "heldout_size": int(len(self.heldout_indices)),
-            "heldout_indices": [int(i) for i in self.heldout_indices],
-        }
+        return DatasetRecord(source="sklearn-digits", image_size=(IMAGE_SIZE, IMAGE_SIZE), seed=self.seed,
+                             test_fraction=self.test_fraction, train_size=int(len(self.train_indices)),
+                             heldout_size=int(len(self.heldout_indices)),
+                             heldout_indices=tuple(int(i) for i in self.heldout_indices))
 
 
 def load_digits_data(seed: int = 0, test_fraction: float = 0.25) -> DigitsData:
@@ -182,24 +178,3 @@ def _Batches(pixels: np.ndarray, labels: np.ndarray, batch_size: int, seed: int)
             self.order = self.rng.permutation(len(pixels))
 
     return Batches()
-
-
-def count_multiply_adds(model) -> int:
-    """Multiply-adds of the Conv2D, DepthwiseConv2D and Dense layers for one image: the bulk of the compute
-    (FLOPs = 2x this)."""
-    # TensorFlow: seconds to import, paid only by the commands that build, train or convert a model
-    import keras
-
-    macs = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            _, h, w, c_out = layer.output.shape
-            kh, kw = layer.kernel_size
-            macs += h * w * c_out * kh * kw * layer.input.shape[-1] // getattr(layer, "groups", 1)
-        elif isinstance(layer, keras.layers.DepthwiseConv2D):  # one kh x kw filter per output channel
-            _, h, w, c_out = layer.output.shape
-            kh, kw = layer.kernel_size
-            macs += h * w * c_out * kh * kw
-        elif isinstance(layer, keras.layers.Dense):
-            macs += layer.input.shape[-1] * layer.units
-    return int(macs)

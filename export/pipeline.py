@@ -24,7 +24,7 @@ from triton_deploy.monitoring.model_metrics import reference_distributions
 from triton_deploy.postprocessing import softmax
 from triton_deploy.preprocessing import ImageDecodeError, ImageTransform
 from triton_deploy.progress import Reporter
-from triton_deploy.spec import Manifest, Reference, Robustness, TensorSpec
+from triton_deploy.spec import DatasetRecord, Manifest, Reference, Robustness, TensorSpec
 from triton_deploy.tfquiet import load_tensorflow
 
 from . import convert, digits, graph, robustness, sources, tflite, validate
@@ -297,11 +297,13 @@ def _samples(options: ExportOptions, model: sources.LoadedModel, transform: Imag
 
 
 def _dataset_record(options: ExportOptions, model: sources.LoadedModel, sample_labels,
-                    skipped: Skipped) -> dict | None:
-    """What the accuracy was measured on, so ``optimize`` evaluates and calibrates on the same images."""
+                    skipped: Skipped) -> DatasetRecord | None:
+    """What the accuracy was measured on, so ``optimize`` evaluates and calibrates on the same images (and which
+    sample files could not be read, so the accuracy says what it covered)."""
     if options.samples is not None:
-        return {"name": "samples", "path": str(Path(options.samples).resolve()), "labelled": sample_labels is not None,
-                "skipped": [{"file": str(p), "reason": r} for p, r in skipped]}
+        return DatasetRecord(source="samples", path=str(Path(options.samples).resolve()),
+                             labelled=sample_labels is not None,
+                             extra={"skipped": [{"file": str(p), "reason": r} for p, r in skipped]})
     return model.dataset.record() if model.dataset is not None else None
 
 

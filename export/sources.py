@@ -13,7 +13,7 @@ import numpy as np
 from triton_deploy.errors import ModelSourceError, UsageError
 from triton_deploy.preprocessing import ImageTransform
 
-from . import digits
+from . import digits, graph
 
 # keras.applications architectures: constructor name, default input size, and the preprocessing each one expects,
 # written as (pixel * scale - mean) / std so one formula serves all of them.
@@ -67,7 +67,7 @@ def from_digits(*, seed: int, epochs: int, progress=None, render_progress=None) 
         output_kind="logits",
         keras_model=model,
         dataset=data,
-        extra={"multiply_adds_per_image": digits.count_multiply_adds(model)},
+        extra={"multiply_adds_per_image": graph.count_multiply_adds(model)},
     )
 
 

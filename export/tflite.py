@@ -167,6 +167,18 @@ def check(model: LiteRTModel, inputs: np.ndarray, reference: np.ndarray, *, flav
     """Float files must match ``reference`` within ``atol``; INT8 files must agree on top-1 at ``min_agreement``.
 
     Non-finite outputs fail either way (the symptom of a file written without its weights)."""
+    result, problems = validate(model, inputs, reference, flavour=flavour, atol=atol, min_agreement=min_agreement,
+                                labels=labels)
+    if problems:
+        raise TFLiteError(f"{model.origin} ({flavour}) fails validation on {len(inputs)} images: "
+                          + "; ".join(problems), hint="see --atol / --min-agreement")
+    return result
+
+
+def validate(model: LiteRTModel, inputs: np.ndarray, reference: np.ndarray, *, flavour: str, atol: float,
+             min_agreement: float, labels: np.ndarray | None = None) -> tuple[TFLiteCheck, list[str]]:
+    """The figures of ``check`` and what fails in them (empty when the file passes), without raising: ``optimize``
+    reports a failing file beside the other variants."""
     outputs = model.predict_all(inputs)
     problems = []
     if outputs.shape != reference.shape:
@@ -179,11 +191,8 @@ def check(model: LiteRTModel, inputs: np.ndarray, reference: np.ndarray, *, flav
         problems.append(f"max |TF - LiteRT| = {diff:.3g} > atol {atol:g}")
     if agreement < min_agreement:
         problems.append(f"top-1 agreement with TensorFlow {agreement:.1%} < {min_agreement:.1%}")
-    if problems:
-        raise TFLiteError(f"{model.origin} ({flavour}) fails validation on {len(inputs)} images: "
-                          + "; ".join(problems), hint="see --atol / --min-agreement")
     accuracy = None if labels is None else float(np.mean(outputs.argmax(-1) == labels))
-    return TFLiteCheck(flavour, diff, agreement, int(len(inputs)), accuracy)
+    return TFLiteCheck(flavour, diff, agreement, int(len(inputs)), accuracy), problems
 
 
 def record(content: bytes, model: LiteRTModel, result: TFLiteCheck, latency: dict[str, float], *,

@@ -46,6 +46,7 @@ class BenchOptions:
     baseline_batches: tuple[int, ...] = (1, 8)
     image_size: int = 224  # for architectures from keras.applications
     quick: bool = False  # tiny run for tests: 1 s measurements, no 2-instance config
+    demo_build: Path | None = Path("build")  # where `make demo` leaves build/digits, reused instead of retraining
     monitoring: bool = True  # the repositories report prediction metrics (repo --no-monitoring when False)
 
     def problems(self) -> list[Problem]:
@@ -104,17 +105,47 @@ def _machine() -> dict:
 
 
 def _export(name: str, work: Path, options: BenchOptions, reporter: Reporter) -> Path:
+    """An export of the built-in model ``name``: one from an earlier bench run, else the one ``make demo`` made
+    (``build/digits``), else a new one (for digits, minutes of training, with its progress bars)."""
     # the export pipeline loads onnx, and TensorFlow when it trains: only when it runs
     from triton_deploy.export.pipeline import ExportOptions, export_model
 
     target = work / f"export-{name}"
-    if (target / "manifest.json").exists():
-        return target  # cached from an earlier run
+    candidates = [(target, "from an earlier bench run")]
+    if options.demo_build is not None:
+        candidates.append((Path(options.demo_build) / name, "made by make demo"))
+    refused = []
+    for directory, origin in candidates:
+        why_not = _unusable(directory, name)
+        if why_not is None:
+            reporter.info(f"Using the {name} export in {directory} ({origin}); --exports DIR benches another")
+            return directory
+        if (directory / "manifest.json").exists():
+            refused.append(f"{directory}: {why_not}")
     arch = None if name == "digits" else name
-    with reporter.step(f"Exporting {name} (once; cached in {target})"):
-        export_model(ExportOptions(output=target, arch=arch, image_size=options.image_size if arch else None,
-                                   force=True))
+    reporter.info(f"Exporting {name} into {target} (no usable export"
+                  + (f"; {'; '.join(refused)}" if refused else f" in {' or '.join(str(d) for d, _ in candidates)}")
+                  + ")" + (": training takes a few minutes; `make demo` makes build/digits, which bench reuses"
+                           if arch is None else ""))
+    export_model(ExportOptions(output=target, arch=arch, image_size=options.image_size if arch else None,
+                               force=True), reporter)
     return target
+
+
+def _unusable(directory: Path, name: str) -> str | None:
+    """Why ``directory`` cannot stand in for the built-in model ``name`` (None: it can)."""
+    from triton_deploy.errors import ManifestError
+    from triton_deploy.spec import Manifest
+
+    try:
+        manifest = Manifest.read(directory)
+    except ManifestError as exc:
+        return str(exc)
+    if manifest.name != name:
+        return f"it holds model {manifest.name!r}, not {name!r}"
+    if not (directory / manifest.model_file).is_file():
+        return f"{manifest.model_file} is missing"
+    return None
 
 
 def _pool(manifest) -> ImagePool:
@@ -163,7 +194,8 @@ def _bench_model(export_dir: Path, work: Path, options: BenchOptions, reporter: 
 
     measure_baseline("before the server runs")
     for label, repo_options in _configs(options, work, name).items():
-        generate_repository([export_dir], repo_options)
+        with reporter.step(f"{name}: writing the model repository ({label})"):
+            generate_repository([export_dir], repo_options)
         result["configs"][label] = _bench_server(name, repo_options.output, label, options, pool, reporter)
     if not options.quick:
         measure_baseline("after the server runs")
@@ -196,8 +228,9 @@ def _bench_server(name: str, repository: Path, label: str, options: BenchOptions
     with reporter.step(f"{name}: starting Triton ({label})"):
         server = TritonServer(server_options).__enter__()
     try:
-        driver.drive(server.grpc_url, name, pool, concurrency=max(options.concurrencies),
-                     duration_s=min(2.0, options.measure_s))  # warm-up: every instance, every batch path
+        with reporter.step(f"{name}: warming up every instance and batch path"):
+            driver.drive(server.grpc_url, name, pool, concurrency=max(options.concurrencies),
+                         duration_s=min(2.0, options.measure_s))
         with reporter.bar(len(options.concurrencies), f"{name}: {label}") as bar:
             for concurrency in options.concurrencies:
                 before = metrics.from_statistics(driver.statistics(server.grpc_url))

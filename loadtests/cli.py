@@ -109,7 +109,8 @@ def add_bench(sub) -> None:
                                    "dynamic batching on/off and 1 vs 2 classifier instances, HTTP vs gRPC latency, "
                                    "and where each request's time goes. Writes report.md, report.json and bench.png.")
     p.add_argument("--models", type=word_list, default=d.models, metavar="NAME,NAME",
-                   help=f"built-in models to export and bench (default {','.join(BUILT_IN)})")
+                   help=f"built-in models to bench (default {','.join(BUILT_IN)}): an export from an earlier run "
+                        "in --work-dir, else the one `make demo` made in build/ (build/digits), else exported now")
     p.add_argument("--exports", type=Path, nargs="+", default=(), metavar="EXPORT_DIR",
                    help="bench these export directories instead of --models")
     p.add_argument("--duration", default=f"{d.duration_s:g}s", help="seconds per measurement (default 8s)")

@@ -10,9 +10,11 @@ import json
 from pathlib import Path
 
 from triton_deploy.cliargs import add_common_flags, float_list, int_list, word_list
+from triton_deploy.errors import VariantsFailedError
 
 
 def add_optimize(sub) -> None:
+    from .options import DEFAULT_MIN_AGREEMENT  # late: the optimiser's modules load ONNX, kept off CLI start-up
     from .variants import DEFAULT_VARIANTS, VARIANTS
 
     p = sub.add_parser("optimize", help="FP16 / INT8 / pruned / distilled / LiteRT variants with accuracy gates, a "
@@ -27,11 +29,14 @@ def add_optimize(sub) -> None:
                    help=f"subset of {','.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)})")
     p.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
                    help="largest held-out accuracy loss a published variant may have, in points (default 1)")
+    p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT, metavar="SHARE",
+                   help="smallest share of evaluation images on which a published variant must give FP32's top-1 "
+                        f"class (default {DEFAULT_MIN_AGREEMENT:g}): the gate that still means something when "
+                        "accuracy is near chance")
     q = p.add_argument_group("INT8 static calibration")
     q.add_argument("--calibration", type=Path, metavar="DIR",
-                   help="images to calibrate on, through the export's transform (default: the export's --samples, "
-                        "recorded in its manifest, or --eval-samples; the digits training split for the digits model "
-                        "only; any other model without images is refused)")
+                   help="images to calibrate on, through the export's transform (default: --eval-samples, else the "
+                        "export's own images as its manifest records them; an export that records none is refused)")
     q.add_argument("--calibration-count", type=int, default=128, help="calibration images (default 128)")
     q.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax")
     q.add_argument("--calibration-percentile", type=float, default=99.999, help="for percentile (default 99.999)")
@@ -54,8 +59,9 @@ def add_optimize(sub) -> None:
     r.add_argument("--prune-criterion", choices=["l1", "l2"], default="l1",
                    help="rank filters by the L1 (default) or L2 norm of their weights")
     r.add_argument("--fine-tune-epochs", type=int, default=3, metavar="N",
-                   help="fine-tune each pruned digits model N epochs on its augmented training drawings, towards "
-                        "the unpruned model's answers (default 3)")
+                   help="fine-tune each pruned model N epochs on the export's training images (the built-in "
+                        "model's augmented drawings; a user model has none and is not fine-tuned), towards the "
+                        "unpruned model's answers (default 3)")
     p.add_argument("--tflite", action="store_true",
                    help="add the LiteRT edge variants tflite_fp32 and tflite_int8 (full-integer), from model.keras")
     t = p.add_argument_group("timing")
@@ -66,7 +72,7 @@ def add_optimize(sub) -> None:
     t.add_argument("--eval-limit", type=int, help="evaluate on the first N images only")
     t.add_argument("--eval-samples", type=Path, metavar="DIR",
                    help="images to measure accuracy (one sub-folder per label) and agreement on (default: the "
-                        "export's --samples, recorded in its manifest; the digits held-out split for the digits model)")
+                        "export's own held-out images, as its manifest records them)")
     pub = p.add_argument_group("publishing")
     pub.add_argument("--publish", type=Path, metavar="REPO_DIR", help="write passing variants into this repository")
     pub.add_argument("--publish-as", choices=["versions", "siblings"], default="versions",
@@ -83,6 +89,7 @@ def add_optimize(sub) -> None:
 
 
 def run_optimize(args: argparse.Namespace, reporter) -> int:
+    # Late: the optimiser and the repository writer load ONNX and onnxruntime, kept off the CLI's start-up.
     from triton_deploy.repository.publish import Publisher
 
     from .distill import DistillOptions
@@ -97,6 +104,7 @@ def run_optimize(args: argparse.Namespace, reporter) -> int:
     variants = args.variants + tuple(v for v in extra if v not in args.variants)
     options = OptimizeOptions(
         export_dir=args.export_dir, output=args.output, variants=variants, max_accuracy_drop=args.max_accuracy_drop,
+        min_agreement=args.min_agreement,
         calibration=Calibration(method=args.calibration_method, percentile=args.calibration_percentile,
                                 per_channel=args.per_channel, symmetric_activations=args.int8_symmetric),
         calibration_dir=args.calibration, calibration_count=args.calibration_count, keep_io_types=args.keep_io_types,
@@ -120,6 +128,12 @@ def run_optimize(args: argparse.Namespace, reporter) -> int:
         reporter.console.print(report.markdown(), markup=False)
         if report.published:
             reporter.info(published_text(report.published))
+    if report.failed:
+        names = "; ".join(f"{v.name} ({v.reason})" for v in report.failed)
+        raise VariantsFailedError(f"{len(report.failed)} of {len(report.variants) - 1} variants failed: {names}. The "
+                                  f"others are in {report.output}" + (" and published" if report.published else ""),
+                                  hint="see the status column of report.md; leave the failed variants out of "
+                                       "--variants (or drop --tflite / --prune / --distill) to get exit code 0")
     return 0
 
 
@@ -160,6 +174,7 @@ def add_tensorrt_check(sub) -> None:
 
 
 def run_tensorrt_check(args: argparse.Namespace, reporter) -> int:
+    # Late: the repository renderer and the TensorRT check load ONNX, kept off the CLI's start-up.
     from triton_deploy.repository.render import TensorRTAccelerator, gpu_classifier_config
     from triton_deploy.spec import Manifest
 

@@ -1,15 +1,17 @@
 """Knowledge distillation: train a smaller Keras student on the exported teacher's soft targets, then export it.
 
 The teacher is the exported ``model.onnx`` run with ONNX Runtime, so no Keras teacher (and no training code of the
-original model) is needed. Training images are the digits training split through the export's own
-``ImageTransform``. The loss is Hinton's: ``alpha * T^2 * CE(softmax(teacher / T), softmax(student / T)) +
+original model) is needed. Training images are the export's own labelled training images (its ``Dataset``; only the
+built-in model's dataset has them), through the export's own ``ImageTransform``. The loss is Hinton's: ``alpha * T^2 * CE(softmax(teacher / T), softmax(student / T)) +
 (1 - alpha) * CE(labels, student)``. The student goes through the same conversion and checks as ``triton-deploy
 export`` (tf2onnx, ONNX checker, strict shape inference, TensorFlow vs ONNX Runtime parity).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,8 @@ import numpy as np
 import onnx
 
 from triton_deploy.errors import Problem, UsageError, raise_problems
-from triton_deploy.export import digits, pipeline, validate
+from triton_deploy.export import graph, pipeline, validate
+from triton_deploy.export.datasets import Dataset
 from triton_deploy.export.sources import LoadedModel
 from triton_deploy.spec import Manifest, Parity
 
@@ -27,7 +30,7 @@ class DistillOptions:
     temperature: float = 4.0
     alpha: float = 0.7  # weight of the soft-target term; 1 - alpha goes to the hard labels
     epochs: int = 12
-    channels: tuple[int, ...] = (16, 16, 32, 64)  # the teacher digits CNN has digits.CHANNELS (32, 64, 128, 128)
+    channels: tuple[int, ...] = (16, 16, 32, 64)  # the built-in model's CNN has (32, 64, 128, 128)
     batch_size: int = 32
     learning_rate: float = 3e-3
     seed: int = 0
@@ -67,26 +70,28 @@ def teacher_logits(session, inputs: np.ndarray, output_kind: str, batch_size: in
     return outputs.astype(np.float32)
 
 
-def distill(teacher_path: Path, manifest: Manifest, options: DistillOptions, *, scratch: Path,
-            progress=None) -> DistilledModel:
-    """Train the student against ``teacher_path`` and return its validated ONNX graph."""
+def distill(teacher_path: Path, manifest: Manifest, options: DistillOptions, dataset: Dataset, *, scratch: Path,
+            on_epoch: Callable[[int, dict], None] | None = None) -> DistilledModel:
+    """Train the student against ``teacher_path`` on ``dataset``'s training images and return its validated ONNX
+    graph; ``on_epoch(epoch, logs)`` after each epoch."""
     options.check()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+    import keras  # late: keep TensorFlow off the start-up of commands that never distil
     import tensorflow as tf
 
     transform = manifest.preprocessing
-    nhwc = type(transform).from_dict(transform.to_dict() | {"layout": "NHWC"})  # Keras trains on NHWC
+    nhwc = dataclasses.replace(transform, layout="NHWC")  # Keras trains on NHWC
     nchw = transform.layout == "NCHW"
-    data = digits.load_digits_data(seed=options.seed)
-    images, labels = data.split("train")
-    x_train = digits.to_model_input(images, nhwc)
+    training = dataset.training(nhwc)
+    if training is None:
+        raise UsageError(f"distillation trains on labelled training images and the export of '{manifest.name}' has "
+                         "none", hint="leave 'distilled' out of --variants")
+    x_train, fit_labels = training
     teacher = validate.onnx_session(teacher_path)
     targets = teacher_logits(teacher, x_train.transpose(0, 3, 1, 2).copy() if nchw else x_train, manifest.output_kind)
     if targets.shape[-1] != manifest.num_classes:
         raise UsageError(f"the teacher returns {targets.shape[-1]} scores but the manifest names "
                          f"{manifest.num_classes} classes", hint="check the export directory")
-    fit_labels = labels if manifest.num_classes == len(digits.LABELS) else targets.argmax(-1)
 
     keras.utils.set_random_seed(options.seed)
     tf.config.experimental.enable_op_determinism()
@@ -95,7 +100,8 @@ def distill(teacher_path: Path, manifest: Manifest, options: DistillOptions, *, 
     student.compile(optimizer=keras.optimizers.Adam(learning_rate=options.learning_rate),
                     loss=distillation_loss(options.temperature, options.alpha, manifest.num_classes))
     y = np.concatenate([targets, fit_labels[:, None].astype(np.float32)], axis=1)
-    callbacks = [progress] if progress is not None else []
+    callbacks = [] if on_epoch is None else [
+        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch(epoch, logs or {}))]
     student.fit(x_train, y, epochs=options.epochs, batch_size=options.batch_size, shuffle=True, verbose=0,
                 callbacks=callbacks)
 
@@ -108,8 +114,7 @@ def distill(teacher_path: Path, manifest: Manifest, options: DistillOptions, *, 
         transform=transform, labels=manifest.labels, source={}, output_kind=manifest.output_kind,
         keras_model=student)
     path = Path(scratch) / "student.onnx"
-    heldout, _ = data.split("heldout")
-    parity = pipeline.export_like(loaded, manifest, path, digits.to_model_input(heldout[:32], nhwc))
+    parity = pipeline.export_like(loaded, manifest, path, dataset.heldout(nhwc)[0][:32])
     proto = onnx.load(str(path))
     source = {"kind": "distilled", "teacher_sha256": manifest.model_sha256, "temperature": options.temperature,
               "alpha": options.alpha, "epochs": options.epochs, "channels": list(options.channels),
@@ -119,7 +124,7 @@ def distill(teacher_path: Path, manifest: Manifest, options: DistillOptions, *, 
 
 def build_student(input_shape: tuple[int, int, int], num_classes: int, channels: tuple[int, ...]):
     """Conv-BN-ReLU-MaxPool blocks with the given widths, global average pooling and a linear classifier."""
-    import keras
+    import keras  # late: keep TensorFlow off the start-up of commands that never distil
     from keras import layers
 
     inputs = keras.Input(shape=input_shape, name="image")
@@ -136,7 +141,7 @@ def build_student(input_shape: tuple[int, int, int], num_classes: int, channels:
 
 def distillation_loss(temperature: float, alpha: float, num_classes: int):
     """``y_true`` packs the teacher's logits and, in the last column, the hard label."""
-    import keras
+    import keras  # late: keep TensorFlow off the start-up of commands that never distil
     from keras import ops
 
     def loss(y_true, y_pred):
@@ -150,4 +155,4 @@ def distillation_loss(temperature: float, alpha: float, num_classes: int):
 
 
 def _student_flops(model) -> int:
-    return 2 * digits.count_multiply_adds(model)  # FLOPs, as the manifest records them
+    return 2 * graph.count_multiply_adds(model)  # FLOPs, as the manifest records them

@@ -31,7 +31,15 @@ from typing import Any
 import numpy as np
 
 from triton_deploy.errors import PruneError, UsageError
-from triton_deploy.spec import Parity
+from triton_deploy.export import graph, pipeline, validate
+from triton_deploy.export.sources import LoadedModel, keras_from_export
+from triton_deploy.postprocessing import softmax
+from triton_deploy.preprocessing import ImageTransform
+from triton_deploy.progress import Reporter
+from triton_deploy.spec import Manifest, Parity
+
+from .base import Datasets
+from .distill import teacher_logits
 
 CRITERIA = ("l1", "l2")
 
@@ -216,9 +224,7 @@ def channel_scores(model, producers: list[str], criterion: str) -> np.ndarray:
 def prune(model, options: PruneOptions) -> PrunedModel:
     """Remove ``options.fraction`` of the filters of every prunable group; return the smaller model with kept
     weights (not fine-tuned)."""
-    import keras
-
-    from triton_deploy.export.digits import count_multiply_adds
+    import keras  # late: keep TensorFlow off the start-up of commands that never prune
 
     options.check()
     if not isinstance(model, keras.Model) or not hasattr(model, "inputs") or not model.inputs:
@@ -270,7 +276,7 @@ def prune(model, options: PruneOptions) -> PrunedModel:
             continue
         sliced = _slice_weights(layer, kept(layer.name, analysis.inputs), kept(layer.name, analysis.outputs))
         smaller.get_layer(layer.name).set_weights(sliced)
-    return PrunedModel(smaller, widths, (count_multiply_adds(model), count_multiply_adds(smaller)), options,
+    return PrunedModel(smaller, widths, (graph.count_multiply_adds(model), graph.count_multiply_adds(smaller)), options,
                        tuple(skipped))
 
 
@@ -297,9 +303,9 @@ def _slice_weights(layer, in_keep: np.ndarray | None, out_keep: np.ndarray | Non
 # ---- fine-tuning ------------------------------------------------------------------------------------------------
 
 
-# The pruned network learns from the unpruned source's softened answers mixed with the labels, on every drawing the
-# source trained on: labels alone traded away the robustness the source had learnt. The recipes measured:
-# docs/optimize.md#fine-tuning-after-pruning
+# Fine-tuning learns from the unpruned model's softened answers mixed with the labels, on every drawing the source
+# trained on: its soft answers carry what it learnt about hard drawings, and on the built-in model this kept the
+# worst robustness condition where labels alone lost it (the measurements: docs/optimize-notes.md, "Fine-tuning").
 FINE_TUNE_RENDERINGS = 12
 FINE_TUNE_LEARNING_RATE = 3e-3
 SOFT_TARGET_TEMPERATURE = 2.0
@@ -308,8 +314,6 @@ SOFT_TARGET_WEIGHT = 0.7
 
 def soft_targets(teacher_logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Training targets mixing the unpruned model's softened answers with the true labels."""
-    from triton_deploy.postprocessing import softmax
-
     one_hot = np.eye(teacher_logits.shape[1], dtype=np.float32)[labels]
     soft = softmax(teacher_logits / SOFT_TARGET_TEMPERATURE)
     return (SOFT_TARGET_WEIGHT * soft + (1 - SOFT_TARGET_WEIGHT) * one_hot).astype(np.float32)
@@ -320,7 +324,7 @@ def fine_tune(model, x: np.ndarray, targets: np.ndarray, *, epochs: int, from_lo
               on_epoch: Callable[[int, dict], None] | None = None):
     """A few epochs on ``targets`` (one probability row per image, see ``soft_targets``), so the kept filters make up
     for the removed ones; the rate decays to zero so the last steps settle them."""
-    import keras
+    import keras  # late: keep TensorFlow off the start-up of commands that never prune
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
@@ -353,57 +357,48 @@ class PrunedExport:
                                       "top1_agreement": self.parity.top1_agreement}}
 
 
-def prune_export(export_dir, manifest, options: PruneOptions, target, *, fine_tune_epochs: int = 3, seed: int = 0,
-                 reporter=None) -> PrunedExport:
-    """Prune the export's Keras source, fine-tune it on the digits training split when the model is the labelled
-    digits classifier, and write it to ``target`` through the export's own checks (tf2onnx, ONNX checker, parity)."""
-    from triton_deploy.export import digits, pipeline, validate
-    from triton_deploy.export.sources import LoadedModel, keras_from_export
-    from triton_deploy.progress import Reporter
-
-    from .distill import teacher_logits
-    from .evaluate import is_labelled_digits_model
-
+def prune_export(export_dir: Path, manifest: Manifest, options: PruneOptions, target: Path, datasets: Datasets,
+                 nhwc: ImageTransform, *, fine_tune_epochs: int = 3, seed: int = 0,
+                 reporter: Reporter | None = None) -> PrunedExport:
+    """Prune the export's Keras source, fine-tune it on the export's labelled training images when its dataset has
+    them, and write it to ``target`` through the export's own checks (tf2onnx, ONNX checker, parity)."""
     reporter = reporter or Reporter(quiet=True)
-    if fine_tune_epochs < 0:
-        raise UsageError("--fine-tune-epochs must be 0 or more", hint="check --fine-tune-epochs")
     source = keras_from_export(export_dir, manifest)
     with reporter.step(f"Pruning {options.fraction:.0%} of the filters ({options.criterion} ranking)"):
         pruned = prune(source, options)
     for line in pruned.skipped:
         reporter.info(f"pruning: {line}")
-    nhwc = type(manifest.preprocessing).from_dict(manifest.preprocessing.to_dict() | {"layout": "NHWC"})
-    record = manifest.dataset or {}
-    data = digits.load_digits_data(seed=int(record.get("seed", seed)),
-                                   test_fraction=float(record.get("test_fraction", 0.25)))
-    labelled = is_labelled_digits_model(manifest)
-    epochs = fine_tune_epochs if labelled else 0
-    if epochs:
-        # The built-in model's own augmented training renderings (every filter, size, polarity, margin, colour and
+    training = None
+    if fine_tune_epochs:
+        with reporter.bar(None, f"Drawing the training images ({FINE_TUNE_RENDERINGS} renderings each where the "
+                          "dataset can draw them)") as bar:
+            training = datasets.own.training(nhwc, renderings=FINE_TUNE_RENDERINGS, progress=bar.advance)
+    if training is not None:
+        # The model's own augmented training renderings (every filter, size, polarity, margin, colour and
         # compression it learnt to read): fine-tuning on the plain rendering alone would trade that robustness away.
-        pixels, labels = digits.augmented_training_set(data, per_image=FINE_TUNE_RENDERINGS, transform=nhwc)
-        x = nhwc.normalise(pixels)
-        with reporter.step(f"Scoring {len(x)} training drawings with the unpruned model (soft targets)"):
-            teacher = teacher_logits(validate.onnx_session(Path(export_dir) / manifest.model_file), x,
+        x, labels = training
+        with reporter.step(f"Scoring {len(x)} training images with the unpruned model (soft targets)"):
+            teacher = teacher_logits(validate.onnx_session(Path(export_dir) / manifest.model_file),
+                                     x.transpose(0, 3, 1, 2).copy() if manifest.preprocessing.layout == "NCHW" else x,
                                      manifest.output_kind)
         percent = round(options.fraction * 100)
-        with reporter.bar(epochs, f"Fine-tuning the {percent} % pruned model") as bar:
-            fine_tune(pruned.model, x, soft_targets(teacher, labels), epochs=epochs,
+        with reporter.bar(fine_tune_epochs, f"Fine-tuning the {percent} % pruned model") as bar:
+            fine_tune(pruned.model, x, soft_targets(teacher, labels), epochs=fine_tune_epochs,
                       from_logits=manifest.output_kind == "logits", seed=seed, on_epoch=lambda _e, logs: bar.advance(
                           1, status=f"loss {logs.get('loss', 0):.3f} acc {logs.get('accuracy', 0):.3f}"))
-        note = (f"fine-tuned {epochs} epochs on the digits training split drawn {FINE_TUNE_RENDERINGS} ways per digit "
-                f"as in training, towards the unpruned model's softened answers mixed with the labels")
-    elif labelled:
+        note = (f"fine-tuned {fine_tune_epochs} epochs on the export's training images ({len(x)}), towards the "
+                "unpruned model's softened answers mixed with the labels")
+    elif not fine_tune_epochs:
         note = "not fine-tuned (--fine-tune-epochs 0)"
     else:
-        note = ("no labelled training data for this model (random-weight --arch or a user model): pruned for speed "
-                "measurement only, not fine-tuned")
+        note = ("the export's dataset has no labelled training images (a user model, or a random-weight --arch): "
+                "pruned for speed measurement only, not fine-tuned")
     model: Any = pruned.model
     height, width, channels = (int(d) for d in model.inputs[0].shape[1:])
     loaded = LoadedModel(name=manifest.name, call=lambda x: model(x, training=False),
                          input_shape=(height, width, channels), num_classes=manifest.num_classes,
                          transform=manifest.preprocessing, labels=manifest.labels, source={},
                          output_kind=manifest.output_kind, keras_model=model)
-    heldout, _ = data.split("heldout")
-    parity = pipeline.export_like(loaded, manifest, target, digits.to_model_input(heldout[:32], nhwc), reporter)
-    return PrunedExport(pruned, parity, epochs, note)
+    parity_inputs = datasets.heldout.heldout(nhwc)[0][:32]
+    parity = pipeline.export_like(loaded, manifest, target, parity_inputs, reporter)
+    return PrunedExport(pruned, parity, fine_tune_epochs if training is not None else 0, note)

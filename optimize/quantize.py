@@ -1,8 +1,8 @@
 """ONNX -> ONNX rewrites that make a model cheaper: graph simplification, FP16 weights, INT8 dynamic and INT8 static.
 
 Each function reads one ONNX file and writes another; none of them judges the result (``optimize`` measures and gates
-every variant the same way). Calibration for static INT8 uses real images through the export's own
-``ImageTransform``: the digits training split by default, or a folder of images.
+every variant the same way). Calibration for static INT8 takes real images as model inputs: the export's own dataset
+(or a folder) through its ``ImageTransform``, chosen by the caller (``BuildContext.calibration_samples``).
 
 Notes that drive the choices here:
 
@@ -17,9 +17,12 @@ Notes that drive the choices here:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import logging
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,16 +30,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from triton_deploy.contract import IMAGE_SUFFIXES
 from triton_deploy.errors import Problem, QuantizationError, UsageError, raise_problems, unknown_choice
-from triton_deploy.preprocessing import ImageDecodeError, ImageTransform
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 def simplify(source: Path, target: Path) -> None:
     """Constant folding, dead-node removal and op fusion with onnxslim; the graph's inputs and outputs are kept."""
-    import onnxslim
+    import onnxslim  # late: loaded only when this rewrite runs
 
     try:
         slimmed = onnxslim.slim(onnx.load(str(source)))
@@ -47,9 +48,7 @@ def simplify(source: Path, target: Path) -> None:
 
 def to_fp16(source: Path, target: Path, *, keep_io_types: bool = True) -> None:
     """Weights and activations in FP16; with ``keep_io_types`` the graph still takes and returns FP32 tensors."""
-    import warnings
-
-    from onnxconverter_common import float16
+    from onnxconverter_common import float16  # late: loaded only when this rewrite runs
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one warning per tiny weight truncated to FP16's range: noise, not news
@@ -62,7 +61,7 @@ def to_fp16(source: Path, target: Path, *, keep_io_types: bool = True) -> None:
 
 def int8_dynamic(source: Path, target: Path) -> None:
     """Weights INT8 ahead of time, activations quantised per batch at run time (ConvInteger / MatMulInteger)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # late: the quantiser loads only when used
 
     with _quiet_quantization(), tempfile.TemporaryDirectory() as scratch:
         prepared = _pre_process(source, Path(scratch) / "prepared.onnx")
@@ -103,6 +102,7 @@ def for_tensorrt(calibration: Calibration) -> Calibration:
 
 def int8_static(source: Path, target: Path, samples: np.ndarray, calibration: Calibration = Calibration()) -> None:
     """QDQ INT8 with ranges calibrated on ``samples`` (float model inputs, batch first)."""
+    # Late: the quantiser loads only when used.
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     calibration.check()
@@ -155,7 +155,7 @@ class _SampleReader:
 def _pre_process(source: Path, target: Path) -> Path:
     """ONNX Runtime's recommended preparation (symbolic shape inference + graph optimisation) before quantising;
     a model it cannot handle is quantised as it is."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # late: loads only when quantising
 
     try:
         quant_pre_process(str(source), str(target))
@@ -168,9 +168,6 @@ class _quiet_quantization:
     """ONNX Runtime's quantiser logs through ``logging`` and prints histogram banners; keep progress output clean."""
 
     def __enter__(self):
-        import contextlib
-        import io
-
         self._logger = logging.getLogger()
         self._level = self._logger.level
         self._logger.setLevel(logging.ERROR)
@@ -182,38 +179,6 @@ class _quiet_quantization:
         self._stdout.__exit__(*exc)
         self._logger.setLevel(self._level)
         return False
-
-
-# ---- calibration data ------------------------------------------------------------------------------------------
-
-
-def calibration_samples(transform: ImageTransform, *, directory: Path | None = None, count: int = 128,
-                        seed: int = 0) -> np.ndarray:
-    """Float model inputs for calibration: images from ``directory`` (recursively), or the digits training split.
-
-    Either way the pixels go through ``transform``, the same preprocessing the server applies.
-    """
-    if count < 1:
-        raise UsageError(f"calibration count must be at least 1, got {count}", hint="check --calibration-count")
-    if directory is None:
-        from triton_deploy.export import digits
-
-        images, _ = digits.load_digits_data(seed=seed).split("train")
-        chosen = np.random.default_rng(seed).permutation(len(images))[:count]
-        return digits.to_model_input(images[np.sort(chosen)], transform)
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise UsageError(f"calibration directory {directory} not found", hint="check --calibration")
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)[:count]
-    if not files:
-        raise UsageError(f"no images in {directory}", hint="--calibration needs .png/.jpg/... files")
-    arrays = []
-    for path in files:
-        try:
-            arrays.append(transform.decode(path.read_bytes()))
-        except ImageDecodeError as exc:
-            raise UsageError(f"calibration image {path}: {exc}", hint="check --calibration") from None
-    return transform.normalise(np.stack(arrays))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+from onnx import numpy_helper
 
 from triton_deploy.errors import Problem, UsageError, raise_problems, unknown_choice
 from triton_deploy.errors import TensorRTCompatibilityError as TensorRTCompatibilityError  # re-exported
+from triton_deploy.spec import Manifest
 
 TRT_OPSET_RANGE = (9, 20)  # TensorRT 10.x ONNX parser, inclusive
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -155,8 +157,6 @@ def _all_nodes(graph: onnx.GraphProto):
 
 def _qdq_problems(proto: onnx.ModelProto) -> list[str]:
     """TensorRT's explicit quantisation takes INT8 Q/DQ with zero point 0 only."""
-    from onnx import numpy_helper
-
     constants = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
     bad_type, nonzero = set(), set()
     for node in proto.graph.node:
@@ -233,8 +233,6 @@ def trtexec_text(report: TensorRTReport, options: PlanOptions) -> str:
 def check_export(export_dir: Path, options: PlanOptions) -> tuple[TensorRTReport, str]:
     """Report and trtexec command for an export directory (``tensorrt-check`` adds the classifier's GPU config,
     rendered by the repository's templates with ``TensorRTAccelerator``)."""
-    from triton_deploy.spec import Manifest
-
     options.check()
     manifest = Manifest.read(Path(export_dir))
     report = check_model(Path(export_dir) / manifest.model_file, precision=options.precision)

@@ -12,11 +12,12 @@ import os
 import time
 
 import numpy as np
+import onnxruntime
 
 from triton_deploy.progress import Reporter
 
 from . import evaluate
-from .report import VariantResult
+from .base import VariantResult
 
 
 def benchmark(results: list[VariantResult], inputs: np.ndarray, batch_sizes: tuple[int, ...], *, seconds: float,
@@ -58,7 +59,5 @@ def benchmark(results: list[VariantResult], inputs: np.ndarray, batch_sizes: tup
 
 def machine(threads: int, *, seconds: float, rounds: int, batch_sizes: tuple[int, ...]) -> dict:
     """Where and how the timings were taken (printed under the report's table)."""
-    import onnxruntime
-
     return {"cpu_count": os.cpu_count(), "threads": threads, "onnxruntime": onnxruntime.__version__,
             "rounds": rounds, "seconds": seconds, "batch_sizes": list(batch_sizes), "shared_machine": True}

@@ -74,7 +74,7 @@ def run(reporter: Reporter) -> None:
     # the built-in digits model records all three
     assert m.dataset is not None and m.flops_per_image is not None and m.robustness is not None
     worst = m.robustness.worst
-    reporter.info(f"   held-out accuracy {m.accuracy:.4f} on {m.dataset['heldout_size']} images; worst robustness "
+    reporter.info(f"   held-out accuracy {m.accuracy:.4f} on {m.dataset.heldout_size} images; worst robustness "
                   f"condition {worst.name} {worst.accuracy:.4f}; parity max |TF - ORT| {m.parity.max_abs_diff:.1e}, "
                   f"top-1 agreement {m.parity.top1_agreement:.0%}; {m.flops_per_image / 2e6:.0f}M multiply-adds/image")
     reporter.info("   robustness (held-out digits drawn each way; accuracy): " + ", ".join(

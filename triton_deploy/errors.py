@@ -179,6 +179,13 @@ class PruneError(TritonDeployError):
     exit_code, means = 23, "the model cannot be pruned (nothing prunable, or not a Keras functional model)"
 
 
+class VariantsFailedError(TritonDeployError):
+    """optimize: some variants could not be built or failed their own validation; the rest was written."""
+
+    exit_code, means = 24, ("optimize: some variants could not be built or failed their own validation (each is "
+                            "marked failed in the report); the others are written and published")
+
+
 # ---- clients: codes 30-39 (``clients/errors.py`` translates transport exceptions into these) -----------------------
 
 

@@ -33,8 +33,12 @@ class Reporter:
             yield
             return
         start = time.perf_counter()
-        with self.console.status(description + "...", spinner="dots"):
+        if not self.console.is_terminal:  # a log: say what is running before it takes its time
+            self.console.print(f"  {description}...")
             yield
+        else:
+            with self.console.status(description + "...", spinner="dots"):
+                yield
         self.console.print(f"[green]\u2713[/] {description} ({time.perf_counter() - start:.1f} s)")
 
     @contextlib.contextmanager
@@ -79,23 +83,33 @@ class _Bar:
 
 class _LogBar:
     """A bar for output that is not a terminal: a redrawn bar would be cut to 80 columns and keep only its last frame,
-    so the log gets plain lines instead (start, then count, elapsed time and last status)."""
+    so the log gets plain lines instead (start, the count so far every ``EVERY_S`` seconds of a long phase, then
+    count, elapsed time and last status)."""
+
+    EVERY_S = 20.0
 
     def __init__(self, console: Console, total: int | None, description: str) -> None:
         self._console, self._total, self._description = console, total, description
         self._done, self._status = 0, ""
         self._start: float | None = None
+        self._last = 0.0
         self._finished = False
 
     def advance(self, amount: int = 1, status: str | None = None) -> None:
+        now = time.perf_counter()
         if self._start is None:
-            self._start = time.perf_counter()
+            self._start = self._last = now
             self._console.print(f"  {self._description}...")
         self._done += amount
         if status is not None:
             self._status = status
         if self._total is not None and self._done >= self._total:
             self.finish()  # now, so phases that run one after the other log in order
+        elif now - self._last >= self.EVERY_S:  # a long phase: show it is moving
+            self._last = now
+            count = f"{self._done}/{self._total}" if self._total is not None else str(self._done)
+            status = f"  {self._status}" if self._status else ""
+            self._console.print(f"  {self._description}: {count} ({now - self._start:.0f} s){status}")
 
     def finish(self) -> None:
         if self._start is None or self._finished:

@@ -14,7 +14,8 @@ Manifest format, version 2 (``manifest_version``; version 1 files, which lack ``
     opset, versions     ONNX opset and the versions of TensorFlow, Keras, tf2onnx, onnx, onnxruntime, numpy
     parity              max_abs_diff, top1_agreement, atol, samples, batch_sizes: TensorFlow vs ONNX Runtime
     accuracy            held-out top-1 accuracy of the ONNX model, or null without labelled data
-    dataset             for the built-in digits model: seed, test_fraction and the held-out indices
+    dataset             what the accuracy was measured on (``DatasetRecord``): the built-in digits split (seed,
+                        test_fraction, held-out indices) or the ``--samples`` folder; null when the export had none
     robustness          accuracy per named condition (how the images were made: resampling filter, size, polarity,
                         margin, compression, colour, noise...), images per condition, and the worst condition;
                         null when the export had no labelled data (new in version 2)
@@ -184,6 +185,54 @@ class Robustness:
 
 
 @dataclass(frozen=True)
+class DatasetRecord:
+    """What an export was scored on, so later steps (``optimize``) evaluate, calibrate and fine-tune on the same data.
+
+    ``source`` names the dataset source that can redraw it (``export/datasets.py`` maps it to an object with
+    ``heldout``, ``calibration`` and ``training``): ``"sklearn-digits"`` for the built-in model's seeded split,
+    ``"samples"`` for a user's ``--samples`` folder. It is written under the key ``name``, as exports always have."""
+
+    source: str
+    labelled: bool = True
+    path: str | None = None  # samples: the folder (absolute)
+    seed: int | None = None  # built-in split: how it was drawn
+    test_fraction: float | None = None
+    train_size: int | None = None
+    heldout_size: int | None = None
+    heldout_indices: tuple[int, ...] = ()
+    image_size: tuple[int, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, written back
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.source}
+        if self.path is not None:  # a folder's record: as exports have written it
+            data |= {"path": self.path, "labelled": self.labelled}
+        for key in ("image_size", "seed", "test_fraction", "train_size", "heldout_size"):
+            value = getattr(self, key)
+            if value is not None:
+                data[key] = list(value) if isinstance(value, tuple) else value
+        if self.heldout_indices:
+            data["heldout_indices"] = list(self.heldout_indices)
+        return data | self.extra
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DatasetRecord:
+        """The record as any export since manifest version 1 wrote it (``name`` plus the source's own keys)."""
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise ValueError("dataset: expected an object with a 'name'")
+        known = {"name", "path", "labelled", "image_size", "seed", "test_fraction", "train_size", "heldout_size",
+                 "heldout_indices"}
+        size = data.get("image_size")
+        return cls(source=data["name"], labelled=bool(data.get("labelled", True)), path=data.get("path"),
+                   seed=None if data.get("seed") is None else int(data["seed"]),
+                   test_fraction=None if data.get("test_fraction") is None else float(data["test_fraction"]),
+                   train_size=data.get("train_size"), heldout_size=data.get("heldout_size"),
+                   heldout_indices=tuple(int(i) for i in data.get("heldout_indices", ())),
+                   image_size=None if size is None else tuple(int(d) for d in size),
+                   extra={k: v for k, v in data.items() if k not in known})
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     input: TensorSpec
@@ -197,7 +246,7 @@ class Manifest:
     versions: dict[str, str]
     source: dict[str, Any]
     accuracy: float | None = None
-    dataset: dict[str, Any] | None = None
+    dataset: DatasetRecord | None = None
     flops_per_image: int | None = None
     created_by: str = ""
     robustness: Robustness | None = None
@@ -232,7 +281,7 @@ class Manifest:
             "opset": self.opset,
             "parity": dataclasses.asdict(self.parity) | {"batch_sizes": list(self.parity.batch_sizes)},
             "accuracy": self.accuracy,
-            "dataset": self.dataset,
+            "dataset": self.dataset.to_dict() if self.dataset is not None else None,
             "flops_per_image": self.flops_per_image,
             "robustness": self.robustness.to_dict() if self.robustness is not None else None,
             "source": self.source,
@@ -287,7 +336,7 @@ class Manifest:
                 versions=dict(data["versions"]),
                 source=dict(data["source"]),
                 accuracy=data.get("accuracy"),
-                dataset=data.get("dataset"),
+                dataset=DatasetRecord.from_dict(data["dataset"]) if data.get("dataset") else None,
                 flops_per_image=data.get("flops_per_image"),
                 created_by=data.get("created_by", ""),
                 robustness=Robustness.from_dict(data["robustness"]) if data.get("robustness") else None,

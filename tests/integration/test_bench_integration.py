@@ -54,3 +54,45 @@ def test_tiny_bench_run_writes_a_well_formed_table_and_json(digits_export, tmp_p
     plot = tmp_path / "bench.png"  # the picture of section 1-2, linked from the markdown
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     assert "](bench.png)" in markdown
+
+
+@pytest.mark.slow
+def test_bench_reuses_the_export_make_demo_left_in_build_and_says_so(rescaling_model, tmp_path, capsys):
+    """`bench --quick` after `make demo`: build/digits is used as it is, never retrained; an export that cannot
+    stand in for the built-in model is named with the reason."""
+    from triton_deploy.cli import main
+    from triton_deploy.loadtests.bench import _export
+    from triton_deploy.progress import Reporter
+
+    model, folder = rescaling_model
+    build = tmp_path / "build"
+    for name in ("digits", "mobilenet_v2"):  # a stand-in for each: bench reads the manifest, not the weights
+        assert main(["export", "--keras-model", str(model), "--labels", str(folder / "labels.txt"), "--samples",
+                     str(folder / "samples"), "--scale", "1", "--name", "digits", "--output", str(build / name),
+                     "-q"]) == 0
+    capsys.readouterr()
+    options = BenchOptions(output=tmp_path / "out", quick=True, demo_build=build)
+    assert _export("digits", tmp_path / "work", options, Reporter()) == build / "digits"
+    assert f"Using the digits export in {build / 'digits'} (made by make demo)" in capsys.readouterr().err
+    from triton_deploy.loadtests.bench import _unusable
+
+    assert _unusable(build / "mobilenet_v2", "mobilenet_v2") == "it holds model 'digits', not 'mobilenet_v2'"
+    assert "does not exist" in _unusable(tmp_path / "nothing", "digits")
+
+
+def test_a_long_phase_in_a_log_shows_its_count_while_it_runs(capsys, monkeypatch):
+    """Not a terminal: a phase that runs for minutes prints its count every few seconds, not only at its end."""
+    from triton_deploy.progress import Reporter, _LogBar
+
+    monkeypatch.setattr(_LogBar, "EVERY_S", 0.0)
+    reporter = Reporter()
+    with reporter.step("Converting"):
+        pass
+    with reporter.bar(3, "Validating int8_dynamic") as bar:
+        bar.advance(1, status="a")
+        bar.advance(1, status="b")
+        bar.advance(1)
+    lines = [line.split(" (")[0] for line in capsys.readouterr().err.splitlines()]
+    assert lines == ["  Converting...", "\u2713 Converting", "  Validating int8_dynamic...",
+                     "  Validating int8_dynamic: 1/3", "  Validating int8_dynamic: 2/3",
+                     "\u2713 Validating int8_dynamic: 3/3"]

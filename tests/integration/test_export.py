@@ -70,7 +70,7 @@ def test_digits_export_is_accurate_and_matches_tensorflow(digits_export, digits_
     assert m.accuracy >= 0.95
     assert m.parity.max_abs_diff <= 1e-4 and m.parity.top1_agreement == 1.0
     assert 1 in m.parity.batch_sizes and max(m.parity.batch_sizes) >= 8
-    assert m.dataset["test_fraction"] >= 0.2 and len(m.dataset["heldout_indices"]) == m.dataset["heldout_size"]
+    assert m.dataset.test_fraction >= 0.2 and len(m.dataset.heldout_indices) == m.dataset.heldout_size
     # 20-50 "MFLOPs" in the multiply-add convention (MobileNetV2's "300 MFLOPs"): realistic compute, not a toy.
     assert 20e6 <= m.multiply_adds_per_image <= 50e6 and m.flops_per_image == 2 * m.multiply_adds_per_image
     assert (m.input.name, m.input.shape, m.input.layout) == ("image", (-1, 64, 64, 1), "NHWC")
@@ -165,7 +165,7 @@ def test_unreadable_samples_are_skipped_and_each_named_as_classify_and_evaluate_
     assert [line.split(":")[0] for line in err.strip().splitlines()] == [f"skipped sample {p}" for p in sorted(bad)]
     summary = json.loads(out)
     assert summary["parity"]["samples"] == 17 and len(summary["skipped_samples"]) == 2  # as with 18 good ones
-    assert [s["file"] for s in Manifest.read(tmp_path / "o").dataset["skipped"]] == [str(p) for p in sorted(bad)]
+    assert [s["file"] for s in Manifest.read(tmp_path / "o").dataset.extra["skipped"]] == [str(p) for p in sorted(bad)]
     for folder in ("zero", "one"):  # nothing readable left: refused, every file named
         for path in (tmp_path / "samples" / folder).glob("*.png"):
             if path not in bad:

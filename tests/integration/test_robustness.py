@@ -31,7 +31,7 @@ def _onnx_scores(export_dir, manifest):
 @pytest.fixture(scope="module")
 def heldout_files(digits_manifest):
     """Every held-out digit drawn under every condition, as the encoded files a user would send."""
-    images, labels = digits.load_digits_data(seed=digits_manifest.dataset["seed"]).split("heldout")
+    images, labels = digits.load_digits_data(seed=digits_manifest.dataset.seed).split("heldout")
     files = {}
     for name, condition in CONDITIONS.items():
         renderings = condition.renderings_for(len(images), seed=0)
@@ -42,7 +42,7 @@ def heldout_files(digits_manifest):
 def test_manifest_records_every_condition_with_its_image_count(digits_manifest):
     suite = digits_manifest.robustness
     assert [c.name for c in suite.conditions] == list(CONDITIONS)
-    assert all(c.images == digits_manifest.dataset["heldout_size"] for c in suite.conditions)
+    assert all(c.images == digits_manifest.dataset.heldout_size for c in suite.conditions)
     assert suite.worst.accuracy == min(c.accuracy for c in suite.conditions)
     assert {"resampling", "polarity", "margin"} <= _covered(CONDITIONS)
 
