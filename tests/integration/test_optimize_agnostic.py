@@ -20,7 +20,7 @@ from triton_deploy.optimize.options import OptimizeOptions
 from triton_deploy.optimize.run import optimize
 from triton_deploy.spec import DatasetRecord, Manifest
 
-OPTIMIZE = Path(__file__).resolve().parent.parent / "optimize"
+OPTIMIZE = Path(__file__).resolve().parents[2] / "optimize"
 QUICK = {"bench_seconds": 0.05, "bench_rounds": 1}
 
 
