@@ -24,6 +24,7 @@ from triton_deploy.progress import Reporter
 from . import scoring
 from .classifier import ImageClassifier
 from .errors import AccuracyGateError, DatasetError
+from .tls import TlsOptions
 from .results import Outcome, Prediction
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
@@ -48,6 +49,7 @@ class EvaluateOptions:
     retries: int = 3
     admin_key: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    tls: TlsOptions | None = None  # None: plaintext
     force: bool = False
     error_grid: int = 36  # misclassified images drawn in errors.png
 
@@ -197,7 +199,7 @@ def _client(options: EvaluateOptions, model: str, version: str) -> ImageClassifi
                            preprocess="client" if version else "server", model_version=version,
                            concurrency=options.concurrency, timeout=options.timeout_s,
                            ready_timeout=options.ready_timeout_s, retries=options.retries,
-                           headers=dict(options.headers), admin_key=options.admin_key)
+                           headers=dict(options.headers), admin_key=options.admin_key, tls=options.tls)
 
 
 def _classify(clients: list[ImageClassifier], data: LabelledImages, options: EvaluateOptions,

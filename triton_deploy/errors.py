@@ -10,7 +10,8 @@ table fails at import, so a new error cannot ship without its own code (and the 
 
 from __future__ import annotations
 
-# class name -> (exit code, what it means). Codes 1-19 core, 20-29 optimisation, 30-39 clients, 40-49 evaluation.
+# class name -> (exit code, what it means). Codes 1-19 core, 20-29 optimisation, 30-39 clients, 40-49 evaluation,
+# 50-59 transport security.
 EXIT_CODES: dict[str, tuple[int, str]] = {
     "TritonDeployError": (1, "any other failure"),
     "UsageError": (2, "a flag value that cannot work"),
@@ -43,6 +44,8 @@ EXIT_CODES: dict[str, tuple[int, str]] = {
     "ClassificationError": (39, "classify() in Python: some images failed"),
     "AccuracyGateError": (40, "evaluate: the model's accuracy is below --min-accuracy (the report is written)"),
     "DatasetError": (41, "evaluate: DATA_DIR is missing, holds no images, or has a folder that matches no label"),
+    "TlsError": (50, "TLS failed: untrusted or misnamed certificate, TLS on one side only, client certificate "
+                     "missing or refused"),
 }
 
 
