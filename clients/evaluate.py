@@ -24,8 +24,8 @@ from triton_deploy.progress import Reporter
 from . import scoring
 from .classifier import ImageClassifier
 from .errors import AccuracyGateError, DatasetError
-from .tls import TlsOptions
 from .results import Outcome, Prediction
+from .tls import TlsOptions
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 CHUNK_REQUESTS = 4  # requests per model per turn when two models take turns

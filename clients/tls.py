@@ -19,6 +19,7 @@ from typing import Any
 from triton_deploy.errors import raise_problems
 from triton_deploy.pem import pem_problems
 
+
 @dataclass(frozen=True)
 class TlsOptions:
     """TLS for a client: PEM file paths. ``ca`` replaces the system's root certificates (a private CA); ``cert`` and

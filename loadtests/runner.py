@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psutil
 
+from triton_deploy.clients.tls import TlsOptions
 from triton_deploy.errors import TritonDeployError, UsageError
 from triton_deploy.loadtests import plots, server_stats
 from triton_deploy.loadtests.shapes import ShapePlan, plan_shape
@@ -64,6 +65,7 @@ class LoadTestOptions:
     shape_args: dict = field(default_factory=dict)  # e.g. {"step-users": 4} passed as --step-users 4; overrides those
     slo: SLO = SLO()
     metrics_url: str | None = None  # default: the local server's, or http://HOST:8002/metrics
+    tls: TlsOptions | None = None  # for --url: gRPC TLS, or HTTPS through a gateway (also an https:// --metrics-url)
 
     def check(self) -> None:
         if self.url is None and self.repository is None:
@@ -87,6 +89,9 @@ class LoadTestOptions:
             raise UsageError("a load shape and a sweep both set the user count", hint="drop --shape or --sweep")
         if self.shape:
             self.shape_plan()
+        if self.tls is not None and self.url is None:
+            raise UsageError("--tls-* apply to a running server (--url); the server --repository starts serves "
+                             "plaintext on loopback", hint="add --url, or drop --tls-ca/--tls-cert/--tls-key")
 
     def shape_plan(self) -> ShapePlan | None:
         """What the load shape will run (None without one)."""
@@ -205,6 +210,15 @@ def shape_line(plan: ShapePlan, options: LoadTestOptions) -> str:
     return f"--shape {plan.name} runs {plan.describe()}; {note}"
 
 
+def tls_flags(tls: TlsOptions | None) -> list[str]:
+    """The locustfile's --triton-tls-* flags for ``tls`` (its users build their clients from them)."""
+    if tls is None:
+        return []
+    return [arg for flag, path in (("--triton-tls-ca", tls.ca), ("--triton-tls-cert", tls.cert),
+                                   ("--triton-tls-key", tls.key))
+            if path is not None for arg in (flag, str(Path(path).absolute()))]
+
+
 def locust_command(options: LoadTestOptions, url: str, users: int, run_dir: Path) -> list[str]:
     files = str(LOCUSTFILE) + (f",{SHAPES[options.shape]}" if options.shape else "")
     command = [
@@ -213,6 +227,7 @@ def locust_command(options: LoadTestOptions, url: str, users: int, run_dir: Path
         "--batch-size", str(options.batch_size), "--top-k", str(options.top_k),
         "--image-sizes", ",".join(map(str, options.image_sizes)),
         "--image-formats", ",".join(options.image_formats), "--pool-size", str(options.pool_size),
+        *tls_flags(options.tls),
         "--csv", str(run_dir / "locust"), "--csv-full-history", "--html", str(run_dir / "report.html"),
         "--logfile", str(run_dir / "locust.log"), "--only-summary", "--exit-code-on-error", "1",
     ]
@@ -241,7 +256,7 @@ def locust_command(options: LoadTestOptions, url: str, users: int, run_dir: Path
 
 def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, run_dir: Path,
              reporter: Reporter) -> dict:
-    before, scrape_error = _scrape(metrics_url)
+    before, scrape_error = _scrape(metrics_url, options.tls)
     command = locust_command(options, url, users, run_dir)
     (run_dir / "command.txt").write_text(" ".join(command) + "\n")
     rusage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -278,7 +293,7 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
         tail = (run_dir / "locust.out").read_text(errors="replace").strip().splitlines()[-5:]
         raise LoadTestError(f"Locust exited with status {process.returncode}: {' | '.join(tail) or 'no output'}",
                             hint=f"see {run_dir / 'locust.log'}")
-    after, scrape_error = _scrape(metrics_url) if scrape_error is None else (None, scrape_error)
+    after, scrape_error = _scrape(metrics_url, options.tls) if scrape_error is None else (None, scrape_error)
     run = _read_stats(run_dir / "locust_stats.csv", plan.peak_users if plan else users, options.batch_size,
                       _run_seconds(run_dir / "locust_window.json"))
     if plan is not None:
@@ -312,9 +327,9 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
     return run
 
 
-def _scrape(url: str) -> tuple[dict | None, str | None]:
+def _scrape(url: str, tls: TlsOptions | None) -> tuple[dict | None, str | None]:
     try:
-        return server_stats.scrape_metrics(url), None
+        return server_stats.scrape_metrics(url, tls=tls), None
     except TritonDeployError as exc:
         return None, str(exc)
 

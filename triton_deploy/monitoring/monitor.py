@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from triton_deploy.clients.tls import TlsOptions
 from triton_deploy.errors import UsageError
 from triton_deploy.loadtests import server_stats
 
@@ -25,6 +26,7 @@ class MonitorOptions:
     interval_s: float = 2.0  # between the two scrapes of one snapshot, and between refreshes of the live view
     once: bool = False  # one snapshot, then exit
     model: str | None = None  # only this ensemble (and its members); default: every model
+    tls: TlsOptions | None = None  # for an https:// metrics URL (Triton's metrics port itself is plaintext)
 
     def check(self) -> None:
         if not self.interval_s > 0:
@@ -47,8 +49,8 @@ class Scrape:
     samples: list[tuple[str, dict[str, str], float]]
 
     @classmethod
-    def read(cls, url: str) -> Scrape:
-        text = server_stats.read_metrics_text(url)
+    def read(cls, url: str, tls: TlsOptions | None = None) -> Scrape:
+        text = server_stats.read_metrics_text(url, tls=tls)
         return cls(time.monotonic(), server_stats.parse_metrics(text), server_stats.parse_samples(text))
 
     def by_label(self, name: str, label: str, model: str) -> dict[str, float]:
@@ -175,9 +177,9 @@ def _round(value: float | None, digits: int = 4) -> float | None:
 def snapshot_once(options: MonitorOptions) -> Snapshot:
     """Scrape, wait ``interval_s``, scrape again: one snapshot with rates over that interval."""
     options.check()
-    before = Scrape.read(options.url)
+    before = Scrape.read(options.url, options.tls)
     time.sleep(options.interval_s)
-    return take_snapshot(before, Scrape.read(options.url), options.url, options.model)
+    return take_snapshot(before, Scrape.read(options.url, options.tls), options.url, options.model)
 
 
 def render(snapshot: Snapshot):
@@ -234,15 +236,15 @@ def run_monitor(options: MonitorOptions, console=None) -> Snapshot:
 
     options.check()
     console = console or Console()
-    before = Scrape.read(options.url)
+    before = Scrape.read(options.url, options.tls)
     time.sleep(min(options.interval_s, 1.0))
-    after = Scrape.read(options.url)
+    after = Scrape.read(options.url, options.tls)
     snapshot = take_snapshot(before, after, options.url, options.model)
     with Live(render(snapshot), console=console, refresh_per_second=4) as live:
         try:
             while True:
                 time.sleep(options.interval_s)
-                before, after = after, Scrape.read(options.url)
+                before, after = after, Scrape.read(options.url, options.tls)
                 snapshot = take_snapshot(before, after, options.url, options.model)
                 live.update(render(snapshot))
         except KeyboardInterrupt:
