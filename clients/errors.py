@@ -201,14 +201,16 @@ def _tls_problem(exc: BaseException, url: str, protocol: str, tls: TlsOptions | 
     if found is None:
         return None
     if tls is None and found.tls:
-        grpc_port = " (TLS with HTTP/2: Triton's gRPC port; use --protocol grpc)" if found.http2 and \
-            protocol == "http" else ""
-        return TlsError(f"{url} speaks TLS and this client sent plaintext{grpc_port}",
+        if found.http2 and protocol == "http":
+            return TlsError(f"{url} speaks TLS with HTTP/2 (Triton's gRPC port with TLS) and this client sent plaintext "
+                            "HTTP/1.1", hint="the server speaks TLS: pass --tls-ca with the CA that signed its "
+                                             "certificate, and use --protocol grpc")
+        return TlsError(f"{url} speaks TLS and this client sent plaintext",
                         hint="the server speaks TLS: pass --tls-ca with the CA that signed its certificate")
     if tls is not None and not found.tls:
         return TlsError(f"{url} does not speak TLS (a plaintext port), and this client asked for TLS",
-                        hint=f"drop {TLS_FLAGS} for this port, or use the server's TLS port (serve --tls-cert "
-                             "serves gRPC; HTTPS needs a gateway)")
+                        hint=f"drop {TLS_FLAGS} for this port, or use the server's TLS port: 'serve --tls-cert' "
+                             "serves gRPC with TLS, HTTPS needs a gateway")
     if tls is not None and found.wants_client_cert:
         return TlsError(f"{url} requires a client certificate (mutual TLS) and this client sent none",
                         hint="pass --tls-cert and --tls-key with a certificate signed by the CA the server trusts")

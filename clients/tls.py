@@ -34,9 +34,10 @@ class TlsOptions:
         raise_problems(pem_problems(self.ca, self.cert, self.key))  # one UsageError naming every flag to fix
 
     @classmethod
-    def from_flags(cls, ca: str | Path | None, cert: str | Path | None, key: str | Path | None) -> TlsOptions | None:
-        """None (plaintext) unless one of the flags was given."""
-        if ca is None and cert is None and key is None:
+    def from_flags(cls, ca: str | Path | None, cert: str | Path | None, key: str | Path | None,
+                   on: bool = False) -> TlsOptions | None:
+        """None (plaintext) unless ``on`` (``--tls``) or one of the files was given."""
+        if not on and ca is None and cert is None and key is None:
             return None
         return cls(ca, cert, key)
 
@@ -55,7 +56,7 @@ class TlsOptions:
         return {"ssl": True, "ssl_options": options}
 
     def ssl_context(self) -> ssl.SSLContext:
-        """A verifying client context (for ``tritonclient.http.aio``, ``urllib`` and the probe)."""
+        """A verifying client context (for ``tritonclient.http.aio`` and ``urllib``)."""
         context = ssl.create_default_context(cafile=_str(self.ca))
         if self.cert is not None:
             context.load_cert_chain(str(self.cert), str(self.key))
@@ -68,17 +69,18 @@ def _str(path: str | Path | None) -> str | None:
 
 def add_tls_flags(parser: argparse.ArgumentParser, *, what: str = "the server") -> None:
     """The three client flags every command that talks to a server takes."""
-    group = parser.add_argument_group("TLS (gRPC to 'serve --tls-cert', or HTTPS through a gateway)")
-    group.add_argument("--tls-ca", metavar="PEM", help=f"CA certificate(s) {what}'s certificate is signed by; turns "
-                                                       "TLS on (default: plaintext; the system's roots when only "
-                                                       "--tls-cert is given)")
+    group = parser.add_argument_group("TLS (gRPC to 'serve --tls-cert', or HTTPS through a gateway; docs/tls.md)")
+    group.add_argument("--tls", action="store_true", help="TLS trusting the system's root certificates (default: "
+                                                          "plaintext; any --tls-* file turns TLS on too)")
+    group.add_argument("--tls-ca", metavar="PEM", help=f"CA certificate(s) {what}'s certificate is signed by, "
+                                                       "trusted instead of the system's")
     group.add_argument("--tls-cert", metavar="PEM", help="client certificate, for a server with mutual TLS "
                                                          "(needs --tls-key)")
     group.add_argument("--tls-key", metavar="PEM", help="the client certificate's private key (unencrypted PEM)")
 
 
 def tls_from_args(args: argparse.Namespace) -> TlsOptions | None:
-    return TlsOptions.from_flags(args.tls_ca, args.tls_cert, args.tls_key)
+    return TlsOptions.from_flags(args.tls_ca, args.tls_cert, args.tls_key, on=args.tls)
 
 
 # ---- what a server at a port speaks, for errors that do not say -------------------------------------------------

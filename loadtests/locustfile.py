@@ -58,6 +58,7 @@ def add_options(parser):
     group.add_argument("--request-timeout", type=float, default=30.0, help="seconds per request (default 30)")
     # Locust's own --tls-cert/--tls-key serve its web UI: these are the clients' (triton-deploy's --tls-*).
     tls = parser.add_argument_group("TLS to Triton (gRPC to 'serve --tls-cert', or HTTPS through a gateway)")
+    tls.add_argument("--triton-tls", action="store_true", help="TLS trusting the system's root certificates")
     tls.add_argument("--triton-tls-ca", default="", help="CA certificate the server's certificate is signed by "
                                                          "(turns TLS on)")
     tls.add_argument("--triton-tls-cert", default="", help="client certificate for mutual TLS (needs "
@@ -158,7 +159,7 @@ class TritonUser(User):
         self.timeout = options.request_timeout
         self.url = self.host.split("://", 1)[-1].rstrip("/") if self.host else "127.0.0.1:8000"
         self.tls = TlsOptions.from_flags(options.triton_tls_ca or None, options.triton_tls_cert or None,
-                                         options.triton_tls_key or None)
+                                         options.triton_tls_key or None, on=options.triton_tls)
         self.client = self.connect()
         _open_clients.append(self.client)
 

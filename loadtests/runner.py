@@ -214,9 +214,9 @@ def tls_flags(tls: TlsOptions | None) -> list[str]:
     """The locustfile's --triton-tls-* flags for ``tls`` (its users build their clients from them)."""
     if tls is None:
         return []
-    return [arg for flag, path in (("--triton-tls-ca", tls.ca), ("--triton-tls-cert", tls.cert),
-                                   ("--triton-tls-key", tls.key))
-            if path is not None for arg in (flag, str(Path(path).absolute()))]
+    files = (("--triton-tls-ca", tls.ca), ("--triton-tls-cert", tls.cert), ("--triton-tls-key", tls.key))
+    return ["--triton-tls"] + [arg for flag, path in files if path is not None
+                               for arg in (flag, str(Path(path).absolute()))]
 
 
 def locust_command(options: LoadTestOptions, url: str, users: int, run_dir: Path) -> list[str]:

@@ -138,6 +138,12 @@ def test_a_tls_client_on_a_plaintext_port_is_told_it_is_plaintext(mutual_server,
     assert "does not speak TLS (a plaintext port)" in str(error)
 
 
+def test_a_tls_client_on_a_plaintext_grpc_port_is_told_it_is_plaintext(triton_server, pki, image):
+    # The session's plaintext server (its gRPC port speaks HTTP/2 without TLS).
+    error = failure(triton_server.grpc_url, image, protocol="grpc", tls=right_client(pki))
+    assert "does not speak TLS (a plaintext port)" in str(error) and "drop --tls-ca" in str(error)
+
+
 def test_a_plaintext_http_client_on_the_tls_grpc_port_is_pointed_at_grpc(mutual_server, image):
     error = failure(mutual_server.grpc_url, image, protocol="http")
     assert "speaks TLS" in str(error) and "--protocol grpc" in str(error)
@@ -153,20 +159,3 @@ def test_classify_command_over_mutual_tls(mutual_server, pki, image, tmp_path, c
     assert main(base) == EXIT_CODES["TlsError"][0]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the server speaks TLS: pass --tls-ca" in err[0]
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--tls-cert", "{client_cert}"], "--tls-cert needs --tls-key"),
-    (["--tls-ca", "{missing}"], "--tls-ca {missing}: no such file"),
-    (["--tls-ca", "{client_key}"], "--tls-ca {client_key} holds no PEM certificate"),
-    (["--tls-cert", "{client_cert}", "--tls-key", "{other_client_key}"],
-     "--tls-key {other_client_key} is not the private key of --tls-cert {client_cert}"),
-])
-def test_bad_tls_files_are_one_line_naming_the_flag(pki, tmp_path, capsys, flags, message):
-    names = {"client_cert": pki.client_cert, "client_key": pki.client_key, "other_client_key": pki.other_client_key,
-             "missing": tmp_path / "missing.pem"}
-    argv = ["classify", str(tmp_path), "--quiet"] + [f.format(**names) for f in flags]
-    (tmp_path / "a.png").write_bytes(b"not used")
-    assert main(argv) == EXIT_CODES["UsageError"][0]
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message.format(**names) in err[0]

@@ -37,8 +37,8 @@ class MonitorOptions:
     @property
     def url(self) -> str:
         url = self.metrics_url.strip()
-        if "://" not in url:
-            url = f"http://{url}"
+        if "://" not in url:  # with TLS settings, HOST:PORT is an HTTPS gateway (Triton's metrics port is plaintext)
+            url = f"{'https' if self.tls else 'http'}://{url}"
         return url if url.rstrip("/").endswith("/metrics") else url.rstrip("/") + "/metrics"
 
 
