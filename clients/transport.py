@@ -35,7 +35,7 @@ from triton_deploy.contract import ADMIN_HEADER
 from triton_deploy.errors import ClientError
 
 from .discovery import Call
-from .errors import InvalidInputError, ModelNotFoundError, ServerUnavailableError, is_restricted, translate
+from .errors import InvalidInputError, ModelNotFoundError, ServerUnavailableError, TlsError, is_restricted, translate
 from .shm import Region, Slot, place_inputs, place_outputs
 from .tls import TlsOptions
 
@@ -263,6 +263,8 @@ def _with_retry(attempt: Callable[[], Program[T]], retry: RetryPolicy) -> Progra
     while True:
         try:
             return (yield from attempt())
+        except TlsError:
+            raise  # certificates and ports do not change between retries
         except ServerUnavailableError:
             if not delays:
                 raise
@@ -376,6 +378,8 @@ class _ReadyPatience:
     def pause_after(self, error: ServerUnavailableError | None) -> float:
         """Seconds to wait before the next poll; raises the final error when polling should stop."""
         remaining = self.deadline - time.monotonic()
+        if isinstance(error, TlsError):
+            raise error
         if error is not None and error.no_server:
             if not self.no_server_delays or remaining <= 0:
                 raise error

@@ -147,13 +147,13 @@ def test_evaluate_command_over_grpc_tls(served, pki, image, tmp_path, capsys):
 def test_loadtest_locust_users_over_grpc_tls(served, pki, tmp_path, capsys, tls):
     flags = ["--tls-ca", str(pki.ca)] if tls else []
     code = main(["loadtest", "--url", served["grpc"], "--protocol", "grpc", "--model", MODEL, "--metrics-url",
-                 served["metrics"], "--users", "2", "--duration", "2s", "--image-sizes", "8", "--pool-size", "4",
+                 served["metrics"], "--users", "2", "--duration", "3s", "--image-sizes", "8", "--pool-size", "4",
                  "--output", str(tmp_path), "--quiet", *flags])
     run = json.loads(next(tmp_path.glob("loadtest-*/summary.json")).read_text())["runs"][0]
     if tls:
-        assert code == 0 and run["requests"] > 0 and run["failures"] == 0
+        assert code == 0 and run["requests"] > 0 and run["failures"] == 0, run
     else:  # every request fails, and the failure says why
-        assert code == EXIT_CODES["SLOViolation"][0] and run["failures"] == run["requests"] > 0
+        assert code == EXIT_CODES["SLOViolation"][0] and run["failures"] == run["requests"] > 0, run
         assert "speaks TLS" in run["top_failure"] and "pass --tls-ca" in run["top_failure"]
 
 
