@@ -159,3 +159,17 @@ def test_classify_command_over_mutual_tls(mutual_server, pki, image, tmp_path, c
     assert main(base) == EXIT_CODES["TlsError"][0]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the server speaks TLS: pass --tls-ca" in err[0]
+
+
+def test_a_failed_handshake_is_one_line_on_stderr_of_the_command(mutual_server, pki, image, tmp_path):
+    # gRPC's core logs the failed handshake itself unless told not to: the user must see only the explanation.
+    import subprocess
+    import sys
+
+    (tmp_path / "a.png").write_bytes(image)
+    result = subprocess.run([sys.executable, "-m", "triton_deploy.cli", "classify", str(tmp_path / "a.png"), "--url",
+                             mutual_server.grpc_url, "--protocol", "grpc", "--model", MODEL, "--quiet",
+                             "--tls-ca", str(pki.other_ca), "--tls-cert", str(pki.client_cert),
+                             "--tls-key", str(pki.client_key)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == EXIT_CODES["TlsError"][0]
+    assert len(result.stderr.splitlines()) == 1 and "(untrusted certificate)" in result.stderr
