@@ -16,11 +16,11 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "AsyncImageClassifier": "aio", "ImageClassifier": "classifier", "TlsOptions": "transport",
+    "AsyncImageClassifier": "aio", "ImageClassifier": "classifier", "TlsOptions": "tls",
     "Outcome": "results", "Prediction": "results", "Rank": "results",
     **{name: "errors" for name in ("ClassificationError", "ImageError", "InferenceError", "InvalidInputError",
                                    "ModelMismatchError", "ModelNotFoundError", "RequestTimeoutError",
-                                   "RequestTooLargeError", "ServerUnavailableError")},
+                                   "RequestTooLargeError", "ServerUnavailableError", "TlsError")},
 }
 
 __all__ = sorted(_EXPORTS)

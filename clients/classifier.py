@@ -29,7 +29,8 @@ from .errors import ClassificationError, InvalidInputError
 from .inputs import ImageLike, Item, as_items
 from .results import Outcome, Prediction
 from .shm import ShmPool, Slot
-from .transport import Connection, RetryPolicy, SyncTransport, TlsOptions
+from .tls import TlsOptions
+from .transport import Connection, RetryPolicy, SyncTransport
 
 PREPROCESS_MODES = ("server", "client")
 
@@ -52,7 +53,7 @@ class ClassifierOptions:
     backoff_s: float = 0.2
     headers: Mapping[str, str] = field(default_factory=dict)
     admin_key: str | None = None
-    tls: TlsOptions | None = None
+    tls: TlsOptions | None = None  # None: plaintext; TlsOptions(ca=, cert=, key=): gRPC TLS, or HTTPS to a gateway
     model_version: str = ""  # a classifier version, called directly: needs preprocess="client"
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ from triton_deploy.spec import MANIFEST_FILE, Manifest
 
 from .errors import AccuracyGateError, DatasetError, IncompleteRunError
 from .paths import expand_paths
+from .tls import TlsOptions, add_tls_flags, tls_from_args
 
 if TYPE_CHECKING:  # the client stack (tritonclient, numpy, Pillow) is imported when the command runs
     from triton_deploy.progress import Reporter
@@ -49,6 +50,7 @@ class ClassifyOptions:
     admin_key: str | None = None
     manifest: Path | None = None  # an export's manifest.json (or its directory): preprocessing for preprocess="client"
     headers: dict[str, str] = field(default_factory=dict)
+    tls: TlsOptions | None = None  # None: plaintext
     json: bool = False
 
 
@@ -87,6 +89,7 @@ def _add_connection_flags(p: argparse.ArgumentParser, *, protocol: str) -> None:
                    help="lets the client read model configs (default: $TRITON_ADMIN_KEY)")
     p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", type=_header,
                    help="extra header on every request, e.g. for a gateway (repeatable)")
+    add_tls_flags(p)
 
 
 def _header(text: str) -> tuple[str, str]:
@@ -101,7 +104,8 @@ def _run_classify(args: argparse.Namespace, reporter: Reporter) -> int:
         paths=tuple(args.paths), url=args.url, protocol=args.protocol, model=args.model, top_k=args.top_k,
         batch_size=args.batch_size, concurrency=args.concurrency, shared_memory=args.shared_memory,
         preprocess=args.preprocess, timeout_s=args.timeout, ready_timeout_s=args.ready_timeout, retries=args.retries,
-        admin_key=args.admin_key, manifest=args.manifest, headers=dict(args.header), json=args.json,
+        admin_key=args.admin_key, manifest=args.manifest, headers=dict(args.header), tls=tls_from_args(args),
+        json=args.json,
     )
     return classify_files(options, reporter)
 
@@ -121,12 +125,14 @@ def classify_files(options: ClassifyOptions, reporter: Reporter, *,
     url = options.url or f"127.0.0.1:{DEFAULT_PORTS[options.protocol]}"
     transform = _manifest_transform(options)
     failures = 0
-    with reporter.step(f"Connecting to '{options.model}' at {url} ({options.protocol})"):
+    secure = " with TLS" if options.tls else ""
+    with reporter.step(f"Connecting to '{options.model}' at {url} ({options.protocol}{secure})"):
         client = ImageClassifier(url, protocol=options.protocol, model=options.model,
                                  preprocess=options.preprocess, concurrency=options.concurrency,
                                  shared_memory=options.shared_memory, timeout=options.timeout_s,
                                  ready_timeout=options.ready_timeout_s, retries=options.retries,
-                                 headers=options.headers, admin_key=options.admin_key, transform=transform)
+                                 headers=options.headers, admin_key=options.admin_key, transform=transform,
+                                 tls=options.tls)
     bar_context = reporter.bar(len(files), "Classifying") if len(files) >= PROGRESS_THRESHOLD else _no_bar()
     with client, bar_context as bar:
         for outcome in client.iter_outcomes(files, options.top_k, options.batch_size):
@@ -210,7 +216,8 @@ def _run_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
         compare=args.compare, model_version=args.model_version, compare_version=args.compare_version,
         min_accuracy=args.min_accuracy, batch_size=args.batch_size,
         concurrency=args.concurrency, timeout_s=args.timeout, ready_timeout_s=args.ready_timeout,
-        retries=args.retries, admin_key=args.admin_key, headers=dict(args.header), force=args.force)
+        retries=args.retries, admin_key=args.admin_key, headers=dict(args.header), tls=tls_from_args(args),
+        force=args.force)
     try:
         evaluation = evaluate(options, reporter)
     except AccuracyGateError as exc:

@@ -26,13 +26,16 @@ from triton_deploy.errors import (
     RequestTimeoutError,
     RequestTooLargeError,
     ServerUnavailableError,
+    TlsError,
 )
+
+from .tls import TlsOptions, probe
 
 # The error classes live in triton_deploy.errors; re-exported here so older imports keep working.
 __all__ = [
     "AccuracyGateError", "ClassificationError", "ClientError", "DatasetError", "ImageError",
     "IncompleteRunError", "InferenceError", "InvalidInputError", "ModelMismatchError", "ModelNotFoundError",
-    "RequestTimeoutError", "RequestTooLargeError", "ServerUnavailableError", "is_connection_failure",
+    "RequestTimeoutError", "RequestTooLargeError", "ServerUnavailableError", "TlsError", "is_connection_failure",
     "is_refused", "is_restricted", "is_timeout", "server_message", "status_of", "translate",
 ]
 
@@ -120,13 +123,63 @@ def _protocol_mismatch(message: str, url: str) -> ServerUnavailableError | None:
     return None
 
 
-def translate(exc: BaseException, *, url: str, model: str) -> ClientError:
-    """The typed error for a failed call to ``model`` at ``url``; keeps ``server_message`` and ``status``."""
+def translate(exc: BaseException, *, url: str, model: str, protocol: str = "", tls: TlsOptions | None = None,
+              ) -> ClientError:
+    """The typed error for a failed call to ``model`` at ``url`` by a ``protocol`` client with TLS settings ``tls``
+    (None: plaintext); keeps ``server_message`` and ``status``."""
     if isinstance(exc, ClientError):
         return exc
-    error = _typed(exc, url, model)
+    error = _tls_problem(exc, url, protocol, tls) or _typed(exc, url, model)
     error.server_message, error.status = server_message(exc), status_of(exc)
     return error
+
+
+# What the transports say when TLS verification fails (gRPC's core, then Python's ssl for both HTTP clients).
+_HOSTNAME_MISMATCH = re.compile(r"Hostname Verification Check failed|Hostname mismatch|IP address mismatch")
+_UNTRUSTED = re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed", re.I)
+TLS_FLAGS = "--tls-ca/--tls-cert/--tls-key"
+
+
+def _tls_problem(exc: BaseException, url: str, protocol: str, tls: TlsOptions | None) -> TlsError | None:
+    """A ``TlsError`` naming the real problem, or None when TLS is not the cause. Verification failures say what
+    they are; a connection closed without a word (gRPC's "Socket closed", a dropped HTTP connection, an EOF in the
+    handshake) is explained by a TLS handshake with the port (``tls.probe``)."""
+    message = server_message(exc)
+    host = url.rpartition(":")[0]
+    if _HOSTNAME_MISMATCH.search(message):
+        return TlsError(f"the certificate of {url} does not name '{host}' (hostname mismatch)",
+                        hint="connect to a name or address the server certificate lists (--url), or reissue the "
+                             "certificate with this one")
+    if _UNTRUSTED.search(message):
+        trusted = f"the CA in --tls-ca {tls.ca}" if tls is not None and tls.ca else "the system's root certificates"
+        return TlsError(f"{url} presented a certificate that {trusted} did not sign (untrusted certificate)",
+                        hint="pass --tls-ca with the CA certificate that signed the server's certificate")
+    if is_timeout(exc) or not is_connection_failure(exc) or is_refused(exc):
+        return None
+    found = probe(url, tls)
+    if found is None:
+        return None
+    if tls is None and found.tls:
+        if found.http2 and protocol == "http":
+            return TlsError(f"{url} speaks TLS with HTTP/2 (Triton's gRPC port with TLS) and this client sent plaintext "
+                            "HTTP/1.1", hint="the server speaks TLS: pass --tls-ca with the CA that signed its "
+                                             "certificate, and use --protocol grpc")
+        return TlsError(f"{url} speaks TLS and this client sent plaintext",
+                        hint="the server speaks TLS: pass --tls-ca with the CA that signed its certificate")
+    if tls is not None and not found.tls:
+        return TlsError(f"{url} does not speak TLS (a plaintext port), and this client asked for TLS",
+                        hint=f"drop {TLS_FLAGS} for this port, or use the server's TLS port: 'serve --tls-cert' "
+                             "serves gRPC with TLS, HTTPS needs a gateway")
+    if tls is not None and found.wants_client_cert:
+        return TlsError(f"{url} requires a client certificate (mutual TLS) and this client sent none",
+                        hint="pass --tls-cert and --tls-key with a certificate signed by the CA the server trusts")
+    if tls is not None and found.refused_cert:
+        return TlsError(f"{url} refused the client certificate --tls-cert {tls.cert} (mutual TLS): it is not signed "
+                        "by a CA the server trusts", hint="use a certificate signed by the server's --tls-ca")
+    if tls is not None and found.http2 and protocol == "http":
+        return TlsError(f"{url} speaks TLS with HTTP/2: it looks like Triton's gRPC port, not an HTTPS gateway",
+                        hint="use --protocol grpc with this port")
+    return None
 
 
 def _typed(exc: BaseException, url: str, model: str) -> ClientError:

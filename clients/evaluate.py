@@ -26,6 +26,7 @@ from .classifier import ImageClassifier
 from .discovery import NEEDS_PREPROCESSING
 from .errors import AccuracyGateError, DatasetError, ModelMismatchError
 from .results import Outcome, Prediction
+from .tls import TlsOptions
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 CHUNK_REQUESTS = 4  # requests per model per turn when two models take turns
@@ -49,6 +50,7 @@ class EvaluateOptions:
     retries: int = 3
     admin_key: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    tls: TlsOptions | None = None  # None: plaintext
     force: bool = False
     error_grid: int = 36  # misclassified images drawn in errors.png
 
@@ -211,7 +213,7 @@ def _connect(options: EvaluateOptions, model: str, version: str) -> ImageClassif
                            preprocess="client" if version else "server", model_version=version,
                            concurrency=options.concurrency, timeout=options.timeout_s,
                            ready_timeout=options.ready_timeout_s, retries=options.retries,
-                           headers=dict(options.headers), admin_key=options.admin_key)
+                           headers=dict(options.headers), admin_key=options.admin_key, tls=options.tls)
 
 
 def _classify(clients: list[ImageClassifier], data: LabelledImages, options: EvaluateOptions,

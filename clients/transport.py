@@ -35,8 +35,9 @@ from triton_deploy.contract import ADMIN_HEADER
 from triton_deploy.errors import ClientError
 
 from .discovery import Call
-from .errors import InvalidInputError, ModelNotFoundError, ServerUnavailableError, is_restricted, translate
+from .errors import InvalidInputError, ModelNotFoundError, ServerUnavailableError, TlsError, is_restricted, translate
 from .shm import Region, Slot, place_inputs, place_outputs
+from .tls import TlsOptions
 
 PROTOCOLS = ("http", "grpc")
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
@@ -49,15 +50,6 @@ IN_USE_POLL_S = 0.02
 
 def _in_use(exc: Exception) -> bool:
     return "currently in use" in str(exc)
-
-
-@dataclass(frozen=True)
-class TlsOptions:
-    """gRPC TLS: PEM file paths. With none of them set, TLS uses the system's root certificates."""
-
-    root_certificates: str | None = None
-    private_key: str | None = None
-    certificate_chain: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +84,7 @@ class Connection:
     timeout_s: float = 60.0
     headers: Mapping[str, str] = field(default_factory=dict)
     admin_key: str | None = None
-    tls: TlsOptions | None = None
+    tls: TlsOptions | None = None  # None: plaintext. gRPC TLS to Triton itself; HTTP TLS means HTTPS to a gateway
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -102,9 +94,6 @@ class Connection:
         if not has_port(self.url):  # without one, a dial goes to port 80 and reads as "nothing listens"
             raise InvalidInputError(f"url {self.url!r} is missing a port",
                                     hint="--url HOST:PORT; Triton's defaults are 8000 for HTTP, 8001 for gRPC")
-        if self.tls is not None and self.protocol != "grpc":
-            raise InvalidInputError("TLS options apply to gRPC; for HTTPS use a gateway in front of the server",
-                                    hint="--protocol grpc")
         if self.timeout_s <= 0:
             raise InvalidInputError(f"timeout must be positive, not {self.timeout_s}", hint="--timeout")
 
@@ -186,10 +175,11 @@ class _Http(_Protocol):
     tensor_kw = {"binary_data": True}  # tensors travel as binary, not as JSON lists
 
     def client_args(self, for_asyncio: bool) -> dict[str, Any]:
-        timeout = self.connection.timeout_s
+        timeout, tls = self.connection.timeout_s, self.connection.tls
         if for_asyncio:
-            return {"conn_timeout": timeout}
-        return {"connection_timeout": timeout, "network_timeout": timeout}
+            secure = {"ssl": True, "ssl_context": tls.ssl_context()} if tls else {}
+            return {"conn_timeout": timeout} | secure
+        return {"connection_timeout": timeout, "network_timeout": timeout} | (tls.http_args() if tls else {})
 
     def async_deadline_s(self) -> float | None:
         return self.connection.timeout_s  # aiohttp's total timeout covers a call; keep the same bound
@@ -205,8 +195,7 @@ class _Grpc(_Protocol):
 
     def client_args(self, for_asyncio: bool) -> dict[str, Any]:
         tls = self.connection.tls
-        return {"ssl": tls is not None, "root_certificates": tls and tls.root_certificates,
-                "private_key": tls and tls.private_key, "certificate_chain": tls and tls.certificate_chain}
+        return tls.grpc_args() if tls else {}
 
     def kw(self, admin: bool = False) -> dict[str, Any]:
         return super().kw(admin) | {"client_timeout": self.connection.timeout_s}
@@ -283,6 +272,8 @@ def _with_retry(attempt: Callable[[], Program[T]], retry: RetryPolicy) -> Progra
     while True:
         try:
             return (yield from attempt())
+        except TlsError:
+            raise  # certificates and ports do not change between retries
         except ServerUnavailableError:
             if not delays:
                 raise
@@ -398,6 +389,8 @@ class _ReadyPatience:
     def pause_after(self, error: ServerUnavailableError | None) -> float:
         """Seconds to wait before the next poll; raises the final error when polling should stop."""
         remaining = self.deadline - time.monotonic()
+        if isinstance(error, TlsError):
+            raise error
         if error is not None and error.no_server:
             if not self.no_server_delays or remaining <= 0:
                 raise error
@@ -462,7 +455,8 @@ class _Transport:
         translated into a ``ClientError``."""
         if op.restricted_is_none and is_restricted(exc):
             return None, None
-        error = translate(exc, url=self.connection.url, model=op.model)
+        connection = self.connection
+        error = translate(exc, url=connection.url, model=op.model, protocol=connection.protocol, tls=connection.tls)
         if error is not exc:
             error.__cause__ = exc
         return None, error

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from triton_deploy.cliargs import add_common_flags, int_list, word_list
+from triton_deploy.clients.tls import add_tls_flags, tls_from_args
 from triton_deploy.errors import UsageError
 from triton_deploy.loadtests.bench import BUILT_IN, BenchOptions, run_bench
 from triton_deploy.loadtests.runner import LoadTestOptions, parse_duration, results_line, run_loadtest, summary_table
@@ -31,6 +32,7 @@ def add_loadtest(sub) -> None:
     target.add_argument("--url", metavar="HOST:PORT", help="a running server (the port of --protocol)")
     target.add_argument("--repository", type=Path, metavar="DIR", help="start a local server on this repository")
     p.add_argument("--metrics-url", help="Triton's Prometheus endpoint (default: http://HOST:8002/metrics)")
+    add_tls_flags(p)
     p.add_argument("--protocol", choices=["http", "grpc"], default=d.protocol, help="default http")
     p.add_argument("--model", default=d.model, help=f"ensemble to call (default {d.model})")
     p.add_argument("--users", "-u", type=int, default=d.users, help=f"concurrent users (default {d.users})")
@@ -79,7 +81,7 @@ def run_loadtest_command(args: argparse.Namespace, reporter: Reporter) -> int:
         processes=args.processes, batch_size=args.batch_size, top_k=args.top_k, image_dir=args.image_dir,
         image_sizes=args.image_sizes, image_formats=args.image_formats, pool_size=args.pool_size, shape=args.shape,
         shape_args=shape_args, slo=SLO(args.slo_p95_ms, args.slo_p99_ms, args.slo_error_rate),
-        metrics_url=args.metrics_url,
+        metrics_url=args.metrics_url, tls=tls_from_args(args),
     )
     try:
         result = run_loadtest(options, reporter)

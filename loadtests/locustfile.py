@@ -22,6 +22,7 @@ import numpy as np
 from locust import User, constant, events, task
 from locust.runners import WorkerRunner
 
+from triton_deploy.clients.tls import TlsOptions
 from triton_deploy.contract import CLASS_IDS, IMAGE, OUTPUTS
 from triton_deploy.loadtests.payloads import ImagePool, PoolOptions, load_pool
 from triton_deploy.loadtests.slo import SLO
@@ -55,6 +56,14 @@ def add_options(parser):
     group.add_argument("--image-formats", default="PNG", help="digit image formats, e.g. PNG,JPEG (default PNG)")
     group.add_argument("--pool-size", type=int, default=64, help="how many digit images to render (default 64)")
     group.add_argument("--request-timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    # Locust's own --tls-cert/--tls-key serve its web UI: these are the clients' (triton-deploy's --tls-*).
+    tls = parser.add_argument_group("TLS to Triton (gRPC to 'serve --tls-cert', or HTTPS through a gateway)")
+    tls.add_argument("--triton-tls", action="store_true", help="TLS trusting the system's root certificates")
+    tls.add_argument("--triton-tls-ca", default="", help="CA certificate the server's certificate is signed by "
+                                                         "(turns TLS on)")
+    tls.add_argument("--triton-tls-cert", default="", help="client certificate for mutual TLS (needs "
+                                                           "--triton-tls-key)")
+    tls.add_argument("--triton-tls-key", default="", help="the client certificate's private key")
     slo = parser.add_argument_group("SLO gate (exit code 3 when broken)")
     slo.add_argument("--slo-p95-ms", type=float, default=None, help="max p95 response time in ms")
     slo.add_argument("--slo-p99-ms", type=float, default=None, help="max p99 response time in ms")
@@ -149,6 +158,8 @@ class TritonUser(User):
         self.top_k = options.top_k
         self.timeout = options.request_timeout
         self.url = self.host.split("://", 1)[-1].rstrip("/") if self.host else "127.0.0.1:8000"
+        self.tls = TlsOptions.from_flags(options.triton_tls_ca or None, options.triton_tls_cert or None,
+                                         options.triton_tls_key or None, on=options.triton_tls)
         self.client = self.connect()
         _open_clients.append(self.client)
 
@@ -166,8 +177,9 @@ class TritonUser(User):
             length = self.infer(images)
         except Exception as exc:  # every failure is a failed request in Locust's statistics, none stops the user
             # tritonclient's InferenceServerException has an empty repr, and Locust's failure report shows the repr:
-            # carry the server's message instead.
-            exception = exc if exc.args else RuntimeError(str(exc))
+            # carry the server's message instead, or what is wrong with TLS when that is the cause.
+            exception = _tls_problem(exc, self.url, self.protocol, self.tls) or \
+                (exc if exc.args else RuntimeError(str(exc)))
         self.environment.events.request.fire(
             request_type=self.protocol, name=f"{self.model} batch {self.batch_size}",
             response_time=(time.perf_counter() - start) * 1000.0, response_length=length, exception=exception,
@@ -195,7 +207,8 @@ class TritonHttpUser(TritonUser):
         import tritonclient.http as httpclient  # geventhttpclient underneath: cooperative under Locust
 
         self.lib = httpclient
-        return httpclient.InferenceServerClient(self.url, connection_timeout=self.timeout, network_timeout=self.timeout)
+        return httpclient.InferenceServerClient(self.url, connection_timeout=self.timeout, network_timeout=self.timeout,
+                                                **(self.tls.http_args() if self.tls else {}))
 
     def infer(self, images):
         inputs = [self.lib.InferInput(IMAGE, list(images.shape), "BYTES")]
@@ -222,7 +235,7 @@ class TritonGrpcUser(TritonUser):
         import tritonclient.grpc as grpcclient
 
         self.lib = grpcclient
-        return _closing_once(grpcclient.InferenceServerClient)(self.url)
+        return _closing_once(grpcclient.InferenceServerClient)(self.url, **(self.tls.grpc_args() if self.tls else {}))
 
     def infer(self, images):
         inputs = [self.lib.InferInput(IMAGE, list(images.shape), "BYTES")]
@@ -231,6 +244,22 @@ class TritonGrpcUser(TritonUser):
         result = self.client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout)
         self.check(result.as_numpy(CLASS_IDS))
         return result.get_response().ByteSize()
+
+
+_tls_problems: dict[tuple[str, str], Exception | None] = {}
+
+
+def _tls_problem(exc: Exception, url: str, protocol: str, tls: TlsOptions | None) -> Exception | None:
+    """The client's ``TlsError`` when TLS is why ``exc`` happened (an untrusted certificate, plaintext to a TLS port,
+    a missing client certificate...), else None. Worked out once per distinct error: explaining a closed socket
+    takes a TLS handshake with the server, not something to repeat for every failed request."""
+    from triton_deploy.clients.errors import TlsError, translate
+
+    key = (type(exc).__name__, str(exc))
+    if key not in _tls_problems:
+        error = translate(exc, url=url, model="", protocol=protocol, tls=tls)
+        _tls_problems[key] = RuntimeError(str(error)) if isinstance(error, TlsError) else None
+    return _tls_problems[key]
 
 
 @functools.cache

@@ -26,6 +26,7 @@ from pathlib import Path
 import psutil
 
 from triton_deploy import metrics
+from triton_deploy.clients.tls import TlsOptions
 from triton_deploy.errors import LoadTestError, Problem, TritonDeployError, UsageError, raise_problems, unknown_choice
 from triton_deploy.fsutil import check_writable
 from triton_deploy.loadtests import plots
@@ -64,6 +65,7 @@ class LoadTestOptions:
     shape_args: dict = field(default_factory=dict)  # e.g. {"step-users": 4} passed as --step-users 4; overrides those
     slo: SLO = SLO()
     metrics_url: str | None = None  # default: the local server's, or http://HOST:8002/metrics
+    tls: TlsOptions | None = None  # for --url: gRPC TLS, or HTTPS through a gateway (also an https:// --metrics-url)
 
     def problems(self) -> list[Problem]:
         problems: list[Problem] = []
@@ -91,6 +93,9 @@ class LoadTestOptions:
                 self.shape_plan()
             except UsageError as exc:
                 problems.append((exc.message, exc.hint or "check --shape-arg"))
+        if self.tls is not None and self.url is None:
+            problems.append(("--tls-* apply to a running server (--url); the server --repository starts serves "
+                             "plaintext on loopback", "add --url, or drop --tls-ca/--tls-cert/--tls-key"))
         return problems + self.slo.problems()
 
     def check(self) -> None:
@@ -230,6 +235,15 @@ def shape_line(plan: ShapePlan, options: LoadTestOptions) -> str:
     return f"--shape {plan.name} runs {plan.describe()}; {note}"
 
 
+def tls_flags(tls: TlsOptions | None) -> list[str]:
+    """The locustfile's --triton-tls-* flags for ``tls`` (its users build their clients from them)."""
+    if tls is None:
+        return []
+    files = (("--triton-tls-ca", tls.ca), ("--triton-tls-cert", tls.cert), ("--triton-tls-key", tls.key))
+    return ["--triton-tls"] + [arg for flag, path in files if path is not None
+                               for arg in (flag, str(Path(path).absolute()))]
+
+
 def locust_command(options: LoadTestOptions, url: str, users: int, run_dir: Path) -> list[str]:
     files = str(LOCUSTFILE) + (f",{SHAPES[options.shape]}" if options.shape else "")
     command = [
@@ -238,6 +252,7 @@ def locust_command(options: LoadTestOptions, url: str, users: int, run_dir: Path
         "--batch-size", str(options.batch_size), "--top-k", str(options.top_k),
         "--image-sizes", ",".join(map(str, options.image_sizes)),
         "--image-formats", ",".join(options.image_formats), "--pool-size", str(options.pool_size),
+        *tls_flags(options.tls),
         "--csv", str(run_dir / "locust"), "--csv-full-history", "--html", str(run_dir / "report.html"),
         "--logfile", str(run_dir / "locust.log"), "--only-summary", "--exit-code-on-error", "1",
     ]
@@ -265,7 +280,7 @@ def locust_command(options: LoadTestOptions, url: str, users: int, run_dir: Path
 
 def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, run_dir: Path,
              reporter: Reporter) -> dict:
-    before, scrape_error = _scrape(metrics_url)
+    before, scrape_error = _scrape(metrics_url, options.tls)
     command = locust_command(options, url, users, run_dir)
     (run_dir / "command.txt").write_text(" ".join(command) + "\n")
     rusage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -302,7 +317,7 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
         tail = (run_dir / "locust.out").read_text(errors="replace").strip().splitlines()[-5:]
         raise LoadTestError(f"Locust exited with status {process.returncode}: {' | '.join(tail) or 'no output'}",
                             hint=f"see {run_dir / 'locust.log'}")
-    after, scrape_error = _scrape(metrics_url) if scrape_error is None else (None, scrape_error)
+    after, scrape_error = _scrape(metrics_url, options.tls) if scrape_error is None else (None, scrape_error)
     run = _read_stats(run_dir / "locust_stats.csv", plan.peak_users if plan else users, options.batch_size,
                       _run_seconds(run_dir / "locust_window.json"))
     if plan is not None:
@@ -337,9 +352,9 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
     return run
 
 
-def _scrape(url: str) -> tuple[dict | None, str | None]:
+def _scrape(url: str, tls: TlsOptions | None) -> tuple[dict | None, str | None]:
     try:
-        return metrics.scrape_metrics(url), None
+        return metrics.scrape_metrics(url, tls=tls), None
     except TritonDeployError as exc:
         return None, str(exc)
 

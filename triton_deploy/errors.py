@@ -203,6 +203,17 @@ class ServerUnavailableError(ClientError):
         self.no_server = no_server
 
 
+class TlsError(ServerUnavailableError):
+    """TLS between the client and the server failed: a certificate the client does not trust or that names another
+    host, TLS on one side only, or a client certificate missing or refused under mutual TLS."""
+
+    exit_code, means = 50, ("TLS failed: untrusted or misnamed certificate, TLS on one side only, client certificate "
+                            "missing or refused")
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint, no_server=True)  # waiting for readiness cannot mend it
+
+
 class ModelNotFoundError(ClientError):
     """The server does not know the model, or it never became ready."""
 

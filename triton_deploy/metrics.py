@@ -9,11 +9,16 @@ difference covers exactly the requests of the run, for the ensemble and each mem
 from __future__ import annotations
 
 import re
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 from triton_deploy.errors import ClientError
+
+if TYPE_CHECKING:  # the settings object only: the core package does not import the clients at run time
+    from triton_deploy.clients.tls import TlsOptions
 
 _SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)')
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -97,18 +102,23 @@ def parse_metrics(text: str) -> dict[str, ModelTimes]:
     return {model: ModelTimes(model, **values) for model, values in totals.items()}
 
 
-def read_metrics_text(url: str, timeout_s: float = 5.0) -> str:
-    """The text of Triton's metrics endpoint; a ``ClientError`` naming --metrics-url when it does not answer."""
+def read_metrics_text(url: str, timeout_s: float = 5.0, tls: TlsOptions | None = None) -> str:
+    """The text of Triton's metrics endpoint (``https://`` through a gateway, verified with ``tls``); a
+    ``ClientError`` naming --metrics-url when it does not answer."""
+    context = tls.ssl_context() if tls is not None else None  # urllib uses it for https:// only
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as response:
             return response.read().decode("utf-8", errors="replace")
     except (urllib.error.URLError, OSError) as exc:
-        raise ClientError(f"cannot read Triton metrics from {url}: {getattr(exc, 'reason', exc)}",
-                          hint="check --metrics-url (Triton's --metrics-port, default 8002)") from None
+        reason = getattr(exc, "reason", exc)
+        hint = "check --metrics-url (Triton's --metrics-port, default 8002)"
+        if isinstance(reason, ssl.SSLError):  # an HTTPS gateway in front of the metrics port
+            hint = "pass --tls-ca with the CA that signed the gateway's certificate, or check --metrics-url"
+        raise ClientError(f"cannot read Triton metrics from {url}: {reason}", hint=hint) from None
 
 
-def scrape_metrics(url: str, timeout_s: float = 5.0) -> dict[str, ModelTimes]:
-    return parse_metrics(read_metrics_text(url, timeout_s))
+def scrape_metrics(url: str, timeout_s: float = 5.0, tls: TlsOptions | None = None) -> dict[str, ModelTimes]:
+    return parse_metrics(read_metrics_text(url, timeout_s, tls))
 
 
 def from_statistics(stats: dict) -> dict[str, ModelTimes]:

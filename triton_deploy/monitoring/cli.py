@@ -8,6 +8,7 @@ import json
 from rich.console import Console
 
 from triton_deploy.cliargs import add_common_flags
+from triton_deploy.clients.tls import add_tls_flags, tls_from_args
 from triton_deploy.progress import Reporter
 
 from .monitor import MonitorOptions, render, run_monitor, snapshot_once
@@ -27,13 +28,14 @@ def add_monitor(sub) -> None:
                    help=f"refresh period, and the span rates are measured over (default {d.interval_s:g})")
     p.add_argument("--model", help="only this ensemble and its member models (default: all)")
     p.add_argument("--once", action="store_true", help="print one snapshot (rates over --interval) and exit")
+    add_tls_flags(p, what="an https:// --metrics-url gateway")
     add_common_flags(p, json_help="with --once: print the snapshot as JSON")
     p.set_defaults(handler=_run_monitor)
 
 
 def _run_monitor(args: argparse.Namespace, reporter: Reporter) -> int:
     options = MonitorOptions(metrics_url=args.metrics_url, interval_s=args.interval, once=args.once or args.json,
-                             model=args.model)
+                             model=args.model, tls=tls_from_args(args))
     if not options.once:
         run_monitor(options)
         return 0

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from triton_deploy import metrics as server_stats  # scraping moved from loadtests/ to the core package
+from triton_deploy.clients.tls import TlsOptions
 from triton_deploy.errors import ClientError, ModelNotFoundError, UsageError
 
 from . import model_metrics as mm
@@ -31,6 +32,7 @@ class MonitorOptions:
     interval_s: float = 2.0  # between the two scrapes of one snapshot, and between refreshes of the live view
     once: bool = False  # one snapshot, then exit
     model: str | None = None  # only this ensemble (and its members); default: every model
+    tls: TlsOptions | None = None  # for an https:// metrics URL (Triton's metrics port itself is plaintext)
 
     def check(self) -> None:
         if not self.interval_s > 0:
@@ -41,8 +43,8 @@ class MonitorOptions:
     @property
     def url(self) -> str:
         url = self.metrics_url.strip()
-        if "://" not in url:
-            url = f"http://{url}"
+        if "://" not in url:  # with TLS settings, HOST:PORT is an HTTPS gateway (Triton's metrics port is plaintext)
+            url = f"{'https' if self.tls else 'http'}://{url}"
         return url if url.rstrip("/").endswith("/metrics") else url.rstrip("/") + "/metrics"
 
 
@@ -53,9 +55,9 @@ class Scrape:
     samples: list[tuple[str, dict[str, str], float]]
 
     @classmethod
-    def read(cls, url: str) -> Scrape:
+    def read(cls, url: str, tls: TlsOptions | None = None) -> Scrape:
         try:
-            text = server_stats.read_metrics_text(url)
+            text = server_stats.read_metrics_text(url, tls=tls)
         except http.client.HTTPException:  # e.g. the gRPC port: it answers, but not with HTTP/1
             raise ClientError(f"cannot read Triton metrics from {url}: the port answers, but not with HTTP (is it "
                               "the gRPC port?)", hint="check --metrics-url (Triton's --metrics-port, default 8002)"
@@ -232,10 +234,10 @@ def _round(value: float | None, digits: int = 4) -> float | None:
 def snapshot_once(options: MonitorOptions) -> Snapshot:
     """Scrape, wait ``interval_s``, scrape again: one snapshot with rates over that interval."""
     options.check()
-    before = Scrape.read(options.url)
+    before = Scrape.read(options.url, options.tls)
     check_model(before, options.model, options.url)
     time.sleep(options.interval_s)
-    return take_snapshot(before, Scrape.read(options.url), options.url, options.model)
+    return take_snapshot(before, Scrape.read(options.url, options.tls), options.url, options.model)
 
 
 def render(snapshot: Snapshot):
@@ -286,16 +288,16 @@ def run_monitor(options: MonitorOptions, console=None) -> Snapshot:
     """The live view: refresh every ``interval_s`` until interrupted (Ctrl-C); returns the last snapshot."""
     options.check()
     console = console or Console()
-    before = Scrape.read(options.url)
+    before = Scrape.read(options.url, options.tls)
     check_model(before, options.model, options.url)
     time.sleep(min(options.interval_s, 1.0))
-    after = Scrape.read(options.url)
+    after = Scrape.read(options.url, options.tls)
     snapshot = take_snapshot(before, after, options.url, options.model)
     with Live(render(snapshot), console=console, refresh_per_second=4) as live:
         try:
             while True:
                 time.sleep(options.interval_s)
-                before, after = after, Scrape.read(options.url)
+                before, after = after, Scrape.read(options.url, options.tls)
                 snapshot = take_snapshot(before, after, options.url, options.model)
                 live.update(render(snapshot))
         except KeyboardInterrupt:

@@ -54,6 +54,11 @@ def add_serve(sub) -> None:
                    help="when a python-backend stub dies: restart Triton (default) or exit with an error")
     p.add_argument("--max-restarts", type=int, default=3, metavar="N",
                    help="stub failures survived by restarting before serve gives up (default 3)")
+    tls = p.add_argument_group("TLS (gRPC only: Triton's HTTP endpoint has none; see docs/tls.md for HTTPS)")
+    tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="the server's certificate: turns on gRPC TLS")
+    tls.add_argument("--tls-key", type=Path, metavar="PEM", help="the server certificate's private key")
+    tls.add_argument("--tls-ca", type=Path, metavar="PEM",
+                     help="CA that signs client certificates: turns on mutual TLS (every gRPC client needs one)")
     p.add_argument("--background", action="store_true", help="return once ready; stop with 'triton-deploy stop'")
     p.add_argument("--pid-file", type=Path, default=DEFAULT_STATE_FILE, help=f"for --background (default "
                                                                              f"{DEFAULT_STATE_FILE})")
@@ -95,6 +100,7 @@ def run_serve(args: argparse.Namespace, reporter) -> int:
         restrict_apis=args.restrict_apis, admin_key=args.admin_key, ready_timeout_s=args.ready_timeout,
         log_file=args.log_file, keep_healthy_models=args.keep_healthy_models,
         http_max_input_size=args.http_max_input_size, allow_uncapped_http=args.allow_uncapped_http,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,
     )
     policy = SupervisionPolicy(stub_failure=args.stub_failure, max_restarts=args.max_restarts)
     policy.check()
@@ -127,6 +133,10 @@ def run_serve(args: argparse.Namespace, reporter) -> int:
         _warn(f"warning: this Triton ({server.version() or 'version unknown'}) cannot cap HTTP request bodies (no "
               f"{HTTP_MAX_INPUT_SIZE_FLAG}); the Helm chart's image does. If you expose this server, put a proxy "
               f"that caps request bodies in front of it")
+    if options.tls:
+        mutual = "mutual TLS: clients need a certificate signed by --tls-ca" if options.tls_ca else "TLS"
+        _warn(f"gRPC {server.grpc_url} uses {mutual}; HTTP {server.http_url} stays plaintext (Triton has no HTTP TLS): "
+              f"keep it on loopback, or put an HTTPS gateway in front (docs/tls.md)")
     for name, reason in server.failed_models.items():
         _warn(f"model '{name}' failed to load and is not served (readiness stays false): "
               f"{reason.splitlines()[0] if reason else 'unknown reason'}")

@@ -14,6 +14,7 @@ from pathlib import Path
 from triton_deploy.contract import ADMIN_HEADER
 from triton_deploy.errors import Problem, UsageError, raise_problems
 from triton_deploy.fsutil import check_writable
+from triton_deploy.pem import pem_problems
 
 from .install import HTTP_MAX_INPUT_SIZE_FLAG, ServerInstallation
 
@@ -43,7 +44,16 @@ class ServerOptions:
     http_max_input_size: int = 32 * 1024 * 1024
     # A non-loopback host is refused when the binary cannot cap HTTP bodies, unless a proxy in front caps them.
     allow_uncapped_http: bool = False
+    # gRPC TLS (Triton's HTTP endpoint has none): the server's PEM certificate and key; with ``tls_ca`` as well,
+    # mutual TLS, every client presenting a certificate signed by that CA.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
     extra_args: tuple[str, ...] = ()
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     @property
     def ports(self) -> dict[str, int]:
@@ -66,6 +76,10 @@ class ServerOptions:
                 check_writable(Path(self.log_file), flag="--log-file", kind="file")
             except UsageError as exc:
                 problems.append((exc.message, exc.hint or "check --log-file"))
+        if self.tls_ca is not None and self.tls_cert is None:
+            problems.append(("--tls-ca turns on mutual TLS for a TLS server, and --tls-cert/--tls-key are missing",
+                             "add --tls-cert and --tls-key (the server's certificate and key)"))
+        problems += pem_problems(self.tls_ca, self.tls_cert, self.tls_key)
         raise_problems(problems)
 
 
@@ -110,4 +124,15 @@ def server_command(options: ServerOptions, installation: ServerInstallation, adm
         apis = ",".join(RESTRICTED_APIS)
         command += [f"--http-restricted-api={apis}:{ADMIN_HEADER}={admin_key}",
                     f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={admin_key}"]
-    return command + list(options.extra_args)
+    return command + tls_args(options) + list(options.extra_args)
+
+
+def tls_args(options: ServerOptions) -> list[str]:
+    """Triton's gRPC TLS flags: TLS with the server's certificate, mutual TLS when a CA for clients is given."""
+    if not options.tls:
+        return []
+    args = ["--grpc-use-ssl=true", f"--grpc-server-cert={Path(str(options.tls_cert)).absolute()}",
+            f"--grpc-server-key={Path(str(options.tls_key)).absolute()}"]
+    if options.tls_ca is not None:
+        args += [f"--grpc-root-cert={Path(options.tls_ca).absolute()}", "--grpc-use-ssl-mutual=true"]
+    return args
