@@ -38,7 +38,6 @@ def pki(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_repository(tmp_path_factory):
     from conftest import make_export
-
     from triton_deploy.repository.render import RepositoryOptions
     from triton_deploy.repository.writer import generate_repository
 
