@@ -33,8 +33,8 @@ def test_serve_defaults_bind_loopback_keep_model_control_none_and_restrict_the_a
     command = server_command(ServerOptions(repository=Path("repo")), installation, admin_key="KEY")
     for flag in ("--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
                  "--model-control-mode=none", "--strict-readiness=true", "--exit-on-error=true",
-                 "--http-restricted-api=model-repository,model-config,logging,trace:triton-admin-key=KEY",
-                 "--grpc-restricted-protocol=model-repository,model-config,logging,trace:triton-admin-key=KEY"):
+                 "--http-restricted-api=model-repository,shared-memory,logging,trace:triton-admin-key=KEY",
+                 "--grpc-restricted-protocol=model-repository,shared-memory,logging,trace:triton-admin-key=KEY"):
         assert flag in command
 
 
@@ -62,7 +62,7 @@ def _http(server, method: str, path: str, key: str | None = None, body: dict | N
 # One call per restricted API: (method, path, body)
 RESTRICTED_HTTP = {
     "model-repository": ("POST", "/v2/repository/index", None),
-    "model-config": ("GET", "/v2/models/digits/config", None),
+    "shared-memory": ("GET", "/v2/systemsharedmemory/status", None),
     "logging": ("GET", "/v2/logging", None),
     "trace": ("GET", "/v2/trace/setting", None),
 }
@@ -78,9 +78,10 @@ def test_each_admin_api_over_http_needs_the_right_key(triton_server, api):
         assert status == 403 and "This API is restricted" in text, (key, status, text)
     status, _text = _http(triton_server, method, path, triton_server.admin_key, body)
     assert status == 200
-    # The open APIs stay open: health, metadata, statistics.
+    # The open APIs stay open: health, metadata, configuration (standard tools read them).
     assert _http(triton_server, "GET", "/v2/health/ready")[0] == 200
     assert _http(triton_server, "GET", "/v2/models/digits")[0] == 200
+    assert _http(triton_server, "GET", "/v2/models/digits_classifier/config")[0] == 200
 
 
 @pytest.mark.slow
@@ -89,7 +90,7 @@ def test_each_admin_api_over_grpc_needs_the_key_in_metadata(triton_server):
     client = grpcclient.InferenceServerClient(triton_server.grpc_url)
     admin = {"triton-grpc-protocol-triton-admin-key": triton_server.admin_key}
     calls = {"model-repository": lambda h: client.get_model_repository_index(headers=h),
-             "model-config": lambda h: client.get_model_config("digits", headers=h),
+             "shared-memory": lambda h: client.get_system_shared_memory_status(headers=h),
              "logging": lambda h: client.get_log_settings(headers=h),
              "trace": lambda h: client.get_trace_settings(headers=h)}
     for _api, call in calls.items():
@@ -98,6 +99,7 @@ def test_each_admin_api_over_grpc_needs_the_key_in_metadata(triton_server):
                 call(headers)
         call(admin)  # answered with the key
     assert client.get_model_metadata("digits").name == "digits"
+    assert client.get_model_config("digits_classifier").config.name == "digits_classifier"  # open without a key
 
 
 @pytest.mark.slow

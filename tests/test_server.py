@@ -101,9 +101,10 @@ def test_an_undecodable_image_fails_alone_in_a_concurrent_burst(triton_server, h
 def test_admin_apis_need_the_key(triton_server):
     client = httpclient.InferenceServerClient(triton_server.http_url)
     with pytest.raises(InferenceServerException, match="restricted|This API is restricted"):
-        client.get_model_config("digits")
-    config = client.get_model_config("digits", headers={"triton-admin-key": triton_server.admin_key})
-    assert config["platform"] == "ensemble"
+        client.get_model_repository_index()
+    index = client.get_model_repository_index(headers={"triton-admin-key": triton_server.admin_key})
+    assert {"digits", "digits_classifier"} <= {entry["name"] for entry in index}
+    assert client.get_model_config("digits")["platform"] == "ensemble"  # the configuration stays open
     assert client.get_model_metadata("digits")["inputs"][0]["name"] == "IMAGE"  # metadata stays open
 
 

@@ -29,7 +29,7 @@ def endpoints(server: TritonServer) -> dict:
     return {"pid": server.started().pid, "http": server.http_url, "grpc": server.grpc_url,
             "metrics": server.metrics_url, "log": str(server.log_path), "repository": str(server.options.repository),
             "failed_models": server.failed_models, "http_max_input_size": server.http_max_input_size,
-            "triton_version": server.version()}
+            "triton_version": server.version(), "admin_key_on_command_line": server.key_on_command_line}
 
 
 def write_secret(path: Path, text: str) -> None:

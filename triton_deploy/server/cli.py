@@ -140,6 +140,9 @@ class _CliUI:
         for name, reason in state["failed_models"].items():
             _warn(f"model '{name}' failed to load and is not served (readiness stays false): "
                   f"{reason.splitlines()[0] if reason else 'unknown reason'}")
+        if state.get("admin_key_on_command_line"):
+            _warn("warning: no C compiler built the key shim, so the admin key is on Triton's command line, where "
+                  "every local user can read it (ps); install gcc ('make setup') to keep it off")
         state_file = options.state_path
         if options.random_key:  # kept in a file only its owner reads, never printed
             removed = "" if options.background else " (removed on exit)"

@@ -19,6 +19,9 @@ from .install import HTTP_MAX_INPUT_SIZE_FLAG, ServerInstallation
 # Behind the admin key: what changes the server or makes it map memory. Model metadata and configuration stay open:
 # standard tools read them (perf_analyzer, Model Analyzer, Triton's example clients), and they hold no secret.
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
+# Stands in for the admin key on Triton's command line; the preload library keyshim.c swaps the key in (see there).
+KEY_PLACEHOLDER = "@TRITON_DEPLOY_ADMIN_KEY@"
+KEY_VARIABLE = "TRITON_DEPLOY_ADMIN_KEY"
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from triton_deploy.errors import ServerError
 
 from . import supervisor
 from .install import ServerInstallation
-from .options import ServerOptions, effective_http_max_input_size, server_command
+from .options import KEY_PLACEHOLDER, KEY_VARIABLE, ServerOptions, effective_http_max_input_size, server_command
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -99,6 +99,7 @@ class TritonServer:
     failed_models: dict[str, str] = field(default_factory=dict, init=False)  # keep_healthy_models: name -> reason
     stubs: dict[int, str] = field(default_factory=dict, init=False)  # python-backend stub pid -> model instance
     shm_regions: set[str] = field(default_factory=set, init=False)  # /dev/shm files the server has mapped
+    key_on_command_line: bool = field(default=False, init=False)  # readable by every local user (no C compiler)
 
     @property
     def http_url(self) -> str:
@@ -158,7 +159,15 @@ class TritonServer:
                 raise ServerError(f"port {port} on {options.host} is already in use", hint=f"choose another {flag}")
         self.admin_key = options.admin_key or self.admin_key or secrets.token_urlsafe(24)  # kept over restarts
         self.failed_models, self.stubs = {}, {}
-        command = server_command(options, installation, self.admin_key)
+        environment = installation.environment()
+        shim = installation.key_shim if options.restrict_apis else None
+        if shim is not None:  # the key travels in the environment (owner-only in /proc), not on the command line
+            command = server_command(options, installation, KEY_PLACEHOLDER)
+            environment |= {KEY_VARIABLE: self.admin_key,
+                            "LD_PRELOAD": " ".join(filter(None, [str(shim), environment.get("LD_PRELOAD")]))}
+        else:
+            command = server_command(options, installation, self.admin_key)
+        self.key_on_command_line = options.restrict_apis and shim is None
         # Triton writes to a log file rather than a pipe, so a server started with --background outlives us and
         # start-up failures can still be read back and quoted.
         self.log_path = Path(options.log_file) if options.log_file else Path(tempfile.gettempdir()) / (
@@ -178,7 +187,7 @@ class TritonServer:
         with log:
             try:
                 # A session of its own: Triton and its stubs share a process group, found again after a crash.
-                self.process = subprocess.Popen(command, env=installation.environment(), stdout=log,
+                self.process = subprocess.Popen(command, env=environment, stdout=log,
                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                 start_new_session=True, preexec_fn=preexec)
             except OSError as exc:
