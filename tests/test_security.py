@@ -6,7 +6,10 @@ from __future__ import annotations
 import ast
 import filecmp
 import json
+import os
+import re
 import shutil
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -179,3 +182,90 @@ def test_no_source_runs_a_shell_or_evaluates_strings():
     templates = ROOT / "triton_deploy" / "repository" / "templates"
     assert {p.suffix for p in templates.iterdir()} <= {".j2"}
     assert not [p for p in templates.iterdir() if p.name.endswith(".py.j2")]
+
+
+# ---- requests the project sends never ask for what kills Triton 2.51 ---------------------------------------------
+
+
+def test_no_request_the_project_builds_asks_class_count():
+    """Triton 2.51 dies with SIGFPE on class_count for a BYTES output (docs/security.md): the clients, the Locust users,
+    the bench and the chart's helm-test and probe scripts never use the classification extension at all."""
+    helm_files = ROOT / "helm" / "triton-classifier" / "files"
+    sources = [p for folder in (*SOURCES, helm_files) for p in folder.rglob("*.py")]
+    assert any(p.parent == helm_files for p in sources) and any("locustfile" in p.name for p in sources)
+    uses = [f"{p.relative_to(ROOT)}: {line.strip()}" for p in sources for line in p.read_text().splitlines()
+            if re.search(r"\bclass_count\b|[\"']classification[\"']", line)]
+    assert uses == []
+
+
+# ---- what the admin key guards, locally as in the chart ---------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_model_metadata_and_config_are_readable_without_the_key_as_tritons_image_client_reads_them(triton_server,
+                                                                                                  protocol):
+    """Triton's example image_client.py (triton-inference-server/client, src/python/examples) calls
+    get_model_metadata and get_model_config without headers before its first request; both answer."""
+    if protocol == "http":
+        client = httpclient.InferenceServerClient(triton_server.http_url)
+        metadata = client.get_model_metadata("digits_classifier")
+        config = client.get_model_config("digits_classifier")
+        assert metadata["name"] == config["name"] == "digits_classifier" and config["max_batch_size"] >= 1
+    else:
+        client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+        metadata = client.get_model_metadata("digits_classifier")
+        config = client.get_model_config("digits_classifier").config
+        assert metadata.name == config.name == "digits_classifier" and config.max_batch_size >= 1
+    client.close()
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_shared_memory_registration_needs_the_key(triton_server, heldout_digits, protocol):
+    from conftest import encode_digit
+    from triton_deploy.clients import ImageClassifier
+    from triton_deploy.errors import ClientError
+
+    sample_png = encode_digit(heldout_digits[0][0])
+    url = triton_server.http_url if protocol == "http" else triton_server.grpc_url
+    lib = httpclient if protocol == "http" else grpcclient
+    with pytest.raises(InferenceServerException, match="restricted"):
+        lib.InferenceServerClient(url).register_system_shared_memory("probe", "/triton_deploy_probe", 64)
+    with ImageClassifier(url, protocol=protocol, shared_memory=True) as client, \
+            pytest.raises(ClientError, match="keeps this API for callers with its admin key") as refused:
+        client.classify([sample_png])
+    assert "--admin-key" in str(refused.value)
+    with ImageClassifier(url, protocol=protocol, shared_memory=True, admin_key=triton_server.admin_key) as client:
+        assert len(client.classify([sample_png])) == 1  # the project's own shm client sends the key
+
+
+# ---- the admin key cannot be read by another local user ---------------------------------------------------------
+
+
+def _as_nobody(*command: str) -> str:
+    result = subprocess.run(["runuser", "-u", "nobody", "--", *command], capture_output=True, text=True, timeout=30)
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="runs commands as nobody: needs root")
+def test_another_local_user_cannot_read_the_admin_key(triton_server):
+    key, pid = triton_server.admin_key, triton_server.process.pid
+    assert not triton_server.key_on_command_line  # the key shim was built and loaded
+    processes = _as_nobody("ps", "-eo", "args")
+    assert "tritonserver" in processes and "@TRITON_DEPLOY_ADMIN_KEY@" in processes  # ps sees Triton, not its key
+    group = [pid, *triton_server.stubs]
+    for member in group:
+        cmdline = _as_nobody("cat", f"/proc/{member}/cmdline")
+        assert cmdline and key not in cmdline
+        assert "Permission denied" in _as_nobody("cat", f"/proc/{member}/environ")
+    # Not even the owner finds it in the environment: the shim overwrote it and Triton's stubs never had it.
+    assert not [m for m in group if key.encode() in Path(f"/proc/{m}/environ").read_bytes()]
+    assert key not in Path(triton_server.log_path).read_text(errors="replace")
+    # And the key still works: main() got it, not the placeholder.
+    assert _http(triton_server, "POST", "/v2/repository/index", key)[0] == 200
+    assert _http(triton_server, "POST", "/v2/repository/index", "@TRITON_DEPLOY_ADMIN_KEY@")[0] == 403

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from triton_deploy.errors import ServerError
 
-from .supervisor import remove_stub_bytecode
+from .supervisor import reap_group, remove_stub_bytecode, unlink_regions
 
 if TYPE_CHECKING:
     from .process import TritonServer
@@ -76,7 +76,9 @@ def stop_background(state_file: Path, timeout_s: float = 60.0) -> tuple[int | No
     pids = [int(state[key]) for key in ("pid", "triton_pid") if key in state]
     signalled = next((pid for pid in pids if _running(pid)), None)
     if signalled is None:
+        _reap(state)
         state_file.unlink(missing_ok=True)
+        state_file.with_suffix(".prom").unlink(missing_ok=True)
         return pids[0], False
     os.kill(signalled, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
@@ -87,10 +89,17 @@ def stop_background(state_file: Path, timeout_s: float = 60.0) -> tuple[int | No
             os.kill(pid, signal.SIGKILL)
         raise ServerError(f"server {signalled} did not exit within {timeout_s:.0f} s and was killed",
                           hint="raise --timeout")
+    _reap(state)
     state_file.unlink(missing_ok=True)
     state_file.with_suffix(".prom").unlink(missing_ok=True)
     remove_stub_bytecode(Path(state.get("repository", "")))
     return signalled, True
+
+
+def _reap(state: dict) -> None:
+    """Stubs left by a server whose serve and Triton were both killed have nobody else to end them."""
+    if "triton_pid" in state:
+        unlink_regions(reap_group(int(state["triton_pid"]), timeout_s=2.0))
 
 
 def _running(pid: int) -> bool:

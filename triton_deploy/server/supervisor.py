@@ -264,7 +264,8 @@ def supervise(server: TritonServer, policy: SupervisionPolicy, notify: Callable[
             # Triton 2.51 would answer "Stub process ... is not healthy" for that model forever while still ready.
             reason, give_up = f"python-backend stub {what} died", policy.stub_failure == "exit"
         else:
-            reason, give_up = f"Triton {describe_exit(status)} after {requests:,} requests", False
+            reason = f"Triton {describe_exit(status)} after {requests:,} request{'' if requests == 1 else 's'}"
+            give_up = False
         if time.monotonic() - up_since >= policy.stable_s:
             restarts.consecutive = 0
         if give_up or restarts.consecutive >= policy.max_restarts:
