@@ -46,7 +46,7 @@ def refuse_if_running(state_file: Path) -> None:
     try:
         state = json.loads(state_file.read_text())
         pid = int(state["pid"])
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):  # none, or unreadable: check_writable says why
         return
     if _running(pid) and "triton" in _command_line(pid):  # serve's supervisor, or Triton in an older state file
         raise ServerError(f"a background server is already running (pid {pid}, HTTP {state.get('http')}, repository "
