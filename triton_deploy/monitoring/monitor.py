@@ -219,7 +219,7 @@ def render(snapshot: Snapshot):
         last = snapshot.serve["last_restart"]
         parts.append(Text(f"serve restarted Triton {snapshot.serve['restarts']} time(s)" +
                           (f"; last: {last['reason']} ({last['at']})" if last else ""),
-                          style="red" if snapshot.serve["restarts"] else None))
+                          style="red" if snapshot.serve["restarts"] else ""))
     for ensemble, view in snapshot.ensembles.items():
         drift = ", ".join(f"{k} {_fmt(v, 3)}" for k, v in sorted(view["drift"].items())) or "n/a"
         low = view["low_confidence_ratio"]

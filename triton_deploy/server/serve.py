@@ -165,8 +165,8 @@ def _start_background(options: ServeOptions, ui: ServeUI) -> int:
     options = dataclasses.replace(options, state_file=options.state_path)
     server = options.server
     if server.log_file is None:  # the supervisor's own lines and any traceback go to Triton's log
-        log = Path(tempfile.gettempdir()) / f"triton-deploy-{os.getpid()}-{server.http_port}.log"
-        options = dataclasses.replace(options, server=dataclasses.replace(server, log_file=log))
+        default_log = Path(tempfile.gettempdir()) / f"triton-deploy-{os.getpid()}-{server.http_port}.log"
+        options = dataclasses.replace(options, server=dataclasses.replace(server, log_file=default_log))
     log_path = Path(options.server.log_file or "")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
