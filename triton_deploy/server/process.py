@@ -100,6 +100,7 @@ class TritonServer:
     stubs: dict[int, str] = field(default_factory=dict, init=False)  # python-backend stub pid -> model instance
     shm_regions: set[str] = field(default_factory=set, init=False)  # /dev/shm files the server has mapped
     key_on_command_line: bool = field(default=False, init=False)  # readable by every local user (no C compiler)
+    log_offset: int = field(default=0, init=False)  # where this start's lines begin in a log shared by restarts
 
     @property
     def http_url(self) -> str:
@@ -185,6 +186,7 @@ class TritonServer:
             raise ServerError(f"cannot write Triton's log {self.log_path}: {exc.strerror}",
                               hint="check --log-file") from None
         with log:
+            self.log_offset = log.seek(0, os.SEEK_END)
             try:
                 # A session of its own: Triton and its stubs share a process group, found again after a crash.
                 self.process = subprocess.Popen(command, env=environment, stdout=log,
@@ -301,7 +303,11 @@ class TritonServer:
 
     def stub_abort(self) -> str | None:
         """The error of a stub that aborted, quoted from the log ("std::invalid_argument: stol"), or None."""
-        tail = self.log_tail(400)
+        if self.log_path is None or not self.log_path.exists():
+            return None
+        with open(self.log_path, "rb") as log:
+            log.seek(self.log_offset)
+            tail = log.read().decode(errors="replace").splitlines()[-400:]
         for i, line in enumerate(tail):
             if (match := _STUB_ABORT.search(line)) is not None:
                 what = next((m.group(1) for m in map(_STUB_ABORT_WHAT.match, tail[i + 1:i + 3]) if m), "")
