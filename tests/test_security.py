@@ -256,7 +256,7 @@ def _as_nobody(*command: str) -> str:
 def test_another_local_user_cannot_read_the_admin_key(triton_server):
     key, pid = triton_server.admin_key, triton_server.process.pid
     assert not triton_server.key_on_command_line  # the key shim was built and loaded
-    processes = _as_nobody("ps", "-eo", "args")
+    processes = _as_nobody("ps", "-ww", "-eo", "args")  # full lines: no terminal cuts them to 80 columns
     assert "tritonserver" in processes and "@TRITON_DEPLOY_ADMIN_KEY@" in processes  # ps sees Triton, not its key
     group = [pid, *triton_server.stubs]
     for member in group:
