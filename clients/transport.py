@@ -333,6 +333,10 @@ def _register(protocol: _Protocol, slot: Slot, request: _Request, model: str) ->
             except ServerUnavailableError:
                 region.registered = False  # never reached the server: register again on the retry
                 raise
+            except ClientError as exc:
+                if "restricted" in getattr(exc, "server_message", ""):
+                    region.registered = False  # refused for want of the admin key: nothing to unregister
+                raise
 
 
 def _unregister(protocol: _Protocol, region: Region) -> Program[None]:
