@@ -62,7 +62,8 @@ def add_classify(sub) -> None:
     _add_connection_flags(p, protocol="http")
     p.add_argument("--top-k", type=int, metavar="K", help="ranked answers per image (default: all the model gives)")
     p.add_argument("--shared-memory", action="store_true", help="pass tensors through system shared memory "
-                                                                "(client on the server's host only)")
+                                                                "(client on the server's host only; registering "
+                                                                "regions needs --admin-key)")
     p.add_argument("--preprocess", choices=["server", "client"], default="server",
                    help="where images are decoded and normalised (client needs --manifest or --admin-key)")
     p.add_argument("--manifest", type=Path, metavar="EXPORT_DIR/manifest.json",
@@ -86,7 +87,7 @@ def _add_connection_flags(p: argparse.ArgumentParser, *, protocol: str) -> None:
                    help="how long to wait for the model to be ready (default 30)")
     p.add_argument("--retries", type=int, default=3, help="retries on connection failures and 503 (default 3)")
     p.add_argument("--admin-key", default=os.environ.get("TRITON_ADMIN_KEY"),
-                   help="lets the client read model configs (default: $TRITON_ADMIN_KEY)")
+                   help="sent for shared-memory registration and model configs (default: $TRITON_ADMIN_KEY)")
     p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", type=_header,
                    help="extra header on every request, e.g. for a gateway (repeatable)")
     add_tls_flags(p)

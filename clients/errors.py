@@ -191,6 +191,10 @@ def _typed(exc: BaseException, url: str, model: str) -> ClientError:
     mismatch = _protocol_mismatch(message, url)
     if mismatch is not None:
         return mismatch
+    if is_restricted(exc):
+        return ClientError(f"the server at {url} keeps this API for callers with its admin key: {message}",
+                           hint="pass --admin-key / admin_key= (a local serve records a random one in the "
+                                "\"admin_key\" field of its state file)")
     if is_connection_failure(exc) and is_refused(exc):
         return ServerUnavailableError(f"nothing listens at {url} (connection refused): {message}",
                                       hint="check --url and --protocol, and that the server is running; Triton's "

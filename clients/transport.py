@@ -11,8 +11,9 @@ are all such programs. ``SyncTransport.run`` and ``AsyncTransport.run`` are the 
 with blocking or awaited calls; so the logic of a classification exists once. What differs between HTTP and gRPC
 lives in one adapter per protocol (``_Http``, ``_Grpc``).
 
-Readiness, health, metadata and inference are open APIs; the model configuration is sent the admin key when one was
-given (HTTP header ``triton-admin-key``, gRPC metadata ``triton-grpc-protocol-triton-admin-key``) and is reported as
+Readiness, health, metadata, configuration and inference are open APIs; shared-memory registration is restricted
+by ``serve`` and the chart, so those calls always carry the admin key; the model configuration is sent it too when one
+was given (HTTP header ``triton-admin-key``, gRPC metadata ``triton-grpc-protocol-triton-admin-key``) and is reported as
 unavailable (``None``) when the server refuses it.
 """
 
@@ -329,10 +330,14 @@ def _register(protocol: _Protocol, slot: Slot, request: _Request, model: str) ->
         if not region.registered:
             region.registered = True  # set first: a call that fails late (or is cancelled) may still have registered it
             try:
-                yield Op("register_system_shared_memory", (region.name, region.key, region.size), protocol.kw(),
+                yield Op("register_system_shared_memory", (region.name, region.key, region.size), protocol.kw(admin=True),
                          model)
             except ServerUnavailableError:
                 region.registered = False  # never reached the server: register again on the retry
+                raise
+            except ClientError as exc:
+                if "restricted" in getattr(exc, "server_message", ""):
+                    region.registered = False  # refused for want of the admin key: nothing to unregister
                 raise
 
 
@@ -341,7 +346,7 @@ def _unregister(protocol: _Protocol, region: Region) -> Program[None]:
     if not region.registered:
         return
     deadline = time.monotonic() + IN_USE_WAIT_S
-    op = Op("unregister_system_shared_memory", (region.name,), protocol.kw())
+    op = Op("unregister_system_shared_memory", (region.name,), protocol.kw(admin=True))
     while True:
         try:
             yield from _with_retry(lambda: _ask(op), UNREGISTER_RETRY)
@@ -372,7 +377,7 @@ def _wait_ready(protocol: _Protocol, model: str, timeout_s: float, retry: RetryP
 
 
 def _shm_status(protocol: _Protocol) -> Program[list[str]]:
-    return protocol.region_names((yield Op("get_system_shared_memory_status", (), protocol.json_kw())))
+    return protocol.region_names((yield Op("get_system_shared_memory_status", (), protocol.json_kw(admin=True))))
 
 
 class _ReadyPatience:

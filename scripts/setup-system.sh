@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # System packages the project needs beyond Python wheels, installed only when missing:
 #   libpython3.11  the Triton python-backend stub links against the shared libpython
+#   gcc libc6-dev  build the preload library that keeps serve's admin key off Triton's command line
+#                  (triton_deploy/server/keyshim.c); without them the key is readable by every local user
 #   prometheus     provides `promtool`, which the Helm chart tests use to check alerting rules, and the `prometheus`
 #                  server the monitoring end-to-end test runs (tests/integration/helm/test_monitoring_e2e.py)
 set -euo pipefail
 
 missing=()
 ldconfig -p 2>/dev/null | grep -q 'libpython3\.11\.so\.1\.0' || missing+=(libpython3.11)
+{ command -v cc >/dev/null 2>&1 && [ -f /usr/include/stdlib.h ]; } || missing+=(gcc libc6-dev)
 { command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } || missing+=(prometheus)
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -42,7 +42,7 @@ def test_classify_a_folder_prints_one_line_per_image_and_exits_0(triton_server, 
 
 def test_classify_json_gives_one_object_per_image(triton_server, digit_folder, capsys):
     code = main(["classify", f"{digit_folder}/**/*.png", "--url", triton_server.http_url, "--json", "--quiet",
-                 "--batch-size", "5", "--concurrency", "2", "--shared-memory"])
+                 "--batch-size", "5", "--concurrency", "2", "--shared-memory", "--admin-key", triton_server.admin_key])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
     records = [json.loads(line) for line in lines]

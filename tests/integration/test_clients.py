@@ -171,7 +171,8 @@ def test_a_bad_image_fails_alone_and_is_named(triton_server, heldout_digits, tmp
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_no_shared_memory_region_is_left_behind_even_when_a_request_fails(triton_server, sample_images, protocol):
-    with ImageClassifier(url_of(triton_server, protocol), protocol=protocol, shared_memory=True) as client:
+    with ImageClassifier(url_of(triton_server, protocol), protocol=protocol, shared_memory=True,
+                         admin_key=triton_server.admin_key) as client:  # shared-memory registration needs the key
         client.classify(sample_images[:20])
         with pytest.raises(RequestTooLargeError):
             client.classify(sample_images * 2, batch_size=40)  # the server refuses batches above 32

@@ -382,7 +382,7 @@ def test_a_dead_python_backend_stub_is_reported_and_serve_restarts_triton(digits
     blobs = [encode_digit(p) for p in images[:8]]
     process, endpoints, stderr = serve(digits_repository, "--exit-timeout", "5")
     try:
-        triton = psutil.Process(endpoints["pid"])
+        triton = psutil.Process(endpoints["triton_pid"])
         stubs = {c.pid: c.cmdline()[1] for c in triton.children()}
         victim = next(pid for pid, path in stubs.items() if "_preprocess" in path)
         regions = mapped_regions(triton.pid)
@@ -394,7 +394,7 @@ def test_a_dead_python_backend_stub_is_reported_and_serve_restarts_triton(digits
             # The same client is served again (its retries ride over the restart's short outage).
             assert [p.class_id for p in client.classify(blobs)] == before
         notice = next(line for line in stderr if "died" in line)
-        assert f"stub 'digits_preprocess_0_0' (pid {victim}) died; restarting Triton (1/3)" in notice
+        assert f"stub 'digits_preprocess_0_0' (pid {victim}) died; restarting Triton (1/5)" in notice
         assert not psutil.pid_exists(triton.pid) or psutil.Process(triton.pid).status() == psutil.STATUS_ZOMBIE
     finally:
         assert finish(process) == 0
@@ -407,7 +407,7 @@ def test_stub_failure_exit_mode_stops_with_a_clear_error(digits_repository):
 
     process, endpoints, stderr = serve(digits_repository, "--stub-failure", "exit", "--exit-timeout", "5")
     try:
-        victim = next(c.pid for c in psutil.Process(endpoints["pid"]).children()
+        victim = next(c.pid for c in psutil.Process(endpoints["triton_pid"]).children()
                       if "_postprocess" in c.cmdline()[1])
         os.kill(victim, signal.SIGKILL)
         assert process.wait(timeout=60) == ServerError.exit_code

@@ -101,9 +101,10 @@ def test_an_undecodable_image_fails_alone_in_a_concurrent_burst(triton_server, h
 def test_admin_apis_need_the_key(triton_server):
     client = httpclient.InferenceServerClient(triton_server.http_url)
     with pytest.raises(InferenceServerException, match="restricted|This API is restricted"):
-        client.get_model_config("digits")
-    config = client.get_model_config("digits", headers={"triton-admin-key": triton_server.admin_key})
-    assert config["platform"] == "ensemble"
+        client.get_model_repository_index()
+    index = client.get_model_repository_index(headers={"triton-admin-key": triton_server.admin_key})
+    assert {"digits", "digits_classifier"} <= {entry["name"] for entry in index}
+    assert client.get_model_config("digits")["platform"] == "ensemble"  # the configuration stays open
     assert client.get_model_metadata("digits")["inputs"][0]["name"] == "IMAGE"  # metadata stays open
 
 
@@ -139,16 +140,16 @@ def test_serve_command_drains_on_sigterm_and_exits_zero(digits_repository, tmp_p
                "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--json",
                "--exit-timeout", "5"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    key_file = tmp_path / ".triton-deploy" / f"admin-key-{http}"
+    state_file = tmp_path / ".triton-deploy" / f"serve-{http}.json"  # the foreground default
     try:
         endpoints = json.loads(process.stdout.readline())  # printed once the server is ready
         assert endpoints["http"] == f"127.0.0.1:{http}"
         client = httpclient.InferenceServerClient(endpoints["http"])
         assert client.is_server_ready()
         # The random admin key is where serve said, readable by its owner only, and it unlocks the admin APIs.
-        key = key_file.read_text().strip()
-        assert key_file.stat().st_mode & 0o777 == 0o600
-        assert client.get_model_config("digits", headers={"triton-admin-key": key})["name"] == "digits"
+        key = json.loads(state_file.read_text())["admin_key"]
+        assert state_file.stat().st_mode & 0o777 == 0o600 and "admin_key" not in endpoints
+        assert {m["name"] for m in client.get_model_repository_index(headers={"triton-admin-key": key})} >= {"digits"}
         client.close()
         process.send_signal(signal.SIGTERM)
         _out, err = process.communicate(timeout=60)
@@ -162,9 +163,9 @@ def test_serve_command_drains_on_sigterm_and_exits_zero(digits_repository, tmp_p
                 process.kill()
     time.sleep(0.2)
     assert not _listening(http)
-    assert f"Admin key (header triton-admin-key): random, in .triton-deploy/admin-key-{http} (removed on exit), " \
-           "readable by you only" in err
-    assert key not in err and not key_file.exists()
+    assert f'Admin key (header triton-admin-key): random, in the "admin_key" field of .triton-deploy/serve-{http}.json ' \
+           "(removed on exit), readable by you only" in err
+    assert key not in err and not state_file.exists()
     # The wheel's Triton cannot cap HTTP request bodies: --json says so with null, and serve says it in one line.
     assert endpoints["http_max_input_size"] is None
     (warning,) = [line for line in err.splitlines() if "cap HTTP request bodies" in line]
@@ -256,8 +257,9 @@ def test_background_serve_and_stop(digits_repository, tmp_path, capsys):
     assert not pid_file.exists() and not _listening(http)
     # ...and none is left once stopped: `make demo` then `make test` compares the committed repository with a fresh one
     assert not sorted(repository.rglob("__pycache__"))
-    assert main(["stop", "--pid-file", str(pid_file)]) == 9
-    assert "no background server to stop" in capsys.readouterr().err
+    # A second stop has nothing to stop: not an error, and it says why.
+    assert main(["stop", "--pid-file", str(pid_file)]) == 0
+    assert f"Nothing to stop: no server is recorded in {pid_file}" in capsys.readouterr().err
 
 
 def _listening(port: int) -> bool:
@@ -281,3 +283,64 @@ def test_loopback_hosts_count_as_not_exposed():
 
     assert all(_is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
     assert not any(_is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.1", "example.com"))
+
+
+# ---- refused before Triton starts; nothing to stop -----------------------------------------------------------------
+
+
+def test_an_unwritable_state_file_is_refused_before_triton_starts(digits_repository, tmp_path, capsys):
+    from triton_deploy.cli import main
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the state file's folder would be")
+    http, grpc, metrics = free_ports(3)
+    for mode in (["--background"], []):
+        code = main(["serve", "--repository", str(digits_repository), "--http-port", str(http), "--grpc-port",
+                     str(grpc), "--metrics-port", str(metrics), "--pid-file", str(blocker / "serve.json"), *mode])
+        err = capsys.readouterr().err
+        assert code == ServerError.exit_code, err
+        (line,) = [line for line in err.splitlines() if line.strip()]  # one line, no traceback
+        assert f"cannot write the state file {blocker / 'serve.json'}" in line and "--pid-file" in line
+        assert not _listening(http)  # Triton never started
+
+
+def test_a_repository_path_with_a_space_is_refused_by_serve_and_repo(digits_repository, tmp_path, capsys):
+    from triton_deploy.cli import main
+    from triton_deploy.errors import UsageError
+    from triton_deploy.repository.render import RepositoryOptions
+
+    spaced = tmp_path / "my models"
+    shutil.copytree(digits_repository, spaced, ignore=shutil.ignore_patterns("__pycache__"))
+    assert main(["serve", "--repository", str(spaced), "--http-port", str(free_ports(1)[0])]) == UsageError.exit_code
+    err = capsys.readouterr().err
+    assert f"--repository {spaced} has a space in its path, which Triton's python-backend stubs cannot start from" \
+        in err
+    with pytest.raises(UsageError, match="has a space in its path"):
+        RepositoryOptions(output=spaced / "out").check()
+
+
+def test_a_stub_that_aborts_at_start_up_is_quoted_from_the_log(tmp_path):
+    """What Triton 2.51 logs when its stubs die on start (seen with a repository path holding a space)."""
+    server = TritonServer(ServerOptions(repository=tmp_path))
+    server.log_path = tmp_path / "triton.log"
+    server.log_path.write_text('E1206 19:46:46.648585 17362 server.cc:241] "CudaDriverHelper has not been '
+                               'initialized."\nterminate called after throwing an instance of '
+                               "'std::invalid_argument'\n  what():  stol\n")
+    assert server.stub_abort() == "std::invalid_argument: stol"
+    # A log kept over restarts (--log-file): an earlier start's abort is not this start's.
+    server.log_offset = server.log_path.stat().st_size
+    with open(server.log_path, "a") as log:
+        log.write('E1206 19:47:01.000000 17400 server.cc:241] "CudaDriverHelper has not been initialized."\n')
+    assert server.stub_abort() is None
+
+
+def test_exits_are_described_by_signal_name_and_restarts_back_off():
+    from triton_deploy.server import SupervisionPolicy
+    from triton_deploy.server.supervisor import describe_exit
+
+    assert describe_exit(-8) == "died of SIGFPE"
+    assert describe_exit(-9) == "died of SIGKILL (out of memory, or killed)"
+    assert describe_exit(1) == "exited with status 1"
+    policy = SupervisionPolicy()
+    assert [policy.pause_s(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+    assert policy.max_restarts == 5

@@ -193,3 +193,26 @@ def test_monitor_names_the_flag_when_the_endpoint_does_not_answer(capsys):
     assert main(["monitor", "--once", "--metrics-url", f"127.0.0.1:{port}"]) == 10
     error = capsys.readouterr().err.strip()
     assert "cannot read Triton metrics" in error and "--metrics-url" in error and "\n" not in error
+
+
+def test_monitor_shows_the_restarts_serve_recorded_for_the_server_it_watches(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from triton_deploy.monitoring.monitor import Snapshot, render, serve_restarts
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".triton-deploy").mkdir()
+    last = {"reason": "Triton died of SIGFPE after 3,412 requests", "at": "2026-12-06T20:00:00Z"}
+    (tmp_path / ".triton-deploy" / "serve-9000.json").write_text(json.dumps(
+        {"metrics": "http://127.0.0.1:9002/metrics", "restarts": 1, "last_restart": last}))
+    (tmp_path / ".triton-deploy" / "serve.json").write_text(json.dumps(
+        {"metrics": "http://127.0.0.1:8002/metrics", "restarts": 0, "last_restart": None}))
+    # The state file that records the watched metrics URL is the one read; another server's is not.
+    assert serve_restarts(MonitorOptions(metrics_url="127.0.0.1:9002")) == {"restarts": 1, "last_restart": last}
+    assert serve_restarts(MonitorOptions(metrics_url="127.0.0.1:8002"))["restarts"] == 0
+    assert serve_restarts(MonitorOptions(metrics_url="127.0.0.1:7002")) is None
+    snapshot = Snapshot("http://127.0.0.1:9002/metrics", 2.0, serve={"restarts": 1, "last_restart": last})
+    console = Console(record=True, width=200)
+    console.print(render(snapshot))
+    assert "serve restarted Triton 1 time(s); last: Triton died of SIGFPE after 3,412 requests" in console.export_text()
+    assert snapshot.to_dict()["serve"]["restarts"] == 1

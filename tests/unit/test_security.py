@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import filecmp
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -30,8 +31,8 @@ def test_serve_defaults_bind_loopback_keep_model_control_none_and_restrict_the_a
     command = server_command(ServerOptions(repository=Path("repo")), installation, admin_key="KEY")
     for flag in ("--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
                  "--model-control-mode=none", "--strict-readiness=true", "--exit-on-error=true",
-                 "--http-restricted-api=model-repository,model-config,logging,trace:triton-admin-key=KEY",
-                 "--grpc-restricted-protocol=model-repository,model-config,logging,trace:triton-admin-key=KEY"):
+                 "--http-restricted-api=model-repository,shared-memory,logging,trace:triton-admin-key=KEY",
+                 "--grpc-restricted-protocol=model-repository,shared-memory,logging,trace:triton-admin-key=KEY"):
         assert flag in command
 
 
@@ -96,3 +97,14 @@ def test_no_source_runs_a_shell_or_evaluates_strings():
     templates = ROOT / "triton_deploy" / "repository" / "templates"
     assert {p.suffix for p in templates.iterdir()} <= {".j2"}
     assert not [p for p in templates.iterdir() if p.name.endswith(".py.j2")]
+
+
+def test_no_request_the_project_builds_asks_class_count():
+    """Triton 2.51 dies with SIGFPE on class_count for a BYTES output (docs/security.md): the clients, the Locust users,
+    the bench and the chart's helm-test and probe scripts never use the classification extension at all."""
+    helm_files = ROOT / "helm" / "triton-classifier" / "files"
+    sources = [p for folder in (*SOURCES, helm_files) for p in folder.rglob("*.py")]
+    assert any(p.parent == helm_files for p in sources) and any("locustfile" in p.name for p in sources)
+    uses = [f"{p.relative_to(ROOT)}: {line.strip()}" for p in sources for line in p.read_text().splitlines()
+            if re.search(r"\bclass_count\b|[\"']classification[\"']", line)]
+    assert uses == []

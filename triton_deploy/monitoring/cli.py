@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from rich.console import Console
 
@@ -27,6 +28,9 @@ def add_monitor(sub) -> None:
     p.add_argument("--interval", type=float, default=d.interval_s, metavar="SECONDS",
                    help=f"refresh period, and the span rates are measured over (default {d.interval_s:g})")
     p.add_argument("--model", help="only this ensemble and its member models (default: all)")
+    p.add_argument("--pid-file", type=Path, metavar="FILE",
+                   help="serve's state file, for the restarts it made (default: the one in .triton-deploy/ that "
+                        "records this --metrics-url)")
     p.add_argument("--once", action="store_true", help="print one snapshot (rates over --interval) and exit")
     add_tls_flags(p, what="an https:// --metrics-url gateway")
     add_common_flags(p, json_help="with --once: print the snapshot as JSON")
@@ -35,7 +39,7 @@ def add_monitor(sub) -> None:
 
 def _run_monitor(args: argparse.Namespace, reporter: Reporter) -> int:
     options = MonitorOptions(metrics_url=args.metrics_url, interval_s=args.interval, once=args.once or args.json,
-                             model=args.model, tls=tls_from_args(args))
+                             model=args.model, tls=tls_from_args(args), state_file=args.pid_file)
     if not options.once:
         run_monitor(options)
         return 0

@@ -10,9 +10,11 @@ one line (a repository generated without monitoring, an export without a referen
 from __future__ import annotations
 
 import http.client
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -33,6 +35,8 @@ class MonitorOptions:
     once: bool = False  # one snapshot, then exit
     model: str | None = None  # only this ensemble (and its members); default: every model
     tls: TlsOptions | None = None  # for an https:// metrics URL (Triton's metrics port itself is plaintext)
+    # serve's state file, for its restarts; default: the one in .triton-deploy/ that records this metrics URL
+    state_file: Path | None = None
 
     def check(self) -> None:
         if not self.interval_s > 0:
@@ -100,10 +104,24 @@ class Snapshot:
     models: dict[str, dict] = field(default_factory=dict)
     ensembles: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    serve: dict | None = None  # restarts by triton-deploy serve: {"restarts": N, "last_restart": {...} | None}
 
     def to_dict(self) -> dict:
         return {"metrics_url": self.url, "seconds": round(self.seconds, 3), "models": self.models,
-                "ensembles": self.ensembles, "notes": self.notes}
+                "ensembles": self.ensembles, "notes": self.notes, "serve": self.serve}
+
+
+def serve_restarts(options: MonitorOptions) -> dict | None:
+    """The restarts serve recorded for the monitored server, from its state file; None when no state file records it."""
+    candidates = [options.state_file] if options.state_file else sorted(Path(".triton-deploy").glob("serve*.json"))
+    for path in candidates:
+        try:
+            state = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            continue
+        if options.state_file or state.get("metrics") == options.url:
+            return {"restarts": state.get("restarts", 0), "last_restart": state.get("last_restart")}
+    return None
 
 
 def check_model(scrape: Scrape, model: str | None, url: str) -> None:
@@ -237,7 +255,9 @@ def snapshot_once(options: MonitorOptions) -> Snapshot:
     before = Scrape.read(options.url, options.tls)
     check_model(before, options.model, options.url)
     time.sleep(options.interval_s)
-    return take_snapshot(before, Scrape.read(options.url, options.tls), options.url, options.model)
+    snapshot = take_snapshot(before, Scrape.read(options.url, options.tls), options.url, options.model)
+    snapshot.serve = serve_restarts(options)
+    return snapshot
 
 
 def render(snapshot: Snapshot):
@@ -251,6 +271,11 @@ def render(snapshot: Snapshot):
                        _fmt(row["queue_ms_per_request"], 2), _fmt(row["compute_ms_per_request"], 2),
                        _fmt(row["average_batch"], 1))
     parts.append(models)
+    if snapshot.serve is not None:
+        last = snapshot.serve["last_restart"]
+        parts.append(Text(f"serve restarted Triton {snapshot.serve['restarts']} time(s)" +
+                          (f"; last: {last['reason']} ({last['at']})" if last else ""),
+                          style="red" if snapshot.serve["restarts"] else ""))
     for ensemble, view in snapshot.ensembles.items():
         drift = ", ".join(f"{k} {_fmt(v, 3)}" for k, v in sorted(view["drift"].items())) or "n/a"
         low = view["low_confidence_ratio"]
@@ -293,12 +318,14 @@ def run_monitor(options: MonitorOptions, console=None) -> Snapshot:
     time.sleep(min(options.interval_s, 1.0))
     after = Scrape.read(options.url, options.tls)
     snapshot = take_snapshot(before, after, options.url, options.model)
+    snapshot.serve = serve_restarts(options)
     with Live(render(snapshot), console=console, refresh_per_second=4) as live:
         try:
             while True:
                 time.sleep(options.interval_s)
                 before, after = after, Scrape.read(options.url, options.tls)
                 snapshot = take_snapshot(before, after, options.url, options.model)
+                snapshot.serve = serve_restarts(options)
                 live.update(render(snapshot))
         except KeyboardInterrupt:
             pass

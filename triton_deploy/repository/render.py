@@ -101,6 +101,10 @@ class RepositoryOptions:
 
     def check(self) -> None:
         problems: list[Problem] = []
+        if any(ch.isspace() for ch in str(Path(self.output).absolute())):
+            # Triton 2.51's python-backend stubs die parsing their arguments on such a path (serve refuses it too).
+            problems.append((f"--output {self.output} has a space in its path, which Triton's python-backend stubs "
+                             "cannot start from", "choose a path without spaces"))
         if self.classifier_backend not in BACKENDS:
             problems.append(unknown_choice("classifier backend", self.classifier_backend, "--classifier-backend",
                                            BACKENDS))

@@ -1,7 +1,8 @@
-"""A server left running in the background: its state file (``serve.json``) and stopping it.
+"""A served Triton's state file (``serve.json``) and stopping the server it records.
 
-``serve --background`` writes the server's endpoints, pid and admin key to a state file readable only by its
-owner; ``stop_background`` sends the server SIGTERM so Triton drains, waits for it to exit, and removes the file.
+``serve`` writes the server's endpoints, its own pid and Triton's, the admin key and the restarts to a state file
+readable only by its owner; ``stop_background`` sends the recorded serve process SIGTERM so it has Triton drain,
+waits for both to exit, and removes the file.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from triton_deploy.errors import ServerError
 
-from .supervisor import remove_stub_bytecode
+from .supervisor import reap_group, remove_stub_bytecode, unlink_regions
 
 if TYPE_CHECKING:
     from .process import TritonServer
@@ -27,12 +28,8 @@ def endpoints(server: TritonServer) -> dict:
     """What a client needs to reach a running server, and what went wrong while it loaded."""
     return {"pid": server.started().pid, "http": server.http_url, "grpc": server.grpc_url,
             "metrics": server.metrics_url, "log": str(server.log_path), "repository": str(server.options.repository),
-            "failed_models": server.failed_models, "http_max_input_size": server.http_max_input_size}
-
-
-def write_state(state_file: Path, server: TritonServer) -> None:
-    """Record a background server; the file holds the admin key, so only its owner may read it."""
-    write_secret(state_file, json.dumps(endpoints(server) | {"admin_key": server.admin_key}) + "\n")
+            "failed_models": server.failed_models, "http_max_input_size": server.http_max_input_size,
+            "triton_version": server.version(), "admin_key_on_command_line": server.key_on_command_line}
 
 
 def write_secret(path: Path, text: str) -> None:
@@ -49,9 +46,9 @@ def refuse_if_running(state_file: Path) -> None:
     try:
         state = json.loads(state_file.read_text())
         pid = int(state["pid"])
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):  # none, or unreadable: check_writable says why
         return
-    if _running(pid) and "tritonserver" in _command_line(pid):
+    if _running(pid) and "triton" in _command_line(pid):  # serve's supervisor, or Triton in an older state file
         raise ServerError(f"a background server is already running (pid {pid}, HTTP {state.get('http')}, repository "
                           f"{state.get('repository')}; recorded in {state_file})",
                           hint=f"stop it with 'triton-deploy stop --pid-file {state_file}', or give this one another "
@@ -65,28 +62,44 @@ def _command_line(pid: int) -> str:
         return ""
 
 
-def stop_background(state_file: Path, timeout_s: float = 60.0) -> tuple[int, bool]:
-    """Stop the server recorded in ``state_file``: (its pid, whether it was still running). A server that does
-    not exit within ``timeout_s`` is killed and reported as a ``ServerError``."""
+def stop_background(state_file: Path, timeout_s: float = 60.0) -> tuple[int | None, bool]:
+    """Stop the server recorded in ``state_file``: (the pid signalled, whether it was still running); (None, False)
+    when no state file records a server. A server that does not exit within ``timeout_s`` is killed and reported as
+    a ``ServerError``."""
     try:
         state = json.loads(state_file.read_text())
     except FileNotFoundError:
-        raise ServerError(f"{state_file} not found: no background server to stop", hint="check --pid-file") from None
-    pid = int(state["pid"])
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
+        return None, False
+    except (OSError, ValueError) as exc:
+        raise ServerError(f"cannot read the state file {state_file}: {exc}", hint="check --pid-file") from None
+    # serve's supervisor first: it has Triton drain and reaps its stubs. Triton too, in case the supervisor is gone.
+    pids = [int(state[key]) for key in ("pid", "triton_pid") if key in state]
+    signalled = next((pid for pid in pids if _running(pid)), None)
+    if signalled is None:
+        _reap(state)
         state_file.unlink(missing_ok=True)
-        return pid, False
+        state_file.with_suffix(".prom").unlink(missing_ok=True)
+        return pids[0], False
+    os.kill(signalled, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _running(pid):
+    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
         time.sleep(0.2)
-    if _running(pid):
-        os.kill(pid, signal.SIGKILL)
-        raise ServerError(f"server {pid} did not exit within {timeout_s:.0f} s and was killed", hint="raise --timeout")
+    if left := [pid for pid in pids if _running(pid)]:
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        raise ServerError(f"server {signalled} did not exit within {timeout_s:.0f} s and was killed",
+                          hint="raise --timeout")
+    _reap(state)
     state_file.unlink(missing_ok=True)
+    state_file.with_suffix(".prom").unlink(missing_ok=True)
     remove_stub_bytecode(Path(state.get("repository", "")))
-    return pid, True
+    return signalled, True
+
+
+def _reap(state: dict) -> None:
+    """Stubs left by a server whose serve and Triton were both killed have nobody else to end them."""
+    if "triton_pid" in state:
+        unlink_regions(reap_group(int(state["triton_pid"]), timeout_s=2.0))
 
 
 def _running(pid: int) -> bool:

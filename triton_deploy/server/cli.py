@@ -52,21 +52,25 @@ def add_serve(sub) -> None:
                         "are listed); default: fail fast with the model's own error")
     p.add_argument("--stub-failure", choices=["restart", "exit"], default="restart",
                    help="when a python-backend stub dies: restart Triton (default) or exit with an error")
-    p.add_argument("--max-restarts", type=int, default=3, metavar="N",
-                   help="stub failures survived by restarting before serve gives up (default 3)")
+    p.add_argument("--max-restarts", type=int, default=5, metavar="N",
+                   help="restarts in a row after Triton exits unasked (crash, signal, out of memory) or a stub dies, "
+                        "with a pause doubling from 1 s, before serve gives up (default 5)")
     tls = p.add_argument_group("TLS (gRPC only: Triton's HTTP endpoint has none; see docs/tls.md for HTTPS)")
     tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="the server's certificate: turns on gRPC TLS")
     tls.add_argument("--tls-key", type=Path, metavar="PEM", help="the server certificate's private key")
     tls.add_argument("--tls-ca", type=Path, metavar="PEM",
                      help="CA that signs client certificates: turns on mutual TLS (every gRPC client needs one)")
     p.add_argument("--background", action="store_true", help="return once ready; stop with 'triton-deploy stop'")
-    p.add_argument("--pid-file", type=Path, default=DEFAULT_STATE_FILE, help=f"for --background (default "
-                                                                             f"{DEFAULT_STATE_FILE})")
+    p.add_argument("--pid-file", type=Path, default=None,
+                   help=f"state file: endpoints, pids, admin key, restarts (default {DEFAULT_STATE_FILE} with "
+                        f"--background, else {DEFAULT_STATE_FILE.parent}/serve-<http port>.json); a restart count "
+                        "for Prometheus' textfile collector is written beside it (.prom)")
     add_common_flags(p)
     p.set_defaults(handler=run_serve)
 
     s = sub.add_parser("stop", help="stop a server started with 'serve --background'")
-    s.add_argument("--pid-file", type=Path, default=DEFAULT_STATE_FILE)
+    s.add_argument("--pid-file", type=Path, default=DEFAULT_STATE_FILE,
+                   help=f"the state file of the server to stop (default {DEFAULT_STATE_FILE})")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for Triton to drain and exit")
     add_common_flags(s)
     s.set_defaults(handler=run_stop)
@@ -87,13 +91,11 @@ def _warn(message: str) -> None:
 
 
 def run_serve(args: argparse.Namespace, reporter) -> int:
-    from .background import endpoints, refuse_if_running, write_secret, write_state
-    from .install import HTTP_MAX_INPUT_SIZE_FLAG
-    from .options import ADMIN_HEADER, ServerOptions
-    from .process import TritonServer
-    from .supervisor import SupervisionPolicy, supervise
+    from .options import ServerOptions
+    from .serve import ServeOptions, serve
+    from .supervisor import SupervisionPolicy
 
-    options = ServerOptions(
+    server = ServerOptions(
         repository=args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
         metrics_port=args.metrics_port, exit_timeout_s=args.exit_timeout, model_control_mode=args.model_control_mode,
         log_verbose=args.log_verbose, shm_default_bytes=args.shm_default_bytes, shm_growth_bytes=args.shm_growth_bytes,
@@ -102,66 +104,74 @@ def run_serve(args: argparse.Namespace, reporter) -> int:
         http_max_input_size=args.http_max_input_size, allow_uncapped_http=args.allow_uncapped_http,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,
     )
-    policy = SupervisionPolicy(stub_failure=args.stub_failure, max_restarts=args.max_restarts)
-    policy.check()
-    if args.background:
-        refuse_if_running(args.pid_file)
-    server = TritonServer(options)
-    server.start()
-    try:
-        with reporter.step(f"Starting Triton on {args.repository} (log: {server.log_path})"):
-            server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
-    # The random key is on disk before readiness is announced: a script reading it after the first line finds it.
-    key_file = None
-    if args.restrict_apis and not args.admin_key:  # random: kept in a file only its owner reads, never printed
-        key_file = args.pid_file if args.background else args.pid_file.with_name(f"admin-key-{args.http_port}")
-        if not args.background:
-            write_secret(key_file, server.admin_key + "\n")
-    if args.json:
-        print(json.dumps(endpoints(server)), flush=True)
-    else:
-        where = f"HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}"
-        if server.failed_models:  # --keep-healthy-models: serving, but /v2/health/ready stays false
-            reporter.info(f"Triton is serving the models that loaded, not ready ({len(server.failed_models)} failed, "
-                          f"listed below): {where}")
+    options = ServeOptions(server, SupervisionPolicy(stub_failure=args.stub_failure, max_restarts=args.max_restarts),
+                           background=args.background, state_file=args.pid_file)
+    return serve(options, _CliUI(reporter, args.json))
+
+
+class _CliUI:
+    """How ``serve`` speaks on a terminal: progress and the ready lines on stderr (or --json on stdout), warnings as
+    one ``triton-deploy serve:`` line each."""
+
+    def __init__(self, reporter, as_json: bool) -> None:
+        self.reporter, self.as_json = reporter, as_json
+
+    def step(self, description: str):
+        return self.reporter.step(description)
+
+    def info(self, message: str) -> None:
+        self.reporter.info(message)
+
+    def warn(self, message: str) -> None:
+        _warn(message)
+
+    def ready(self, state: dict, options) -> None:
+        from .install import HTTP_MAX_INPUT_SIZE_FLAG
+        from .options import ADMIN_HEADER
+
+        public = {k: v for k, v in state.items() if k != "admin_key"}
+        if self.as_json:
+            print(json.dumps(public), flush=True)
         else:
-            reporter.info(f"Triton is ready: {where}")
-    if server.http_max_input_size is None:
-        _warn(f"warning: this Triton ({server.version() or 'version unknown'}) cannot cap HTTP request bodies (no "
-              f"{HTTP_MAX_INPUT_SIZE_FLAG}); the Helm chart's image does. If you expose this server, put a proxy "
-              f"that caps request bodies in front of it")
-    if options.tls:
-        mutual = "mutual TLS: clients need a certificate signed by --tls-ca" if options.tls_ca else "TLS"
-        _warn(f"gRPC {server.grpc_url} uses {mutual}; HTTP {server.http_url} stays plaintext (Triton has no HTTP TLS): "
-              f"keep it on loopback, or put an HTTPS gateway in front (docs/tls.md)")
-    for name, reason in server.failed_models.items():
-        _warn(f"model '{name}' failed to load and is not served (readiness stays false): "
-              f"{reason.splitlines()[0] if reason else 'unknown reason'}")
-    if key_file is not None:
-        where = f"the \"admin_key\" field of {key_file}" if args.background else f"{key_file} (removed on exit)"
-        reporter.info(f"Admin key (header {ADMIN_HEADER}): random, in {where}, readable by you only")
-    elif args.restrict_apis:
-        reporter.info(f"Admin key (header {ADMIN_HEADER}): the one given by --admin-key / $TRITON_ADMIN_KEY")
-    if args.background:
-        write_state(args.pid_file, server)
-        reporter.info(f"Running in the background (pid {server.started().pid}); stop it with "
-                      f"'{PROG} stop --pid-file {args.pid_file}'")
-        return 0
-    try:
-        status = supervise(server, policy, _warn)
-    finally:
-        if key_file is not None:
-            key_file.unlink(missing_ok=True)
-    reporter.info(f"Triton exited with status {status}")
-    return status
+            where = f"HTTP {state['http']}  gRPC {state['grpc']}  metrics {state['metrics']}"
+            if state["failed_models"]:  # --keep-healthy-models: serving, but /v2/health/ready stays false
+                self.info(f"Triton is serving the models that loaded, not ready ({len(state['failed_models'])} "
+                          f"failed, listed below): {where}")
+            else:
+                self.info(f"Triton is ready: {where}")
+        if state["http_max_input_size"] is None:
+            _warn(f"warning: this Triton ({state.get('triton_version') or 'version unknown'}) cannot cap HTTP request "
+                  f"bodies (no {HTTP_MAX_INPUT_SIZE_FLAG}); the Helm chart's image does. If you expose this server, "
+                  f"put a proxy that caps request bodies in front of it")
+        if options.server.tls:
+            mutual = "mutual TLS: clients need a certificate signed by --tls-ca" if options.server.tls_ca else "TLS"
+            _warn(f"gRPC {state['grpc']} uses {mutual}; HTTP {state['http']} stays plaintext (Triton has no HTTP "
+                  f"TLS): keep it on loopback, or put an HTTPS gateway in front (docs/tls.md)")
+        for name, reason in state["failed_models"].items():
+            _warn(f"model '{name}' failed to load and is not served (readiness stays false): "
+                  f"{reason.splitlines()[0] if reason else 'unknown reason'}")
+        if state.get("admin_key_on_command_line"):
+            _warn("warning: no C compiler built the key shim, so the admin key is on Triton's command line, where "
+                  "every local user can read it (ps); install gcc ('make setup') to keep it off")
+        state_file = options.state_path
+        if options.random_key:  # kept in a file only its owner reads, never printed
+            removed = "" if options.background else " (removed on exit)"
+            self.info(f"Admin key (header {ADMIN_HEADER}): random, in the \"admin_key\" field of {state_file}{removed}, "
+                      f"readable by you only")
+        elif options.server.restrict_apis:
+            self.info(f"Admin key (header {ADMIN_HEADER}): the one given by --admin-key / $TRITON_ADMIN_KEY")
+        if options.background:
+            self.info(f"Running in the background (supervisor pid {state['pid']}, Triton pid {state['triton_pid']}); "
+                      f"stop it with '{PROG} stop --pid-file {state_file}'")
 
 
 def run_stop(args: argparse.Namespace, reporter) -> int:
     from .background import stop_background
 
     pid, was_running = stop_background(args.pid_file, args.timeout)
-    reporter.info(f"Stopped the server {pid}" if was_running else f"Server {pid} was not running")
+    if pid is None:
+        reporter.info(f"Nothing to stop: no server is recorded in {args.pid_file} (already stopped, or started with "
+                      f"another --pid-file)")
+    else:
+        reporter.info(f"Stopped the server {pid}" if was_running else f"Server {pid} was not running")
     return 0

@@ -18,7 +18,12 @@ from triton_deploy.pem import pem_problems
 
 from .install import HTTP_MAX_INPUT_SIZE_FLAG, ServerInstallation
 
-RESTRICTED_APIS = ("model-repository", "model-config", "logging", "trace")
+# Behind the admin key: what changes the server or makes it map memory. Model metadata and configuration stay open:
+# standard tools read them (perf_analyzer, Model Analyzer, Triton's example clients), and they hold no secret.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
+# Stands in for the admin key on Triton's command line; the preload library keyshim.c swaps the key in (see there).
+KEY_PLACEHOLDER = "@TRITON_DEPLOY_ADMIN_KEY@"
+KEY_VARIABLE = "TRITON_DEPLOY_ADMIN_KEY"
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,11 @@ class ServerOptions:
                              f"(no {HTTP_MAX_INPUT_SIZE_FLAG})",
                              "bind to 127.0.0.1, or put a proxy that caps request bodies in front and add "
                              "--allow-uncapped-http"))
+        if any(ch.isspace() for ch in str(Path(self.repository).absolute())):
+            # Triton 2.51 passes the model path to each python stub unquoted: every stub dies parsing its arguments
+            # ("std::invalid_argument ... stol") and the server never gets ready.
+            problems.append((f"--repository {self.repository} has a space in its path, which Triton's python-backend "
+                             "stubs cannot start from", "move or link the repository to a path without spaces"))
         for flag, port in self.ports.items():
             if not 0 <= port <= 65535:
                 problems.append((f"{flag} {port} is not a port number (0-65535)", f"check {flag}"))

@@ -14,6 +14,7 @@ leaves in ``/dev/shm``.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,7 +35,7 @@ from triton_deploy.errors import ServerError
 
 from . import supervisor
 from .install import ServerInstallation
-from .options import ServerOptions, effective_http_max_input_size, server_command
+from .options import KEY_PLACEHOLDER, KEY_VARIABLE, ServerOptions, effective_http_max_input_size, server_command
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -63,6 +65,26 @@ _LOAD_FAILURE = re.compile(r"failed to load '([^']+)' version (\d+): (.*)")
 # A config.pbtxt Triton cannot parse never reaches "failed to load": it is reported while polling the repository.
 _POLL_FAILURE = re.compile(r"Poll failed for model directory '([^']+)': (.*)")
 _ENSEMBLE_STEP = re.compile(r'^\s*model_name:\s*"([^"]+)"', re.M)
+# A stub that dies at start-up (e.g. on a repository path with a space: "std::invalid_argument ... what(): stol")
+# leaves Triton waiting for it without a word of its own; its C++ runtime writes these two lines to the shared log.
+_STUB_ABORT = re.compile(r"terminate called after throwing an instance of '([^']+)'")
+_STUB_ABORT_WHAT = re.compile(r"^\s*what\(\):\s*(.*)")
+# Error lines every healthy CPU-only start logs: never the reason a start failed.
+_HARMLESS = ("CudaDriverHelper has not been initialized", "Failed to initialize NVML", "DCGM")
+_REQUESTS = re.compile(r'^nv_inference_request_(?:success|failure)\{model="([^"]+)"[^}]*\}\s+(\S+)', re.M)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent: int):
+    """A preexec function: the kernel sends Triton SIGTERM when the thread that started it ends, so a ``serve`` that
+    is SIGKILLed still has its Triton drain and stop its stubs (which then unlink their regions)."""
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork: the child only calls into it
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+    return preexec
 
 
 @dataclass
@@ -77,6 +99,8 @@ class TritonServer:
     failed_models: dict[str, str] = field(default_factory=dict, init=False)  # keep_healthy_models: name -> reason
     stubs: dict[int, str] = field(default_factory=dict, init=False)  # python-backend stub pid -> model instance
     shm_regions: set[str] = field(default_factory=set, init=False)  # /dev/shm files the server has mapped
+    key_on_command_line: bool = field(default=False, init=False)  # readable by every local user (no C compiler)
+    log_offset: int = field(default=0, init=False)  # where this start's lines begin in a log shared by restarts
 
     @property
     def http_url(self) -> str:
@@ -136,17 +160,38 @@ class TritonServer:
                 raise ServerError(f"port {port} on {options.host} is already in use", hint=f"choose another {flag}")
         self.admin_key = options.admin_key or self.admin_key or secrets.token_urlsafe(24)  # kept over restarts
         self.failed_models, self.stubs = {}, {}
-        command = server_command(options, installation, self.admin_key)
+        environment = installation.environment()
+        shim = installation.key_shim if options.restrict_apis else None
+        if shim is not None:  # the key travels in the environment (owner-only in /proc), not on the command line
+            command = server_command(options, installation, KEY_PLACEHOLDER)
+            environment |= {KEY_VARIABLE: self.admin_key,
+                            "LD_PRELOAD": " ".join(filter(None, [str(shim), environment.get("LD_PRELOAD")]))}
+        else:
+            command = server_command(options, installation, self.admin_key)
+        self.key_on_command_line = options.restrict_apis and shim is None
         # Triton writes to a log file rather than a pipe, so a server started with --background outlives us and
         # start-up failures can still be read back and quoted.
         self.log_path = Path(options.log_file) if options.log_file else Path(tempfile.gettempdir()) / (
             f"triton-deploy-{os.getpid()}-{options.http_port}.log")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ServerError(f"cannot create {self.log_path.parent}: {exc.strerror}", hint="check --log-file") from None
+        # The parent-death signal is per thread (it fires when the starting thread ends), so only a server started
+        # from the main thread gets it; a worker thread that starts one may end while the server is still in use.
+        preexec = _die_with_parent(os.getpid()) if threading.current_thread() is threading.main_thread() else None
+        try:
+            log = open(self.log_path, "ab")  # noqa: SIM115 - closed below, once Triton holds its own descriptor
+        except OSError as exc:
+            raise ServerError(f"cannot write Triton's log {self.log_path}: {exc.strerror}",
+                              hint="check --log-file") from None
+        with log:
+            self.log_offset = log.seek(0, os.SEEK_END)
             try:
-                self.process = subprocess.Popen(command, env=installation.environment(), stdout=log,
+                # A session of its own: Triton and its stubs share a process group, found again after a crash.
+                self.process = subprocess.Popen(command, env=environment, stdout=log,
                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                start_new_session=True)
+                                                start_new_session=True, preexec_fn=preexec)
             except OSError as exc:
                 raise ServerError(f"cannot start {installation.binary}: {exc.strerror}") from None
 
@@ -229,6 +274,10 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 raise ServerError(self._failure_message("exited during start-up"))
+            if (abort := self.stub_abort()) is not None:
+                self.stop()
+                raise ServerError(f"a python-backend stub died while Triton started: {abort} (log: {self.log_path})",
+                                  hint="see the log")
             if self.is_ready() or (self.options.keep_healthy_models and self._healthy_models_ready()):
                 self.stubs = supervisor.stub_processes(self.process.pid)
                 self._note_shm_regions()
@@ -245,12 +294,38 @@ class TritonServer:
         failures = self.load_failures()
         if failures:
             return f"tritonserver {what}{status}: failed to load " + "; ".join(failures)
-        tail = self.log_tail(200)
+        tail = [line for line in self.log_tail(200) if not any(h in line for h in _HARMLESS)]
         errors = [line for line in tail if line.startswith("E") or "error" in line.lower()]
         detail = errors[-1] if errors else (tail[-1] if tail else "no output")
         if "error while loading shared libraries" in detail:
             detail += " (the python-backend stub needs the system package libpython3.11: run 'make setup')"
         return f"tritonserver {what}{status}: {detail} (log: {self.log_path})"
+
+    def stub_abort(self) -> str | None:
+        """The error of a stub that aborted, quoted from the log ("std::invalid_argument: stol"), or None."""
+        if self.log_path is None or not self.log_path.exists():
+            return None
+        with open(self.log_path, "rb") as log:
+            log.seek(self.log_offset)
+            tail = log.read().decode(errors="replace").splitlines()[-400:]
+        for i, line in enumerate(tail):
+            if (match := _STUB_ABORT.search(line)) is not None:
+                what = next((m.group(1) for m in map(_STUB_ABORT_WHAT.match, tail[i + 1:i + 3]) if m), "")
+                return f"{match.group(1)}: {what}" if what else match.group(1)
+        return None
+
+    def requests_served(self, default: int = 0) -> int:
+        """Inference requests this server has answered or failed so far, from its metrics (an ensemble's steps are
+        not counted again); ``default`` when the metrics do not answer."""
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=1) as response:
+                text = response.read().decode(errors="replace")
+        except (urllib.error.URLError, OSError, ValueError):
+            return default
+        steps = set()
+        for config in Path(self.options.repository).glob("*/config.pbtxt"):
+            steps |= set(_ENSEMBLE_STEP.findall(config.read_text(errors="replace")))
+        return int(sum(float(value) for model, value in _REQUESTS.findall(text) if model not in steps))
 
     def started(self) -> subprocess.Popen:
         """The server's process; a ``ServerError`` before ``start()``."""
@@ -304,6 +379,8 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        # Stubs outlive a Triton that crashed or was killed (and ignore SIGTERM): kill them, collect their regions.
+        self.shm_regions |= supervisor.reap_group(self.process.pid)
         supervisor.unlink_regions(self.shm_regions)  # after the exit: a dead stub's regions nobody unlinked
         self.shm_regions = set()
         supervisor.remove_stub_bytecode(Path(self.options.repository))
