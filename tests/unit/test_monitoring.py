@@ -15,7 +15,7 @@ from PIL import Image
 
 from triton_deploy.errors import UsageError
 from triton_deploy.monitoring import model_metrics as mm
-from triton_deploy.monitoring.monitor import histogram_quantile
+from triton_deploy.monitoring.monitor import MonitorOptions, histogram_quantile
 from triton_deploy.preprocessing import ImageTransform
 from triton_deploy.spec import Reference
 
