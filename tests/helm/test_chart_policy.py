@@ -589,10 +589,21 @@ def test_queue_time_autoscaling_uses_a_per_model_pods_metric_served_by_the_adapt
     (metric,) = rendered.one("HorizontalPodAutoscaler")["spec"]["metrics"]
     assert metric["type"] == "Pods"
     assert metric["pods"]["metric"]["selector"] == {"matchLabels": {"model": "digits_classifier"}}
-    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "15000"}
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "15m"}  # targetSeconds: 0.015
     adapter = [c for c in rendered.of_kind("ConfigMap") if c["metadata"]["name"].endswith("prometheus-adapter-rule")]
     (rule,) = yaml.safe_load(adapter[0]["data"]["rules.yaml"])["rules"]
-    assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
+    assert rule["name"]["as"] == metric["pods"]["metric"]["name"] == "triton_queue_time_per_request_seconds"
+
+
+@pytest.mark.parametrize("seconds,quantity", [(None, "20m"), (0.001, "1m"), (0.0155, "16m"), (1.5, "1500m"),
+                                              (2, "2000m")])
+def test_queue_time_target_in_seconds_renders_as_a_milli_quantity(seconds, quantity):
+    """The adapter serves seconds with milli precision; the HPA's target is the same number of seconds."""
+    queue_time = {} if seconds is None else {"targetSeconds": seconds}
+    hpa = render({"autoscaling": {"enabled": True, "metric": "queueTime", "queueTime": queue_time}}).one(
+        "HorizontalPodAutoscaler")
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["pods"]["target"]["averageValue"] == quantity
 
 
 def test_canary_differs_from_stable_only_where_a_candidate_should():
