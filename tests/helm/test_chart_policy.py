@@ -670,3 +670,20 @@ def test_tooling_requests_never_ask_class_count_of_an_output():
         text = (CHART / "files" / script).read_text()
         assert '"classification"' not in text, f"{script} builds a classification request parameter"
     assert "classification" not in json.dumps(header)
+    assert "classification" not in json.dumps(header)
+
+
+def test_tooling_requests_carry_the_mark_the_models_leave_out_of_their_metrics():
+    """The helm test and the liveness probe send the request parameter the preprocess and postprocess models look
+    for (tests/helm/test_chart_runs.py checks against the real repository that nothing is counted)."""
+    import importlib.util
+
+    from chart_tools import CHART
+    from triton_deploy.monitoring.model_metrics import TOOLING_PARAMETER
+
+    spec = importlib.util.spec_from_file_location("helm_test_inference", CHART / "files" / "helm_test_inference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.request_header([1, 1], 100)["parameters"] == {TOOLING_PARAMETER: "helm-test"}
+    probe = (CHART / "files" / "liveness_inference.py").read_text()
+    assert f'"parameters": {{"{TOOLING_PARAMETER}": "liveness"}}' in probe
