@@ -21,17 +21,28 @@ def fenced_blocks(path: Path) -> list[tuple[str, str, int]]:
 
 
 def shell_commands(body: str) -> list[list[str]]:
-    """The simple commands of a shell block: continuation lines joined, comments dropped, split at ; && || | &."""
+    """The simple commands of a shell block: continuation lines joined, comments dropped, split at ; && || | &.
+    A quoted argument may span lines (a JSON body for curl, a `python -c` program): lines are joined until the
+    quotes close."""
     commands: list[list[str]] = []
+    pending = ""
     for line in re.sub(r"\\\n", " ", body).splitlines():
-        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        pending = f"{pending}\n{line}" if pending else line
+        lexer = shlex.shlex(pending, posix=True, punctuation_chars=True)
         lexer.whitespace_split = True
+        try:
+            tokens = list(lexer)
+        except ValueError:  # "No closing quotation": the quoted argument goes on in the next line
+            continue
+        pending = ""
         current: list[str] = []
-        for token in lexer:
+        for token in tokens:
             if token in SEPARATORS:
                 commands.append(current)
                 current = []
             else:
                 current.append(token)
         commands.append(current)
+    if pending:
+        raise ValueError(f"unclosed quotation in the shell example: {pending[:80]!r}")
     return [c for c in commands if c]
