@@ -27,15 +27,15 @@ demo: $(STAMP)  ## train + export the digits model, build the Triton repository,
 	$(BIN)/python -m triton_deploy.demo
 	@echo "$(CLI_HINT)"
 
-test: lint  ## lint and type checks, then the whole test suite, slow tests included (what CI runs)
+test: lint  ## lint and type checks, then both tiers: tests/unit and tests/integration (what CI runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff (rules in pyproject.toml) and mypy on the installed package shape
 	$(BIN)/ruff check triton_deploy export optimize clients loadtests tests scripts
 	$(BIN)/python scripts/typecheck.py
 
-test-fast: $(STAMP)  ## only the tests that need neither training nor a server
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: $(STAMP)  ## the unit tier (tests/unit): neither training nor a server, under 2 minutes on 2 cores
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 chart-lint: $(STAMP)  ## render + lint the Helm chart with the tests' Helm engine (defaults, ci/*, VALUES="my.yaml")
 	$(BIN)/python scripts/chart_lint.py $(VALUES)

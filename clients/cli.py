@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 
 from triton_deploy.cliargs import add_common_flags
 from triton_deploy.errors import UsageError
+from triton_deploy.spec import MANIFEST_FILE, Manifest
 
-from .errors import AccuracyGateError, DatasetError
+from .errors import AccuracyGateError, DatasetError, IncompleteRunError
 from .paths import expand_paths
 
 if TYPE_CHECKING:  # the client stack (tritonclient, numpy, Pillow) is imported when the command runs
@@ -109,8 +110,8 @@ def classify_files(options: ClassifyOptions, reporter: Reporter, *,
                    out: Callable[[str], None] | None = None, err: Callable[[str], None] | None = None) -> int:
     """Classify the files behind ``options.paths``; print results and per-file errors; raise
     ``IncompleteRunError`` when some files failed."""
+    # the client stack (tritonclient) only when the command runs
     from .classifier import ImageClassifier
-    from .errors import IncompleteRunError
 
     out = out or (lambda line: print(line, flush=True))
     err = err or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -149,7 +150,6 @@ def _manifest_transform(options: ClassifyOptions):
         return None
     if options.preprocess != "client":
         raise UsageError("--manifest is only used with --preprocess client", hint="add --preprocess client")
-    from triton_deploy.spec import MANIFEST_FILE, Manifest
 
     path = Path(options.manifest)
     return Manifest.read(path.parent if path.name == MANIFEST_FILE else path).preprocessing
@@ -201,6 +201,7 @@ def add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
+    # the client stack (tritonclient) and matplotlib only when the command runs
     from .evaluate import EvaluateOptions, evaluate
     from .report import summary, to_dict
 

@@ -1,8 +1,8 @@
-"""What can go wrong between an application and a Triton server, one exception type per cause.
+"""Translating what tritonclient, gRPC, gevent or aiohttp raise into the project's client errors.
 
-Every type derives from ``triton_deploy.errors.ClientError``, renders as one line and keeps the server's own message
-(``server_message``) where there was one. ``translate`` turns whatever tritonclient, gRPC, gevent or aiohttp raised
-into one of these, so callers never have to know which transport they are on.
+The error types (one per cause, all ``ClientError`` subclasses, each keeping the server's own message in
+``server_message`` where there was one) are defined in ``triton_deploy.errors`` and re-exported here. ``translate``
+turns a transport's exception into one of them, so callers never have to know which transport they are on.
 """
 
 from __future__ import annotations
@@ -12,66 +12,29 @@ import errno
 import re
 import socket
 
-from triton_deploy.errors import ClientError
+from triton_deploy.errors import (
+    AccuracyGateError,
+    ClassificationError,
+    ClientError,
+    DatasetError,
+    ImageError,
+    IncompleteRunError,
+    InferenceError,
+    InvalidInputError,
+    ModelMismatchError,
+    ModelNotFoundError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    ServerUnavailableError,
+)
 
-
-class ServerUnavailableError(ClientError):
-    """Nothing answers at the URL, the connection broke, or the server said 503/UNAVAILABLE (after retries).
-
-    ``no_server`` is set when no server of the client's protocol is at the URL at all (connection refused, or the
-    other protocol answers: an HTTP client on Triton's gRPC port or the reverse): waiting for readiness cannot help
-    there, so ``wait_ready`` gives up after the retries instead of the whole ready timeout."""
-
-    def __init__(self, message: str, *, hint: str | None = None, no_server: bool = False) -> None:
-        super().__init__(message, hint=hint)
-        self.no_server = no_server
-
-
-class ModelNotFoundError(ClientError):
-    """The server does not know the model, or it never became ready."""
-
-
-class ModelMismatchError(ClientError):
-    """The model exists but is not an image classifier this client can drive (tensor names, kinds, shapes)."""
-
-
-class InvalidInputError(ClientError):
-    """An argument the client cannot use: an input of an unsupported kind, a top-k above what the model returns."""
-
-
-class RequestTooLargeError(ClientError):
-    """The server refused a request for its size (batch above the model's max batch size, body above the cap)."""
-
-
-class RequestTimeoutError(ClientError):
-    """No answer within the client's timeout."""
-
-
-class InferenceError(ClientError):
-    """Any other error the server reported for an inference request."""
-
-
-class ImageError(ClientError):
-    """One input image could not be classified (unreadable file, not an image, rejected by the server).
-    Carries ``source`` (a path, or ``#i`` for in-memory inputs) and ``index`` in the caller's list."""
-
-    def __init__(self, source: str, message: str, *, index: int = -1) -> None:
-        super().__init__(f"{source}: {message}")
-        self.source, self.reason, self.index = source, message, index
-
-
-class ClassificationError(ClientError):
-    """Raised by ``classify`` when some images failed; ``outcomes`` holds every image's result or error, in order."""
-
-    def __init__(self, outcomes: list) -> None:
-        failures = [o for o in outcomes if o.error is not None]
-        first = failures[0].error
-        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-        super().__init__(f"{len(failures)} of {len(outcomes)} images could not be classified: {first}{more}",
-                         hint="use classify_many() to get the good results with per-image errors")
-        self.outcomes = outcomes
-        self.failures = failures
-
+# The error classes live in triton_deploy.errors; re-exported here so older imports keep working.
+__all__ = [
+    "AccuracyGateError", "ClassificationError", "ClientError", "DatasetError", "ImageError",
+    "IncompleteRunError", "InferenceError", "InvalidInputError", "ModelMismatchError", "ModelNotFoundError",
+    "RequestTimeoutError", "RequestTooLargeError", "ServerUnavailableError", "is_connection_failure",
+    "is_refused", "is_restricted", "is_timeout", "server_message", "status_of", "translate",
+]
 
 # ---- translation of transport errors ---------------------------------------------------------------------------
 
@@ -81,6 +44,7 @@ _BATCH_LIMIT = re.compile(r"batch-size must be <= (\d+)")
 
 def status_of(exc: BaseException) -> str:
     """A transport-neutral status name: 'UNAVAILABLE', 'NOT_FOUND', 'INVALID_ARGUMENT', ... or '' if unknown."""
+    # tritonclient (gRPC/aiohttp/gevent underneath): loaded when a server is called, not at start-up
     from tritonclient.utils import InferenceServerException
 
     if isinstance(exc, InferenceServerException):
@@ -94,6 +58,7 @@ def status_of(exc: BaseException) -> str:
 
 
 def server_message(exc: BaseException) -> str:
+    # tritonclient (gRPC/aiohttp/gevent underneath): loaded when a server is called, not at start-up
     from tritonclient.utils import InferenceServerException
 
     if isinstance(exc, InferenceServerException):
@@ -185,20 +150,3 @@ def _typed(exc: BaseException, url: str, model: str) -> ClientError:
         return RequestTooLargeError(f"'{model}' refused the request as too large: {message}",
                                     hint="lower --batch-size / batch_size=")
     return InferenceError(f"'{model}' at {url} failed: {message}" + (f" [{status}]" if status else ""))
-
-
-class IncompleteRunError(ClientError):
-    """The ``classify`` command classified some images but not all (each failure was reported by name)."""
-
-
-class DatasetError(ClientError):
-    """Labelled images for ``evaluate`` that cannot be used: a missing or empty DATA_DIR, a folder matching no label."""
-
-
-class AccuracyGateError(ClientError):
-    """``evaluate --min-accuracy``: the model scored below the gate (the report is written all the same and
-    ``evaluation`` holds it)."""
-
-    def __init__(self, message: str, *, evaluation=None) -> None:
-        super().__init__(message, hint="see report.md")
-        self.evaluation = evaluation

@@ -152,6 +152,7 @@ def find_labelled_images(data_dir: Path, labels: tuple[str, ...]) -> LabelledIma
 
 def evaluate(options: EvaluateOptions, reporter: Reporter | None = None) -> Evaluation:
     """Run the evaluation and write the report; raises ``AccuracyGateError`` (after writing) below the gate."""
+    # matplotlib (about a second to import): only when the report is drawn
     from .report import write_report
 
     reporter = reporter or Reporter(quiet=True)

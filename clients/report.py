@@ -15,6 +15,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from PIL import Image
 
 if TYPE_CHECKING:
     from .evaluate import Evaluation, ModelRun
@@ -171,8 +172,6 @@ def confusion_plot(scores: Scores, labels: tuple[str, ...], model: str, path: Pa
 
 def errors_plot(evaluation: Evaluation, run: ModelRun, path: Path) -> None:
     """A grid of misclassified images, most confident mistakes first (the ones a user would trust)."""
-    from PIL import Image
-
     data = evaluation.data
     wrong = [i for i, o in enumerate(run.outcomes) if o.prediction is not None and o.prediction.class_id !=
              data.truth[i]]

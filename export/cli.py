@@ -10,11 +10,10 @@ from triton_deploy.cliargs import add_common_flags, float_list
 from triton_deploy.progress import Reporter
 
 from .digits import EPOCHS
+from .sources import ARCHITECTURES
 
 
 def add_export(sub) -> None:
-    from .sources import ARCHITECTURES
-
     p = sub.add_parser("export", help="export a Keras/TensorFlow model to a validated ONNX artifact",
                        description="Train or load a model, convert it to ONNX with tf2onnx, and validate it "
                                    "(ONNX checker, shape inference, TensorFlow vs ONNX Runtime parity).")
@@ -63,6 +62,7 @@ def add_export(sub) -> None:
 
 
 def run_export(args: argparse.Namespace, reporter: Reporter) -> int:
+    # the export pipeline loads onnx, and TensorFlow when it trains: only when it runs
     from .pipeline import ExportOptions, export_model
 
     overrides = {k: getattr(args, k) for k in ("scale", "mean", "std", "channel_order") if getattr(args, k) is not None}

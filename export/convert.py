@@ -25,6 +25,7 @@ BATCH_DIM = "batch"
 
 def convert(model: LoadedModel, *, input_name: str, output_name: str, opset: int, nchw: bool) -> onnx.ModelProto:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow: seconds to import, paid only by the commands that build, train or convert a model
     import tensorflow as tf
     import tf2onnx
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2

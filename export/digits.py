@@ -20,6 +20,8 @@ from PIL import Image
 
 from triton_deploy.preprocessing import ImageTransform
 
+from . import render
+
 IMAGE_SIZE = 64
 CHANNELS = (32, 64, 128, 128)  # one 3x3 conv block each, at 64, 32, 16 and 8 pixels
 INPUT_NAME = "image"
@@ -57,6 +59,7 @@ class DigitsData:
 
 
 def load_digits_data(seed: int = 0, test_fraction: float = 0.25) -> DigitsData:
+    # scikit-learn (about a second to import): only when the digits data set is loaded
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -83,6 +86,7 @@ def to_model_input(images: np.ndarray, transform: ImageTransform = TRANSFORM) ->
 
 def build_digits_cnn():
     """Four conv blocks (32, 64, 128, 128 channels) at 64, 32, 16, 8 pixels: about 48M multiply-adds per image."""
+    # TensorFlow: seconds to import, paid only by the commands that build, train or convert a model
     import keras
     from keras import layers
 
@@ -118,8 +122,6 @@ def augmented_training_set(data: DigitsData, per_image: int = AUGMENTED_PER_IMAG
     """The training digits (only ``data.train_indices``), each drawn ``per_image`` times with random renderings
     (see ``render.sample_renderings``), as the uint8 pixels the server's ``transform`` makes of those files.
     Deterministic for ``data.seed``. ``progress(n)`` is called as images are drawn."""
-    from . import render
-
     images, labels = data.split("train")
     rng = np.random.default_rng([data.seed, 0])
     index = np.repeat(np.arange(len(images)), per_image)
@@ -134,6 +136,7 @@ def train_digits_model(data: DigitsData, *, epochs: int = EPOCHS, per_image: int
     """Train the CNN on augmented digits, deterministically (seeded, deterministic ops). Returns the Keras model.
 
     ``render_progress(n)`` follows the drawing of the training set; ``progress`` is a Keras callback (per batch)."""
+    # TensorFlow: seconds to import, paid only by the commands that build, train or convert a model
     import keras
     import tensorflow as tf
 
@@ -159,6 +162,7 @@ def train_digits_model(data: DigitsData, *, epochs: int = EPOCHS, per_image: int
 def _Batches(pixels: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):  # noqa: N802 (keras is lazy)
     """Shuffled batches of uint8 pixels, normalised per batch by the serving transform (the whole augmented set as
     float32 would take 4x the memory)."""
+    # TensorFlow: seconds to import, paid only by the commands that build, train or convert a model
     import keras
 
     class Batches(keras.utils.PyDataset):
@@ -183,6 +187,7 @@ def _Batches(pixels: np.ndarray, labels: np.ndarray, batch_size: int, seed: int)
 def count_multiply_adds(model) -> int:
     """Multiply-adds of the Conv2D, DepthwiseConv2D and Dense layers for one image: the bulk of the compute
     (FLOPs = 2x this)."""
+    # TensorFlow: seconds to import, paid only by the commands that build, train or convert a model
     import keras
 
     macs = 0

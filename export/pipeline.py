@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
+from PIL import Image
 
 from triton_deploy import __version__
 from triton_deploy.contract import IMAGE_SUFFIXES
@@ -240,6 +242,7 @@ def _load(options: ExportOptions, reporter: Reporter) -> sources.LoadedModel:
 
 
 def _BatchCallback(bar):  # noqa: N802  (a factory: keras is imported lazily)
+    # TensorFlow: seconds to import, paid only by the commands that build, train or convert a model
     import keras
 
     class BatchProgress(keras.callbacks.Callback):
@@ -334,8 +337,6 @@ def _sample_files(directory: Path) -> list[Path]:
 
 def _open_sample(path: Path):
     """A sample as a PIL image at its own size, in a mode PNG can store (the suite re-saves it)."""
-    from PIL import Image
-
     with Image.open(path) as image:
         image.load()
         return image if image.mode in ("L", "LA", "RGB", "RGBA", "P") else image.convert("RGB")
@@ -370,16 +371,12 @@ def _why_unlabelled(directory: Path, files: list[Path], labels: tuple[str, ...])
 
 
 def _png(image) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
 def _png_from_array(array: np.ndarray) -> bytes:
-    from PIL import Image
-
     return _png(Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array))
 
 

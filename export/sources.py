@@ -47,6 +47,7 @@ class LoadedModel:
 
 
 def _keras():
+    # TensorFlow: seconds to import, paid only by the commands that build, train or convert a model
     import keras
 
     return keras
@@ -141,6 +142,7 @@ def from_saved_model(directory: Path) -> LoadedModel:
     if not (directory / "saved_model.pb").is_file():
         raise ModelSourceError(f"{directory} is not a SavedModel directory (no saved_model.pb)",
                                hint="check --saved-model")
+    # TensorFlow: seconds to import, paid only by the commands that build, train or convert a model
     import tensorflow as tf
 
     try:

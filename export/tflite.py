@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import io
 import os
 import sys
@@ -30,19 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-from triton_deploy.errors import TritonDeployError
+from triton_deploy.errors import TFLiteError
 
 TFLITE_FILE = "model.tflite"
 FLAVOURS = ("fp32", "int8")
 
 
-class TFLiteError(TritonDeployError):
-    """Conversion to TFLite failed, or a TFLite file cannot be loaded or run."""
-
-
 def convert(keras_model, *, representative: np.ndarray | None = None) -> bytes:
     """The model as a TFLite flatbuffer: float32, or full-integer INT8 when ``representative`` inputs are given."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow: seconds to import, paid only by the commands that build, train or convert a model
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
@@ -93,6 +91,7 @@ class LiteRTModel:
     """A TFLite flatbuffer loaded into LiteRT's interpreter; ``predict`` takes and returns float arrays."""
 
     def __init__(self, content: bytes, *, threads: int = 1, origin: str = TFLITE_FILE) -> None:
+        # LiteRT's interpreter: only for TFLite files
         from ai_edge_litert.interpreter import Interpreter
 
         self.origin = origin
@@ -190,8 +189,6 @@ def check(model: LiteRTModel, inputs: np.ndarray, reference: np.ndarray, *, flav
 def record(content: bytes, model: LiteRTModel, result: TFLiteCheck, latency: dict[str, float], *,
            threads: int) -> dict:
     """The manifest entry of a TFLite file: what it is, how it was checked, how fast one image ran here."""
-    import importlib.metadata
-
     return {"file": TFLITE_FILE, "sha256": hashlib.sha256(content).hexdigest(), "size_bytes": len(content),
             "flavour": result.flavour, "input": model.input.to_dict(), "output": model.output.to_dict(),
             "validation": {"reference": "TensorFlow (Keras source)", "max_abs_diff": result.max_abs_diff,

@@ -31,6 +31,7 @@ def check_graph(path: Path) -> None:
 
 
 def onnx_session(path: Path, threads: int | None = None):
+    # ONNX Runtime: loaded when a model is run, not to parse flags
     import onnxruntime as ort
 
     options = ort.SessionOptions()

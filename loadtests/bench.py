@@ -18,10 +18,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from triton_deploy.errors import UsageError
-from triton_deploy.loadtests import driver, plots, server_stats
+import psutil
+
+from triton_deploy import metrics
+from triton_deploy.errors import Problem, raise_problems
+from triton_deploy.loadtests import driver, plots
 from triton_deploy.loadtests.payloads import ImagePool, PoolOptions, pool_from_digits
 from triton_deploy.progress import Reporter
+from triton_deploy.repository.render import RepositoryOptions
+from triton_deploy.server import ServerOptions, TritonServer, free_ports
+from triton_deploy.spec import Manifest
 
 TARGETS = {"mobilenet_v2": 0.8, "digits": 0.6}  # serving efficiency the issue asks for
 BUILT_IN = ("digits", "mobilenet_v2")
@@ -41,15 +47,20 @@ class BenchOptions:
     quick: bool = False  # tiny run for tests: 1 s measurements, no 2-instance config
     monitoring: bool = True  # the repositories report prediction metrics (repo --no-monitoring when False)
 
-    def check(self) -> None:
+    def problems(self) -> list[Problem]:
+        problems = []
         unknown = [m for m in self.models if m not in BUILT_IN]
         if unknown and not self.exports:
-            raise UsageError(f"unknown model(s) {unknown}; the bench builds {', '.join(BUILT_IN)}",
-                             hint="check --models, or pass export directories with --exports")
+            problems.append((f"unknown model(s) {unknown}; the bench builds {', '.join(BUILT_IN)}",
+                             "check --models, or pass export directories with --exports"))
         if self.duration_s <= 0:
-            raise UsageError(f"--duration must be positive, got {self.duration_s:g}", hint="check --duration")
+            problems.append((f"--duration must be positive, got {self.duration_s:g}", "check --duration"))
         if not self.concurrencies or any(c < 1 for c in self.concurrencies):
-            raise UsageError(f"concurrencies {list(self.concurrencies)} must be >= 1", hint="check --concurrency")
+            problems.append((f"concurrencies {list(self.concurrencies)} must be >= 1", "check --concurrency"))
+        return problems
+
+    def check(self) -> None:
+        raise_problems(self.problems())
 
     @property
     def measure_s(self) -> float:
@@ -91,6 +102,7 @@ def _machine() -> dict:
 
 
 def _export(name: str, work: Path, options: BenchOptions, reporter: Reporter) -> Path:
+    # the export pipeline loads onnx, and TensorFlow when it trains: only when it runs
     from triton_deploy.export.pipeline import ExportOptions, export_model
 
     target = work / f"export-{name}"
@@ -111,8 +123,6 @@ def _pool(manifest) -> ImagePool:
 
 
 def _configs(options: BenchOptions, work: Path, name: str):
-    from triton_deploy.repository.render import RepositoryOptions
-
     base = RepositoryOptions(output=work / f"repo-{name}-default", monitoring=options.monitoring)
     configs = {DEFAULT_CONFIG: base,
                "batching off, 2 instances": replace(base, output=work / f"repo-{name}-nobatch", dynamic_batching=False)}
@@ -122,8 +132,8 @@ def _configs(options: BenchOptions, work: Path, name: str):
 
 
 def _bench_model(export_dir: Path, work: Path, options: BenchOptions, reporter: Reporter) -> tuple[str, dict]:
+    # the writer checks configs with tritonclient's protobuf schema: only when it writes
     from triton_deploy.repository.writer import generate_repository
-    from triton_deploy.spec import Manifest
 
     manifest = Manifest.read(export_dir)
     name = manifest.name
@@ -176,8 +186,6 @@ def _bench_model(export_dir: Path, work: Path, options: BenchOptions, reporter: 
 
 def _bench_server(name: str, repository: Path, label: str, options: BenchOptions, pool: ImagePool,
                   reporter: Reporter) -> dict:
-    from triton_deploy.server import ServerOptions, TritonServer, free_ports
-
     http_port, grpc_port, metrics_port = free_ports(3)
     server_options = ServerOptions(repository=repository, http_port=http_port, grpc_port=grpc_port,
                                    metrics_port=metrics_port, exit_timeout_s=10,
@@ -190,14 +198,14 @@ def _bench_server(name: str, repository: Path, label: str, options: BenchOptions
                      duration_s=min(2.0, options.measure_s))  # warm-up: every instance, every batch path
         with reporter.bar(len(options.concurrencies), f"{name}: {label}") as bar:
             for concurrency in options.concurrencies:
-                before = server_stats.from_statistics(driver.statistics(server.grpc_url))
+                before = metrics.from_statistics(driver.statistics(server.grpc_url))
                 cpu_before = cpu_seconds(server)
                 m = driver.drive(server.grpc_url, name, pool, concurrency=concurrency, duration_s=options.measure_s)
-                after = server_stats.from_statistics(driver.statistics(server.grpc_url))
+                after = metrics.from_statistics(driver.statistics(server.grpc_url))
                 level = m.summary() | {"concurrency": concurrency,
                                        "cpu_ms_per_image": cpu_per_image(server, cpu_before, m)}
-                level["server"] = {k: v.summary() for k, v in server_stats.delta(before, after, prefix=name).items()}
-                level["breakdown_ms"] = breakdown(name, level["mean_ms"], server_stats.delta(before, after, name))
+                level["server"] = {k: v.summary() for k, v in metrics.delta(before, after, prefix=name).items()}
+                level["breakdown_ms"] = breakdown(name, level["mean_ms"], metrics.delta(before, after, name))
                 out["levels"][str(concurrency)] = level
                 bar.advance(1, f"c={concurrency}: {m.images_per_s:.0f} images/s")
         if label == DEFAULT_CONFIG:
@@ -226,8 +234,6 @@ def _bench_server(name: str, repository: Path, label: str, options: BenchOptions
 def cpu_seconds(server) -> dict[str, float]:
     """CPU seconds used so far by Triton's own process ("triton core") and by each model's python-backend stubs
     (instances summed under the model's name)."""
-    import psutil
-
     totals: dict[str, float] = {}
     pids = {server.process.pid: "triton core"} | {
         pid: instance.rsplit("_", 2)[0] if instance.count("_") >= 2 else instance
@@ -253,7 +259,7 @@ def baseline_key(workers: int, threads_each: int, batch: int) -> str:
     return f"{workers}x{threads_each} b{batch}"
 
 
-def breakdown(ensemble: str, client_mean_ms: float, per_model: dict[str, server_stats.ModelTimes]) -> dict:
+def breakdown(ensemble: str, client_mean_ms: float, per_model: dict[str, metrics.ModelTimes]) -> dict:
     """A request's mean time, split: client (latency outside Triton: client library, network, (de)serialisation),
     queue (summed over the three steps), each step's compute, and the rest of the server time (ensemble
     scheduling, python-backend IPC)."""

@@ -10,15 +10,16 @@ import json
 from pathlib import Path
 
 from triton_deploy.cliargs import add_common_flags, int_list, word_list
+from triton_deploy.errors import UsageError
+from triton_deploy.loadtests.bench import BUILT_IN, BenchOptions, run_bench
+from triton_deploy.loadtests.runner import LoadTestOptions, parse_duration, results_line, run_loadtest, summary_table
+from triton_deploy.loadtests.slo import DEFAULT_MAX_ERROR_RATE, SLO, SLOViolation
 from triton_deploy.progress import Reporter
 
 # ---- loadtest -------------------------------------------------------------------------------------------------
 
 
 def add_loadtest(sub) -> None:
-    from triton_deploy.loadtests.runner import LoadTestOptions
-    from triton_deploy.loadtests.slo import DEFAULT_MAX_ERROR_RATE
-
     d = LoadTestOptions()
     p = sub.add_parser("loadtest", help="headless Locust load test with SLO gates, reports and plots",
                        description="Run Locust (Triton's own client library, HTTP or gRPC users) against a server, "
@@ -66,10 +67,6 @@ def add_loadtest(sub) -> None:
 
 
 def run_loadtest_command(args: argparse.Namespace, reporter: Reporter) -> int:
-    from triton_deploy.errors import UsageError
-    from triton_deploy.loadtests.runner import LoadTestOptions, parse_duration, run_loadtest
-    from triton_deploy.loadtests.slo import SLO, SLOViolation
-
     shape_args = {}
     for item in args.shape_arg:
         key, sep, value = item.partition("=")
@@ -95,8 +92,6 @@ def run_loadtest_command(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 def _print(args, reporter: Reporter, summary: dict, directory: Path) -> None:
-    from triton_deploy.loadtests.runner import results_line, summary_table
-
     if args.json:
         print(json.dumps(summary | {"directory": str(directory)}, indent=2))
     else:
@@ -108,8 +103,6 @@ def _print(args, reporter: Reporter, summary: dict, directory: Path) -> None:
 
 
 def add_bench(sub) -> None:
-    from triton_deploy.loadtests.bench import BUILT_IN, BenchOptions
-
     d = BenchOptions()
     p = sub.add_parser("bench", help="serving-efficiency benchmark: Triton vs the same pipeline in-process",
                        description="Measure, in one run: Triton ensemble throughput vs the in-process pipeline, "
@@ -134,9 +127,6 @@ def add_bench(sub) -> None:
 
 
 def run_bench_command(args: argparse.Namespace, reporter: Reporter) -> int:
-    from triton_deploy.loadtests.bench import BenchOptions, run_bench
-    from triton_deploy.loadtests.runner import parse_duration
-
     options = BenchOptions(output=args.output, models=args.models, exports=tuple(args.exports),
                            work_dir=args.work_dir, duration_s=parse_duration(args.duration),
                            concurrencies=args.concurrency, image_size=args.image_size, quick=args.quick,

@@ -8,6 +8,7 @@ so their ratio is the serving efficiency.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 from triton_deploy.contract import IMAGE, OUTPUTS
 from triton_deploy.errors import ClientError
 from triton_deploy.loadtests.payloads import ImagePool
+from triton_deploy.postprocessing import classify
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,10 @@ def drive(url: str, model: str, pool: ImagePool, *, protocol: str = "grpc", conc
 
 async def _drive(url, model, pool, protocol, concurrency, duration_s, batch_size) -> Measurement:
     if protocol == "grpc":
+        # tritonclient (gRPC/aiohttp/gevent underneath): loaded when a server is called, not at start-up
         import tritonclient.grpc.aio as lib
     else:
+        # tritonclient (gRPC/aiohttp/gevent underneath): loaded when a server is called, not at start-up
         import tritonclient.http.aio as lib
     client = lib.InferenceServerClient(url)
     latencies: list[float] = []
@@ -96,6 +100,7 @@ async def _drive(url, model, pool, protocol, concurrency, duration_s, batch_size
 
 
 async def _statistics(url: str) -> dict:
+    # tritonclient (gRPC/aiohttp/gevent underneath): loaded when a server is called, not at start-up
     import tritonclient.grpc.aio as lib
 
     client = lib.InferenceServerClient(url)
@@ -117,11 +122,8 @@ def in_process(model_path: Path, manifest, pool: ImagePool, *, threads: int, bat
 
     ``workers`` Python threads each run the pipeline with their own session of ``threads // workers`` intra-op
     threads (ONNX Runtime and Pillow release the GIL), the in-process counterpart of several model instances."""
-    import threading
-
+    # ONNX Runtime: loaded when a model is run, not to parse flags
     import onnxruntime as ort
-
-    from triton_deploy.postprocessing import classify
 
     transform = manifest.preprocessing
     logits = manifest.output_kind == "logits"

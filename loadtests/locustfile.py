@@ -213,10 +213,12 @@ class TritonGrpcUser(TritonUser):
 
     def connect(self):
         if not TritonGrpcUser._gevent_ready:
+            # tritonclient (gRPC/aiohttp/gevent underneath): loaded when a server is called, not at start-up
             import grpc.experimental.gevent
 
             grpc.experimental.gevent.init_gevent()  # gRPC's C core must yield to gevent, or users block each other
             TritonGrpcUser._gevent_ready = True
+        # tritonclient (gRPC/aiohttp/gevent underneath): loaded when a server is called, not at start-up
         import tritonclient.grpc as grpcclient
 
         self.lib = grpcclient

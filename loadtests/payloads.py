@@ -17,6 +17,7 @@ import numpy as np
 
 from triton_deploy.contract import IMAGE_SUFFIXES
 from triton_deploy.errors import UsageError
+from triton_deploy.export.digits import digit_image, load_digits_data
 
 FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "JPG": "JPEG", "BMP": "BMP", "WEBP": "WEBP"}
 
@@ -77,8 +78,6 @@ def pool_from_folder(folder: Path, seed: int = 0) -> ImagePool:
 
 
 def pool_from_digits(options: PoolOptions) -> ImagePool:
-    from triton_deploy.export.digits import digit_image, load_digits_data
-
     formats = [parse_format(f) for f in options.formats]
     if not options.sizes or any(s < 1 or s > 4096 for s in options.sizes):
         raise UsageError(f"image sizes {list(options.sizes)} must lie in 1..4096", hint="check --image-sizes")

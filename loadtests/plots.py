@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+if TYPE_CHECKING:
+    from types import ModuleType
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 PERCENTILES = ("50%", "95%", "99%")
+
+
+def _pyplot() -> ModuleType:
+    """matplotlib.pyplot on the Agg backend. Imported on first plot, not with this module: matplotlib takes about a
+    second to import, and the CLI imports the load-test modules to build its parser."""
+    # matplotlib (about a second to import): only when a plot is drawn
+    import matplotlib
+
+    matplotlib.use("Agg")  # before pyplot: no display here
+    # matplotlib (about a second to import): only when a plot is drawn
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def read_history(path: Path, window_s: int = 1) -> list[dict]:
@@ -54,6 +66,7 @@ def _number(text: str) -> float | None:
 
 def plot_timeline(history: list[dict], directory: Path, title: str) -> list[Path]:
     """``throughput.png`` (requests/s and users over time) and ``latency.png`` (p50/p95/p99 over time)."""
+    plt = _pyplot()
     t = [r["t"] for r in history]
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.plot(t, [r["rps"] for r in history], label="answered requests/s", color="tab:blue")
@@ -89,6 +102,7 @@ def plot_timeline(history: list[dict], directory: Path, title: str) -> list[Path
 
 def plot_sweep(runs: list[dict], path: Path, title: str) -> Path:
     """Throughput and p50/p95/p99 against the user count, one point per sweep level."""
+    plt = _pyplot()
     users = [r["users"] for r in runs]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(users, [r["requests_per_s"] for r in runs], marker="o", label="answered requests/s")
@@ -117,6 +131,7 @@ def plot_sweep(runs: list[dict], path: Path, title: str) -> Path:
 def plot_bench(report: dict, path: Path) -> Path:
     """``bench.png``: per model, images/s against concurrency for each server configuration, with the in-process
     baseline's best and the target's share of it as horizontal lines, so the efficiency gap is seen at a glance."""
+    plt = _pyplot()
     models = list(report["models"].items())
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 5.4), squeeze=False)
     for ax, (name, r) in zip(axes[0], models, strict=True):

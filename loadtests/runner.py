@@ -25,21 +25,19 @@ from pathlib import Path
 
 import psutil
 
-from triton_deploy.errors import TritonDeployError, UsageError
-from triton_deploy.loadtests import plots, server_stats
+from triton_deploy import metrics
+from triton_deploy.errors import LoadTestError, Problem, TritonDeployError, UsageError, raise_problems, unknown_choice
+from triton_deploy.loadtests import plots
 from triton_deploy.loadtests.shapes import ShapePlan, plan_shape
 from triton_deploy.loadtests.slo import SLO, SLOViolation
 from triton_deploy.progress import Reporter
+from triton_deploy.server import ServerOptions, TritonServer, free_ports
 
 HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
 CONFIG = HERE / "locust.conf"
 SHAPES = {"step": HERE / "shape_step.py", "spike": HERE / "shape_spike.py"}
 LOCUST_OK = {0, 1, 3}  # 1: some requests failed (Locust's --exit-code-on-error), 3: the locustfile's SLO gate
-
-
-class LoadTestError(TritonDeployError):
-    """Locust could not run, or the run produced no statistics."""
 
 
 @dataclass(frozen=True)
@@ -65,28 +63,36 @@ class LoadTestOptions:
     slo: SLO = SLO()
     metrics_url: str | None = None  # default: the local server's, or http://HOST:8002/metrics
 
-    def check(self) -> None:
+    def problems(self) -> list[Problem]:
+        problems: list[Problem] = []
         if self.url is None and self.repository is None:
-            raise UsageError("nothing to load: give the server's address or a repository to serve",
-                             hint="add --url HOST:PORT or --repository DIR")
+            problems.append(("nothing to load: give the server's address or a repository to serve",
+                             "add --url HOST:PORT or --repository DIR"))
         if self.url is not None and not re.match(r"^(https?://)?[\w.\-\[\]:]+:\d+/?$", self.url):
-            raise UsageError(f"--url {self.url!r} is not HOST:PORT", hint="e.g. --url 127.0.0.1:8001")
+            problems.append((f"--url {self.url!r} is not HOST:PORT", "e.g. --url 127.0.0.1:8001"))
         if self.protocol not in ("http", "grpc"):
-            raise UsageError(f"unknown protocol {self.protocol!r}", hint="--protocol takes http|grpc")
+            problems.append(unknown_choice("protocol", self.protocol, "--protocol", ("http", "grpc")))
         for flag, value in (("--users", self.users), ("--processes", self.processes),
                             ("--batch-size", self.batch_size), ("--top-k", self.top_k)):
             if value < 1:
-                raise UsageError(f"{flag} must be at least 1, got {value}", hint=f"check {flag}")
+                problems.append((f"{flag} must be at least 1, got {value}", f"check {flag}"))
         if any(n < 1 for n in self.sweep):
-            raise UsageError(f"sweep levels {list(self.sweep)} must all be at least 1", hint="check --sweep")
+            problems.append((f"sweep levels {list(self.sweep)} must all be at least 1", "check --sweep"))
         if self.duration_s < 1:
-            raise UsageError(f"--duration must be at least 1 s, got {self.duration_s:g}", hint="check --duration")
+            problems.append((f"--duration must be at least 1 s, got {self.duration_s:g}", "check --duration"))
         if self.shape is not None and self.shape not in SHAPES:
-            raise UsageError(f"unknown load shape {self.shape!r}", hint=f"--shape takes {'|'.join(SHAPES)}")
-        if self.shape and self.sweep:
-            raise UsageError("a load shape and a sweep both set the user count", hint="drop --shape or --sweep")
-        if self.shape:
-            self.shape_plan()
+            problems.append(unknown_choice("load shape", self.shape, "--shape", tuple(SHAPES)))
+        elif self.shape and self.sweep:
+            problems.append(("a load shape and a sweep both set the user count", "drop --shape or --sweep"))
+        elif self.shape and not problems:  # the shape's own options, judged against valid users and duration
+            try:
+                self.shape_plan()
+            except UsageError as exc:
+                problems.append((exc.message, exc.hint or "check --shape-arg"))
+        return problems + self.slo.problems()
+
+    def check(self) -> None:
+        raise_problems(self.problems())
 
     def shape_plan(self) -> ShapePlan | None:
         """What the load shape will run (None without one)."""
@@ -175,7 +181,6 @@ def _endpoints(options: LoadTestOptions, directory: Path, stack: ExitStack, repo
         host = url.rsplit(":", 1)[0]
         return url, options.metrics_url or f"http://{host}:8002/metrics"
     assert options.repository is not None  # LoadTestOptions.check: --url or --repository
-    from triton_deploy.server import ServerOptions, TritonServer, free_ports
 
     http_port, grpc_port, metrics_port = free_ports(3)
     server = TritonServer(ServerOptions(repository=Path(options.repository), http_port=http_port,
@@ -225,7 +230,6 @@ def locust_command(options: LoadTestOptions, url: str, users: int, run_dir: Path
     if options.image_dir is not None:
         command += ["--image-dir", str(options.image_dir)]
     if options.processes > 1:
-        from triton_deploy.server import free_ports
 
         # Locust's master listens on every interface at 5557 unless told otherwise: a second run on the same host (two
         # sweeps, a CI job beside a user's run) would find the port taken, and the workers need no outside access.
@@ -290,18 +294,18 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
     run["slo_violations"] = options.slo.violations(run["p95_ms"], run["p99_ms"], run["error_rate"], run["requests"])
     run["top_failure"] = _top_failure(run_dir / "locust_failures.csv") if run["failures"] else None
     if before is not None and after is not None:
-        per_model = server_stats.delta(before, after, prefix=options.model)
+        per_model = metrics.delta(before, after, prefix=options.model)
         run["server"] = {model: times.summary() for model, times in per_model.items()}
         note = None
         answered = run["requests"] - run["failures"]
         counted = per_model[options.model].requests if options.model in per_model else 0
-        if server_stats.counters_reset(before, after) or counted < answered:
+        if metrics.counters_reset(before, after) or counted < answered:
             # Triton's counters start at zero with the process: fewer requests than the client had answered means
             # the server restarted during the run (or --metrics-url points at another server).
             run["server_note"] = (f"the server restarted during the run (Triton counted {counted:.0f} of the "
                                   f"{answered} requests answered): its figures cover only the time since")
             note = run["server_note"]
-        (run_dir / "server.md").write_text(server_stats.server_report(per_model, title, note))
+        (run_dir / "server.md").write_text(metrics.server_report(per_model, title, note))
     else:
         run["server"] = None
         run["server_error"] = scrape_error
@@ -314,7 +318,7 @@ def _one_run(options: LoadTestOptions, url: str, metrics_url: str, users: int, r
 
 def _scrape(url: str) -> tuple[dict | None, str | None]:
     try:
-        return server_stats.scrape_metrics(url), None
+        return metrics.scrape_metrics(url), None
     except TritonDeployError as exc:
         return None, str(exc)
 

@@ -7,20 +7,13 @@ The same check runs inside Locust (its ``quitting`` hook sets a non-zero exit co
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
 
-from triton_deploy.errors import TritonDeployError, UsageError
+from triton_deploy.errors import Problem, raise_problems
+from triton_deploy.errors import SLOViolation as SLOViolation  # re-exported: defined in triton_deploy.errors
 
 # Without any SLO flag a run still fails when more than this fraction of its requests failed: a load test against a
 # dead server or a misspelt model must not report "ok". ``--slo-error-rate 1`` only reports errors.
 DEFAULT_MAX_ERROR_RATE = 0.01
-
-
-class SLOViolation(TritonDeployError):
-    """A load test finished but broke one or more service-level objectives. ``result`` (a ``LoadTestResult``) is
-    set by the runner, so the CLI still prints the table and the folder."""
-
-    result: Any = None
 
 
 @dataclass(frozen=True)
@@ -32,13 +25,19 @@ class SLO:
     p99_ms: float | None = None
     error_rate: float | None = DEFAULT_MAX_ERROR_RATE
 
-    def __post_init__(self) -> None:
+    def problems(self) -> list[Problem]:
+        """What is wrong with the thresholds (``LoadTestOptions.problems`` reports them with its own)."""
+        problems = []
         for flag, value in (("--slo-p95-ms", self.p95_ms), ("--slo-p99-ms", self.p99_ms)):
             if value is not None and value <= 0:
-                raise UsageError(f"{flag} must be a positive number of milliseconds, got {value}", hint=f"check {flag}")
+                problems.append((f"{flag} must be a positive number of milliseconds, got {value}", f"check {flag}"))
         if self.error_rate is not None and not 0 <= self.error_rate <= 1:
-            raise UsageError(f"--slo-error-rate is a fraction in 0..1 (0.01 = 1%), got {self.error_rate}",
-                             hint="check --slo-error-rate")
+            problems.append((f"--slo-error-rate is a fraction in 0..1 (0.01 = 1%), got {self.error_rate}",
+                             "check --slo-error-rate"))
+        return problems
+
+    def check(self) -> None:
+        raise_problems(self.problems())
 
     @property
     def active(self) -> bool:

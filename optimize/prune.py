@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from triton_deploy.errors import TritonDeployError, UsageError
+from triton_deploy.errors import PruneError, UsageError
 from triton_deploy.spec import Parity
 
 CRITERIA = ("l1", "l2")
@@ -42,10 +42,6 @@ SpatialDropout2D GaussianNoise GaussianDropout ZeroPadding2D Cropping2D UpSampli
 """.split())
 _MERGES = frozenset({"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"})
 _CROSS_CHANNEL_ACTIVATIONS = frozenset({"softmax", "log_softmax"})
-
-
-class PruneError(TritonDeployError):
-    """The model cannot be pruned (nothing prunable, or not a Keras functional / Sequential model)."""
 
 
 @dataclass(frozen=True)

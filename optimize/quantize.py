@@ -28,14 +28,10 @@ import numpy as np
 import onnx
 
 from triton_deploy.contract import IMAGE_SUFFIXES
-from triton_deploy.errors import Problem, TritonDeployError, UsageError, raise_problems, unknown_choice
+from triton_deploy.errors import Problem, QuantizationError, UsageError, raise_problems, unknown_choice
 from triton_deploy.preprocessing import ImageDecodeError, ImageTransform
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-
-
-class QuantizationError(TritonDeployError):
-    """A rewrite (onnxslim, float16, ONNX Runtime quantisation) failed on this model."""
 
 
 def simplify(source: Path, target: Path) -> None:

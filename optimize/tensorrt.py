@@ -27,7 +27,8 @@ from pathlib import Path
 
 import onnx
 
-from triton_deploy.errors import Problem, TritonDeployError, UsageError, raise_problems, unknown_choice
+from triton_deploy.errors import Problem, UsageError, raise_problems, unknown_choice
+from triton_deploy.errors import TensorRTCompatibilityError as TensorRTCompatibilityError  # re-exported
 
 TRT_OPSET_RANGE = (9, 20)  # TensorRT 10.x ONNX parser, inclusive
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -45,10 +46,6 @@ ReduceSumSquare Relu Reshape Resize ReverseSequence RoiAlign Round ScaledTanh Sc
 Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum
 Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
 """.split())
-
-
-class TensorRTCompatibilityError(TritonDeployError):
-    """The ONNX graph cannot be built into a TensorRT plan as it is; the message lists every problem."""
 
 
 @dataclass(frozen=True)

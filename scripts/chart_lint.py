@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "helm"))  # the tests' own chart helpers: one rendering path, not two
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' own chart helpers: one rendering path, not two
 
 import helm_python  # noqa: E402
 import helm_python.errors  # noqa: E402

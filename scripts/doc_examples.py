@@ -1,7 +1,7 @@
 """Finding the examples in Markdown: fenced blocks and the simple commands of a shell block.
 
-Used by the tests that check every example in README.md and docs/ (``tests/test_docs.py``,
-``tests/test_readme_flow.py``).
+Used by the tests that check every example in README.md and docs/ (``tests/unit/test_docs.py``,
+``tests/integration/test_readme_flow.py``).
 """
 
 from __future__ import annotations
@@ -21,28 +21,36 @@ def fenced_blocks(path: Path) -> list[tuple[str, str, int]]:
 
 
 def shell_commands(body: str) -> list[list[str]]:
-    """The simple commands of a shell block: continuation lines joined, comments dropped, split at ; && || | &.
-    A quoted argument may span lines (a JSON body for curl, a `python -c` program): lines are joined until the
-    quotes close."""
+    """The simple commands of a shell block: continuation lines joined, comments dropped, split at ; && || | &."""
     commands: list[list[str]] = []
-    pending = ""
-    for line in re.sub(r"\\\n", " ", body).splitlines():
-        pending = f"{pending}\n{line}" if pending else line
-        lexer = shlex.shlex(pending, posix=True, punctuation_chars=True)
-        lexer.whitespace_split = True
-        try:
-            tokens = list(lexer)
-        except ValueError:  # "No closing quotation": the quoted argument goes on in the next line
-            continue
-        pending = ""
+    for line in _logical_lines(re.sub(r"\\\n", " ", body)):
         current: list[str] = []
-        for token in tokens:
+        for token in _lexer(line):
             if token in SEPARATORS:
                 commands.append(current)
                 current = []
             else:
                 current.append(token)
         commands.append(current)
-    if pending:
-        raise ValueError(f"unclosed quotation in the shell example: {pending[:80]!r}")
     return [c for c in commands if c]
+
+
+def _lexer(line: str) -> shlex.shlex:
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    return lexer
+
+
+def _logical_lines(text: str) -> list[str]:
+    """Lines, with a quoted string that spans several lines (a JSON body, ``python -c "..."``) kept in one."""
+    lines: list[str] = []
+    pending = ""
+    for line in text.splitlines():
+        pending = f"{pending}\n{line}" if pending else line
+        try:
+            list(_lexer(pending))
+        except ValueError:  # an open quote: the command goes on on the next line
+            continue
+        lines.append(pending)
+        pending = ""
+    return lines + ([pending] if pending else [])

@@ -14,7 +14,7 @@ Regions and their sources:
 - ``robustness-conditions``: the conditions of the robustness suite in ``export/robustness.py``.
 
 ``.venv/bin/python scripts/gen_docs.py`` rewrites the regions in README.md and docs/*.md; ``--check`` only reports
-the files that differ (exit 1), which is what ``tests/test_docs.py`` asserts stays clean.
+the files that differ (exit 1), which is what ``tests/unit/test_docs.py`` asserts stays clean.
 """
 
 from __future__ import annotations

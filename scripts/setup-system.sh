@@ -2,7 +2,7 @@
 # System packages the project needs beyond Python wheels, installed only when missing:
 #   libpython3.11  the Triton python-backend stub links against the shared libpython
 #   prometheus     provides `promtool`, which the Helm chart tests use to check alerting rules, and the `prometheus`
-#                  server the monitoring end-to-end test runs (tests/helm/test_monitoring_e2e.py)
+#                  server the monitoring end-to-end test runs (tests/integration/helm/test_monitoring_e2e.py)
 set -euo pipefail
 
 missing=()

@@ -1,30 +1,69 @@
 """Shared fixtures: one trained digits export, one generated repository and one live Triton server per session.
 
 They are real: TensorFlow trains the model, tf2onnx converts it, and the tritonserver binary from the nvidia-pytriton
-wheel serves it on free local ports.
+wheel serves it on free local ports. Only tests/integration/ may use them (the collection hook below refuses them under
+tests/unit/); the unit tier builds tiny exports by hand with ``make_export``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from triton_deploy.preprocessing import ImageTransform
+from triton_deploy.spec import Manifest, Parity, TensorSpec
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The unit tier's rule: no training, no server. A test under tests/unit/ that asks for one of these fixtures (each
+# trains the digits model or starts Triton, directly or through another) or carries the slow or server mark is a
+# collection error, so `make test-fast` cannot silently grow slow again.
+HEAVY_FIXTURES = frozenset({"digits_export", "digits_manifest", "digits_repository", "triton_server", "rescaling_model"})
+UNIT_TIER = Path(__file__).resolve().parent / "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    problems = []
+    for item in items:
+        if UNIT_TIER not in Path(item.path).resolve().parents:
+            continue
+        heavy = HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        marks = {mark.name for mark in item.iter_markers()} & {"slow", "server"}
+        if heavy or marks:
+            problems.append(f"{item.nodeid}: {', '.join(sorted(heavy | marks))}")
+    if problems:
+        raise pytest.UsageError("tests/unit/ needs neither training nor a server; move these to tests/integration/:\n  "
+                                + "\n  ".join(problems))
+
+
+DEMO_EXPORT = ROOT / "build" / "digits"  # what `make demo` exports (CI runs the demo before the tests)
+
+
 @pytest.fixture(scope="session")
 def digits_export(tmp_path_factory) -> Path:
-    """The built-in digits model, trained and exported once per session."""
+    """The built-in digits model, trained and exported once per session, or a copy of the demo's export when the demo
+    made it from these very sources and library versions (the same training: 2-4 minutes saved on 2 cores)."""
+    import shutil
+
+    from triton_deploy import fingerprint
     from triton_deploy.export.pipeline import ExportOptions, export_model
 
     output = tmp_path_factory.mktemp("exports") / "digits"
-    export_model(ExportOptions(output=output))
+    if fingerprint.matches(DEMO_EXPORT):
+        shutil.copytree(DEMO_EXPORT, output)  # a copy: no test can change the demo's files
+    else:
+        export_model(ExportOptions(output=output))
     return output
 
 
@@ -99,3 +138,36 @@ def encode_digit(pixels: np.ndarray, size: int = 64, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     digits.digit_image(pixels, size).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def tiny_onnx(path: Path, seed: int = 0, classes: int = 3) -> None:
+    """image [batch, 8, 8, 1] -> Flatten -> MatMul -> logits [batch, classes]."""
+    weights = np.random.default_rng(seed).normal(size=(64, classes)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["image"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 8, 8, 1])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def make_export(folder: Path, name: str = "tiny", seed: int = 0, classes: int = 3) -> Path:
+    """An export directory (model.onnx, manifest, labels, a sample) around ``tiny_onnx``: no TensorFlow needed."""
+    folder.mkdir(parents=True)
+    tiny_onnx(folder / "model.onnx", seed, classes)
+    buffer = io.BytesIO()
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(buffer, format="PNG")
+    (folder / "sample.png").write_bytes(buffer.getvalue())
+    manifest = Manifest(
+        name=name, input=TensorSpec("image", (-1, 8, 8, 1), "FP32", layout="NHWC"),
+        output=TensorSpec("logits", (-1, classes), "FP32"), output_kind="logits",
+        preprocessing=ImageTransform(height=8, width=8, color_mode="L"),
+        labels=tuple(f"label {i}" for i in range(classes)), opset=17,
+        model_sha256=hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest(),
+        parity=Parity(0.0, 1.0, 1e-4, 2, (1, 1)), versions={}, source={"kind": "test"},
+        sample_image="sample.png",
+    )
+    manifest.write(folder)
+    return folder

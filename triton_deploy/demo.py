@@ -22,8 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TritonDeployError
+from . import fingerprint
+from .errors import DemoError, TritonDeployError
+from .export import digits, render
+from .loadtests.runner import LoadTestOptions, run_loadtest, summary_table
+from .loadtests.slo import SLO
 from .progress import Reporter
+from .repository.render import RepositoryOptions
+from .server import ServerOptions, TritonServer, free_ports, port_is_free
 
 BUILD = Path("build")
 DEMO_IMAGES = 300
@@ -32,8 +38,6 @@ DEMO_IMAGES = 300
 def write_demo_images(folder: Path, count: int = DEMO_IMAGES, seed: int = 7) -> tuple[list[Path], list[int]]:
     """Held-out digits the model never saw in training, each drawn with a random rendering (any size, filter,
     polarity, margin, colour, compression: ``render.sample_renderings`` with its own seed), in one folder per label."""
-    from .export import digits, render
-
     images, labels = digits.load_digits_data().split("heldout")
     renderings = render.sample_renderings(count, np.random.default_rng(seed))
     shutil.rmtree(folder, ignore_errors=True)  # files of an earlier run would join the labelled set
@@ -57,18 +61,15 @@ def classify_folder(protocol: str, url: str, folder: Path) -> list[dict]:
     return [json.loads(line) for line in completed.stdout.splitlines() if line.strip()]
 
 
-class DemoError(TritonDeployError):
-    """A demo step that should not fail did."""
-
-
 def run(reporter: Reporter) -> None:
+    # the export pipeline loads onnx, and TensorFlow when it trains: only when it runs
     from .export.pipeline import ExportOptions, export_model
-    from .repository.render import RepositoryOptions
     from .repository.writer import generate_repository
-    from .server import ServerOptions, TritonServer, free_ports, port_is_free
 
     reporter.info("[bold]1. Export[/]  triton-deploy export --output build/digits --force")
     exported = export_model(ExportOptions(output=BUILD / "digits", force=True), reporter)
+    # What this export was made from, so the test suite can reuse it instead of training the same model again.
+    fingerprint.record(BUILD / "digits")
     m = exported.manifest
     # the built-in digits model records all three
     assert m.dataset is not None and m.flops_per_image is not None and m.robustness is not None
@@ -115,8 +116,6 @@ def run(reporter: Reporter) -> None:
 
         reporter.info(f"[bold]5. Load test[/]  triton-deploy loadtest --url {server.grpc_url} --protocol grpc "
                       "--users 4 --duration 10s --slo-p99-ms 1000 --slo-error-rate 0")
-        from .loadtests.runner import LoadTestOptions, run_loadtest, summary_table
-        from .loadtests.slo import SLO
 
         result = run_loadtest(LoadTestOptions(
             output=BUILD / "loadtest", url=server.grpc_url, protocol="grpc", users=4, duration_s=10,
@@ -130,6 +129,7 @@ def run(reporter: Reporter) -> None:
 
         reporter.info(f"[bold]6. Evaluate[/]  triton-deploy evaluate {BUILD / 'demo-images'} --url {server.grpc_url} "
                       f"--protocol grpc --model digits --output {BUILD / 'eval'} --force")
+        # the client stack (tritonclient) and matplotlib only when the command runs
         from .clients.evaluate import EvaluateOptions, evaluate
 
         evaluation = evaluate(EvaluateOptions(data_dir=BUILD / "demo-images", output=BUILD / "eval",

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from rich.console import Console
+
 from triton_deploy.cliargs import add_common_flags
 from triton_deploy.progress import Reporter
 
-from .monitor import MonitorOptions
+from .monitor import MonitorOptions, render, run_monitor, snapshot_once
 
 
 def add_monitor(sub) -> None:
@@ -30,10 +32,6 @@ def add_monitor(sub) -> None:
 
 
 def _run_monitor(args: argparse.Namespace, reporter: Reporter) -> int:
-    from rich.console import Console
-
-    from .monitor import render, run_monitor, snapshot_once
-
     options = MonitorOptions(metrics_url=args.metrics_url, interval_s=args.interval, once=args.once or args.json,
                              model=args.model)
     if not options.once:

@@ -14,9 +14,13 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from triton_deploy.clients.errors import ModelNotFoundError
-from triton_deploy.errors import ClientError, UsageError
-from triton_deploy.loadtests import server_stats
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from triton_deploy import metrics as server_stats  # scraping moved from loadtests/ to the core package
+from triton_deploy.errors import ClientError, ModelNotFoundError, UsageError
 
 from . import model_metrics as mm
 
@@ -236,10 +240,6 @@ def snapshot_once(options: MonitorOptions) -> Snapshot:
 
 def render(snapshot: Snapshot):
     """The snapshot as rich renderables: a table of models, one of classes per ensemble, and the notes."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
     parts: list[Text | Table] = [Text(f"Triton metrics {snapshot.url} — rates over the last {snapshot.seconds:.1f} s", style="bold")]
     models = Table(title="models", title_justify="left")
     for column in ("model", "req/s", "failed/s", "images/s", "queue ms/req", "compute ms/req", "batch"):
@@ -284,9 +284,6 @@ def _pct(value: float | None) -> str:
 
 def run_monitor(options: MonitorOptions, console=None) -> Snapshot:
     """The live view: refresh every ``interval_s`` until interrupted (Ctrl-C); returns the last snapshot."""
-    from rich.console import Console
-    from rich.live import Live
-
     options.check()
     console = console or Console()
     before = Scrape.read(options.url)

@@ -9,10 +9,10 @@ from pathlib import Path
 from triton_deploy.cliargs import add_common_flags, int_list
 from triton_deploy.progress import Reporter
 
+from .render import BACKENDS, RepositoryOptions
+
 
 def add_repo(sub) -> None:
-    from .render import BACKENDS, RepositoryOptions
-
     d = RepositoryOptions()
     p = sub.add_parser("repo", help="generate a Triton model repository (preprocess -> classifier -> postprocess)",
                        description="Render, validate and write a Triton model repository from export directories. "
@@ -65,7 +65,7 @@ def add_repo(sub) -> None:
 
 
 def run_repo(args: argparse.Namespace, reporter: Reporter) -> int:
-    from .render import RepositoryOptions
+    # the writer checks configs with tritonclient's protobuf schema: only when it writes
     from .writer import generate_repository
 
     options = RepositoryOptions(

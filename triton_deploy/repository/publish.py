@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from triton_deploy.errors import GateError, Problem, raise_problems, unknown_choice
 
+from .render import RepositoryOptions, version_policy_text
+
 if TYPE_CHECKING:
     from triton_deploy.optimize.report import OptimizeReport
 
@@ -40,8 +42,6 @@ class Publisher:
         return self.classifier_backend == "tensorrt" or self.tensorrt_accelerator
 
     def check(self) -> None:
-        from .render import version_policy_text
-
         problems: list[Problem] = []
         if self.mode not in PUBLISH_MODES:
             problems.append(unknown_choice("publish mode", self.mode, "--publish-as", PUBLISH_MODES))
@@ -65,7 +65,7 @@ class Publisher:
 
 def publish(report: OptimizeReport, publisher: Publisher) -> dict:
     """Write the FP32 original and every passing variant of ``report`` into ``publisher.repository``."""
-    from .render import RepositoryOptions
+    # the writer checks configs with tritonclient's protobuf schema: only when it writes
     from .writer import generate_repository
 
     # LiteRT files are edge artifacts, not Triton models; a TensorRT target takes only what TensorRT can build.

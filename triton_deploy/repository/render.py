@@ -380,6 +380,7 @@ def protobuf_string(value: object) -> str:
 def gpu_classifier_config(manifest: Manifest, accelerator: TensorRTAccelerator, max_batch_size: int = 32) -> str:
     """The classifier's config.pbtxt for Triton's onnxruntime backend on GPU with the TensorRT accelerator, rendered
     like every other config and parsed with Triton's ModelConfig protobuf before it is returned."""
+    # validation loads tritonclient's protobuf schema: only when configs are checked
     from .validate import parse_config
 
     options = RepositoryOptions(classifier_backend="onnxruntime", instance_kind="gpu", max_batch_size=max_batch_size,

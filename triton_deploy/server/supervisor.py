@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
+
 from triton_deploy.errors import Problem, ServerError, raise_problems, unknown_choice
 
 if TYPE_CHECKING:
@@ -29,8 +31,6 @@ STUB_FAILURE_MODES = ("restart", "exit")
 
 def stub_processes(server_pid: int) -> dict[int, str]:
     """pid -> model instance name (e.g. ``digits_preprocess_0_0``) of every python-backend stub of a server."""
-    import psutil
-
     stubs = {}
     try:
         children = psutil.Process(server_pid).children(recursive=True)
@@ -50,8 +50,6 @@ def stub_processes(server_pid: int) -> dict[int, str]:
 
 def dead_stubs(stubs: dict[int, str]) -> dict[int, str]:
     """The stubs of ``stubs`` that have since exited (Triton 2.51 neither restarts them nor turns unready)."""
-    import psutil
-
     dead = {}
     for pid, name in stubs.items():
         try:
@@ -100,8 +98,6 @@ def unlink_regions(paths: set[str]) -> list[str]:
 
 def process_memory(server_pid: int) -> dict[str, int]:
     """Resident memory (bytes) of the server and each of its child processes, keyed by pid."""
-    import psutil
-
     usage = {}
     try:
         root = psutil.Process(server_pid)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_repository import make_export  # a tiny export directory: no TensorFlow needed
 
+from conftest import make_export  # a tiny export directory: no TensorFlow needed
 from triton_deploy.errors import LatencyBudgetError
 from triton_deploy.repository.render import RepositoryOptions
 from triton_deploy.repository.writer import generate_repository

@@ -10,7 +10,7 @@ import pytest
 from triton_deploy.repository.render import RepositoryOptions
 from triton_deploy.repository.writer import generate_repository
 
-COMMITTED = Path(__file__).resolve().parent.parent / "model_repository"
+COMMITTED = Path(__file__).resolve().parents[2] / "model_repository"
 BINARIES = {".onnx", ".plan"}
 
 pytestmark = pytest.mark.slow

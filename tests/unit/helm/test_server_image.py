@@ -7,6 +7,7 @@ itself is never built by the tests; this checks what decides whether it can run 
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import re
 import shlex
@@ -68,6 +69,7 @@ def constraints() -> dict[str, str]:
     return pins
 
 
+@functools.cache  # packages_distributions() reads every installed distribution's metadata: seconds per call
 def installed_modules() -> set[str]:
     """Top-level modules of the distributions the Dockerfile installs (pillow -> PIL), as the local install has them."""
     installed = {normalise(r.split("==")[0]) for r in pip_requirements()}

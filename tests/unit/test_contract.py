@@ -8,7 +8,7 @@ from pathlib import Path
 from triton_deploy import contract
 from triton_deploy.monitoring import model_metrics as mm
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PYTHON_MODELS = ROOT / "triton_deploy" / "repository" / "python_models"
 CHART_FILES = ROOT / "helm" / "triton-classifier" / "files"
 

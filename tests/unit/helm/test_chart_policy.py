@@ -675,7 +675,7 @@ def test_tooling_requests_never_ask_class_count_of_an_output():
 
 def test_tooling_requests_carry_the_mark_the_models_leave_out_of_their_metrics():
     """The helm test and the liveness probe send the request parameter the preprocess and postprocess models look
-    for (tests/helm/test_chart_runs.py checks against the real repository that nothing is counted)."""
+    for (tests/integration/helm/test_chart_runs.py checks against the real repository that nothing is counted)."""
     import importlib.util
 
     from chart_tools import CHART

@@ -19,7 +19,7 @@ from triton_deploy.errors import GateError, UsageError
 from triton_deploy.optimize.distill import DistillOptions
 from triton_deploy.optimize.options import OptimizeOptions
 from triton_deploy.optimize.quantize import Calibration
-from triton_deploy.optimize.report import REPORT_JSON, REPORT_MD, REPORT_PNG, ParetoPoint, pareto_front
+from triton_deploy.optimize.report import REPORT_JSON, REPORT_MD, REPORT_PNG
 from triton_deploy.optimize.run import optimize
 from triton_deploy.optimize.variants import VARIANTS
 from triton_deploy.repository.publish import Publisher, publish
@@ -284,13 +284,6 @@ def test_tflite_variants_are_gated_timed_and_recorded(optimized):
     assert int8.details["input_quantization"]["scale"] > 0 and int8.details["output_quantization"]["scale"] > 0
     assert int8.accuracy >= base.accuracy - 0.02 and int8.size_bytes < 0.4 * base.size_bytes
     assert report.recommendations["edge (LiteRT)"]["variant"] in ("tflite_fp32", "tflite_int8", None)
-
-
-def test_pareto_front_keeps_only_undominated_variants():
-    points = [ParetoPoint("fp32", 0.98, 100, 1000, True), ParetoPoint("int8", 0.975, 300, 250, True),
-              ParetoPoint("slow_and_worse", 0.97, 90, 1200, True), ParetoPoint("pruned", 0.975, 400, 260, True)]
-    assert pareto_front(points, "throughput") == ["fp32", "pruned"]
-    assert pareto_front(points, "size") == ["fp32", "int8"]
 
 
 @pytest.mark.server

@@ -23,7 +23,7 @@ from triton_deploy.monitoring import model_metrics as mm
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
 
 def doc_commands() -> list[str]:

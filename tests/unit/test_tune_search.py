@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 from google.protobuf import text_format
-from test_repository import make_export  # a tiny export directory: no TensorFlow needed
 from tritonclient.grpc import model_config_pb2
 
+from conftest import make_export  # a tiny export directory: no TensorFlow needed
 from triton_deploy.cli import main
 from triton_deploy.repository.render import RepositoryOptions
 from triton_deploy.repository.writer import generate_repository

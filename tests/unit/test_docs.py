@@ -28,7 +28,7 @@ import yaml
 
 from triton_deploy.cli import build_parser
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import gen_docs  # noqa: E402
 from doc_examples import FENCE, fenced_blocks, shell_commands  # noqa: E402

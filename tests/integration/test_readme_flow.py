@@ -24,7 +24,7 @@ import pytest
 
 from triton_deploy.cli import build_parser
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 from doc_examples import fenced_blocks, shell_commands  # noqa: E402
 

@@ -10,56 +10,17 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
+from conftest import make_export, tiny_onnx  # noqa: F401  (re-exported: other test modules import them from here)
 from triton_deploy.cli import main
 from triton_deploy.errors import ManifestError, RepositoryError, UsageError
-from triton_deploy.preprocessing import ImageTransform
 from triton_deploy.repository import validate
 from triton_deploy.repository.render import ModelNames, RepositoryOptions, render_configs, tidy
 from triton_deploy.repository.writer import generate_repository
-from triton_deploy.spec import Manifest, Parity, TensorSpec
+from triton_deploy.spec import Manifest
 
 GOLDEN = Path(__file__).parent / "golden"
-
-
-def tiny_onnx(path: Path, seed: int = 0, classes: int = 3) -> None:
-    """image [batch, 8, 8, 1] -> Flatten -> MatMul -> logits [batch, classes]."""
-    weights = np.random.default_rng(seed).normal(size=(64, classes)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Flatten", ["image"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["logits"])],
-        "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 8, 8, 1])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
-        [numpy_helper.from_array(weights, "w")],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-
-
-def make_export(folder: Path, name: str = "tiny", seed: int = 0, classes: int = 3) -> Path:
-    import hashlib
-    import io
-
-    from PIL import Image
-
-    folder.mkdir(parents=True)
-    tiny_onnx(folder / "model.onnx", seed, classes)
-    buffer = io.BytesIO()
-    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(buffer, format="PNG")
-    (folder / "sample.png").write_bytes(buffer.getvalue())
-    manifest = Manifest(
-        name=name, input=TensorSpec("image", (-1, 8, 8, 1), "FP32", layout="NHWC"),
-        output=TensorSpec("logits", (-1, classes), "FP32"), output_kind="logits",
-        preprocessing=ImageTransform(height=8, width=8, color_mode="L"),
-        labels=tuple(f"label {i}" for i in range(classes)), opset=17,
-        model_sha256=hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest(),
-        parity=Parity(0.0, 1.0, 1e-4, 2, (1, 1)), versions={}, source={"kind": "test"},
-        sample_image="sample.png",
-    )
-    manifest.write(folder)
-    return folder
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""TensorRT readiness: the compatibility check on real and hand-built ONNX graphs, the trtexec command as text, and the
+"""TensorRT readiness: the compatibility check on hand-built ONNX graphs (the trained export's check is in
+tests/integration/test_tensorrt_integration.py), the trtexec command as text, and the
 ONNX Runtime TensorRT-provider config parsed with Triton's own protobuf schema. (TensorRT itself is not installable
 here; plans are built on the target GPU.)"""
 
@@ -11,10 +12,9 @@ import onnx
 import pytest
 from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
-from test_repository import make_export  # a tiny export directory: no TensorFlow needed
 from tritonclient.grpc import model_config_pb2
 
-from triton_deploy.cli import main
+from conftest import make_export  # a tiny export directory: no TensorFlow needed
 from triton_deploy.errors import UsageError
 from triton_deploy.optimize import tensorrt
 from triton_deploy.repository.render import RepositoryOptions, TensorRTAccelerator, gpu_classifier_config
@@ -109,27 +109,6 @@ def test_onnxruntime_tensorrt_block_parses_as_a_model_config(precision, tmp_path
     assert accelerator.parameters["trt_engine_cache_enable"] == "1"
     assert accelerator.parameters["trt_engine_cache_path"] == "/cache/digits"
     assert ("int8_calibration_table_name" in accelerator.parameters) == (precision == "int8")
-
-
-@pytest.mark.slow
-def test_digits_export_is_compatible_and_its_gpu_config_parses(digits_export):
-    report, command = tensorrt.check_export(digits_export, tensorrt.PlanOptions(max_batch_size=8))
-    config_text = gpu_classifier_config(Manifest.read(digits_export), TensorRTAccelerator(), max_batch_size=8)
-    assert report.compatible, report.problems
-    assert report.inputs == {"image": [None, 64, 64, 1]}
-    assert "--maxShapes=image:8x64x64x1" in command
-    config = text_format.Parse(config_text, model_config_pb2.ModelConfig())
-    assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 8
-    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
-    assert config.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters["precision_mode"] == "FP16"
-
-
-@pytest.mark.slow
-def test_tensorrt_check_command_prints_the_plan_command(digits_export, capsys):
-    assert main(["tensorrt-check", str(digits_export), "--max-batch-size", "16", "--precision", "int8"]) == 0
-    out = capsys.readouterr().out
-    assert "compatible" in out and "--maxShapes=image:16x64x64x1" in out and "--calib=calibration.cache" in out
-    assert 'value: "INT8"' in out
 
 
 def test_the_accelerator_is_refused_outside_the_onnxruntime_gpu_backend():

@@ -1,18 +1,19 @@
-"""Rendering the triton-classifier chart offline and walking what it produced (shared by the tests/helm suite)."""
+"""Rendering the triton-classifier chart offline and walking what it produced (shared by tests/unit/helm and tests/integration/helm)."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import helm_python
 import yaml
 
 from triton_deploy.monitoring import model_metrics as mm
 
-CHART = Path(__file__).resolve().parents[2] / "helm" / "triton-classifier"
+CHART = Path(__file__).resolve().parents[1] / "helm" / "triton-classifier"
 SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
 RELEASE = "prod"
 NAMESPACE = "ml"
