@@ -10,10 +10,14 @@ Standard library only, so any image with python3 runs it. Environment:
                            absent); with GRPC_TLS_MUTUAL=1 its tls.crt and tls.key are presented as client certificate
 
 Why the binary-data extension: the ensemble input IMAGE is a TYPE_STRING (BYTES) tensor holding encoded image bytes.
-In the KServe v2 JSON body a BYTES element is taken as the string itself, so base64 text would reach the
-preprocess model as base64, not as a PNG, and raw PNG bytes are not valid JSON. Triton's binary tensor data
-extension sends the JSON header followed by the raw tensor; `Inference-Header-Content-Length` says where the
-header ends, and a BYTES tensor is serialised as a 4-byte little-endian length followed by the bytes.
+In the KServe v2 JSON body a BYTES element is taken as the string itself and raw PNG bytes are not valid JSON; the
+preprocess model would decode base64 text, but then the test would not check that raw bytes arrive intact, the way
+the project's clients send them. Triton's binary tensor data extension sends the JSON header followed by the raw
+tensor; `Inference-Header-Content-Length` says where the header ends, and a BYTES tensor is serialised as a 4-byte
+little-endian length followed by the bytes.
+
+The request carries the parameter "tooling", which Triton passes on to the ensemble's steps: the models answer it
+without counting it in their prediction and image metrics, since a `helm test` is not traffic.
 """
 
 from __future__ import annotations
@@ -105,6 +109,7 @@ def request_header(shape: list[int], tensor_size: int) -> dict:
         "inputs": [{"name": EXPECTED_INPUT, "datatype": "BYTES", "shape": shape,
                     "parameters": {"binary_data_size": tensor_size}}],
         "outputs": [{"name": name, "parameters": {"binary_data": False}} for name in EXPECTED_OUTPUTS],
+        "parameters": {"tooling": "helm-test"},  # answered, not counted as a prediction
     }
 
 

@@ -6,8 +6,10 @@ the pod. This probe classifies a 2x2 black image instead and fails, with one lin
 answers 200 with outputs.
 
 The image is a plain (ASCII) PGM, so it travels as an ordinary JSON string: in Triton's JSON protocol a BYTES
-element is the string's own bytes. The preprocess model decodes it with Pillow like any other upload. Standard
-library only: the NGC tritonserver image has python3 but no curl.
+element is the string's own bytes. The preprocess model decodes it with Pillow like any other upload. The request
+carries the parameter "tooling" (Triton passes an ensemble request's parameters on to its steps), so the
+preprocess and postprocess models answer it without counting it in their prediction and image metrics: a probe
+every few seconds is not traffic. Standard library only: the NGC tritonserver image has python3 but no curl.
 
     python3 -I liveness_inference.py --port 8000 --model digits --timeout 9 [--key-header triton-admin-key]
 
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key-header", default="", help="send $TRITON_ADMIN_KEY in this header")
     args = parser.parse_args(argv)
 
-    body = json.dumps({"inputs": [{"name": "IMAGE", "shape": [1, 1], "datatype": "BYTES", "data": [PROBE_IMAGE]}]})
+    body = json.dumps({"inputs": [{"name": "IMAGE", "shape": [1, 1], "datatype": "BYTES", "data": [PROBE_IMAGE]}],
+                       "parameters": {"tooling": "liveness"}})  # answered, not counted as a prediction
     # A fresh connection per probe, closed after the answer: an idle keep-alive connection would hold Triton's
     # graceful shutdown for its whole exit timeout.
     headers = {"Content-Type": "application/json", "Connection": "close"}

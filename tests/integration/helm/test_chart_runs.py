@@ -391,6 +391,75 @@ def test_helm_test_script_fails_when_the_output_contract_is_broken(pod):
     assert result.returncode != 0 and "not ready after 5 s" in result.stderr
 
 
+def prediction_series(metrics_port: int) -> dict[str, float]:
+    """Every counter and histogram series the prediction metrics export (gauges such as the drift score left out),
+    read after the models' metric flush period (0.5 s) has passed."""
+    from triton_deploy.monitoring import model_metrics as mm
+
+    time.sleep(1.5)
+    names = {mm.PREDICTIONS, mm.LOW_CONFIDENCE, mm.IMAGES, mm.DECODE_FAILURES}
+    names |= {f"{h}_{part}" for h in mm.HISTOGRAMS for part in ("bucket", "sum", "count")}
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    series = {}
+    for line in lines:
+        name = re.match(r"[a-z_]+", line)
+        if name and name[0] in names:
+            key, _, value = line.rpartition(" ")
+            series[key] = float(value)
+    assert any(key.startswith(mm.PREDICTIONS) for key in series), "the repository exports no prediction metrics"
+    return series
+
+
+@pytest.mark.server
+def test_liveness_probe_and_helm_test_are_not_counted_as_predictions(triton_server, tmp_path):
+    """Against the real digits repository, whose preprocess and postprocess models count images and predictions:
+    the rendered liveness probe and `helm test` script classify through the ensemble, marked as tooling, and no
+    counter or histogram moves. The same PNG sent without the mark moves them by one, so they are live."""
+    import importlib.util
+
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    from triton_deploy.monitoring import model_metrics as mm
+
+    rendered = render()
+    ports = triton_server.options
+    before = prediction_series(ports.metrics_port)
+
+    probe = liveness_probe_command(rendered, rendered.deployment(), tmp_path / "probe", ports.http_port)
+    for _ in range(3):
+        result = subprocess.run(probe, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and result.stdout.startswith("liveness: OK"), result.stdout + result.stderr
+    (container,) = rendered.one("Pod")["spec"]["containers"]
+    script = tmp_path / "helm_test_inference.py"
+    script.write_text(rendered.one("ConfigMap", "prod-triton-classifier-test-inference")["data"][script.name])
+    env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]},
+           "TRITON_URLS": f"http://127.0.0.1:{ports.http_port}"}
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "OK " in result.stdout, result.stdout + result.stderr
+    assert prediction_series(ports.metrics_port) == before
+
+    spec = importlib.util.spec_from_file_location("helm_test_inference", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{ports.http_port}")
+    try:
+        image = httpclient.InferInput("IMAGE", [1, 1], "BYTES")
+        image.set_data_from_numpy(np.array([[module.png_of_a_one()]], dtype=np.object_))
+        client.infer("digits", [image])
+    finally:
+        client.close()
+    after = prediction_series(ports.metrics_port)
+
+    def total(series: dict[str, float], name: str) -> float:
+        return sum(value for key, value in series.items() if key.startswith(name + "{") or key == name)
+
+    assert total(after, mm.PREDICTIONS) == total(before, mm.PREDICTIONS) + 1
+    assert total(after, mm.IMAGES) == total(before, mm.IMAGES) + 1
+    assert total(after, f"{mm.CONFIDENCE}_count") == total(before, f"{mm.CONFIDENCE}_count") + 1
+
+
 def test_metrics_the_monitoring_reads_are_exported(pod):
     """After real traffic, every CPU-side metric the alerts, dashboard and adapter rule use is on /metrics."""
     import numpy as np

@@ -589,10 +589,21 @@ def test_queue_time_autoscaling_uses_a_per_model_pods_metric_served_by_the_adapt
     (metric,) = rendered.one("HorizontalPodAutoscaler")["spec"]["metrics"]
     assert metric["type"] == "Pods"
     assert metric["pods"]["metric"]["selector"] == {"matchLabels": {"model": "digits_classifier"}}
-    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "15000"}
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "15m"}  # targetSeconds: 0.015
     adapter = [c for c in rendered.of_kind("ConfigMap") if c["metadata"]["name"].endswith("prometheus-adapter-rule")]
     (rule,) = yaml.safe_load(adapter[0]["data"]["rules.yaml"])["rules"]
-    assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
+    assert rule["name"]["as"] == metric["pods"]["metric"]["name"] == "triton_queue_time_per_request_seconds"
+
+
+@pytest.mark.parametrize("seconds,quantity", [(None, "20m"), (0.001, "1m"), (0.0155, "16m"), (1.5, "1500m"),
+                                              (2, "2000m")])
+def test_queue_time_target_in_seconds_renders_as_a_milli_quantity(seconds, quantity):
+    """The adapter serves seconds with milli precision; the HPA's target is the same number of seconds."""
+    queue_time = {} if seconds is None else {"targetSeconds": seconds}
+    hpa = render({"autoscaling": {"enabled": True, "metric": "queueTime", "queueTime": queue_time}}).one(
+        "HorizontalPodAutoscaler")
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["pods"]["target"]["averageValue"] == quantity
 
 
 def test_canary_differs_from_stable_only_where_a_candidate_should():
@@ -659,3 +670,20 @@ def test_tooling_requests_never_ask_class_count_of_an_output():
         text = (CHART / "files" / script).read_text()
         assert '"classification"' not in text, f"{script} builds a classification request parameter"
     assert "classification" not in json.dumps(header)
+    assert "classification" not in json.dumps(header)
+
+
+def test_tooling_requests_carry_the_mark_the_models_leave_out_of_their_metrics():
+    """The helm test and the liveness probe send the request parameter the preprocess and postprocess models look
+    for (tests/integration/helm/test_chart_runs.py checks against the real repository that nothing is counted)."""
+    import importlib.util
+
+    from chart_tools import CHART
+    from triton_deploy.monitoring.model_metrics import TOOLING_PARAMETER
+
+    spec = importlib.util.spec_from_file_location("helm_test_inference", CHART / "files" / "helm_test_inference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.request_header([1, 1], 100)["parameters"] == {TOOLING_PARAMETER: "helm-test"}
+    probe = (CHART / "files" / "liveness_inference.py").read_text()
+    assert f'"parameters": {{"{TOOLING_PARAMETER}": "liveness"}}' in probe
