@@ -37,9 +37,6 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL = {"bash", "sh", "shell", "console"}
 # Pages written on parallel branches at the time these docs were split; the README links them already. A link to one
 # of them is checked as soon as the page exists.
-PAGES_FROM_OTHER_BRANCHES = {"docs/security.md", "docs/tls.md", "docs/protocol.md"}
-
-
 def _examples(kinds: set[str]) -> list:
     found = []
     for path in DOCS:
@@ -142,8 +139,7 @@ def test_relative_links_reach_a_file_and_a_heading(path):
         target_text, _, anchor = link.partition("#")
         target = (path.parent / target_text).resolve() if target_text else path
         if not target.exists():
-            if str(target.relative_to(ROOT)) not in PAGES_FROM_OTHER_BRANCHES:
-                broken.append(link)
+            broken.append(link)
             continue
         if anchor and target.suffix == ".md" and anchor not in _anchors(target):
             broken.append(link)
@@ -183,7 +179,7 @@ def test_readme_is_one_screen_with_the_two_commands_first():
 
 def test_readme_links_every_docs_page():
     readme = (ROOT / "README.md").read_text()
-    pages = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")} | PAGES_FROM_OTHER_BRANCHES
+    pages = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}
     assert [page for page in sorted(pages) if f"]({page}" not in readme] == []
 
 
