@@ -3,6 +3,7 @@ architecture. Each source yields a ``LoadedModel``: one TensorFlow callable plus
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,8 +145,6 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # at 0, or after a user block of 512, 102
 def _check_keras_format(path: Path) -> None:
     """Keras reports a file it cannot parse as "File not found" (a file that exists): look at the bytes first. A
     ``.keras`` model is a zip archive, an ``.h5`` one an HDF5 file."""
-    import zipfile
-
     if path.suffix == ".keras":
         if not zipfile.is_zipfile(path):
             raise ModelSourceError(f"{path} is not a Keras file: a .keras model is a zip archive (model.save("

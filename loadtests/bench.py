@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from triton_deploy import metrics
-from triton_deploy.errors import Problem, raise_problems
+from triton_deploy.errors import ManifestError, Problem, raise_problems
 from triton_deploy.fsutil import check_writable
 from triton_deploy.loadtests import driver, plots
 from triton_deploy.loadtests.payloads import ImagePool, PoolOptions, pool_from_digits
@@ -134,9 +134,6 @@ def _export(name: str, work: Path, options: BenchOptions, reporter: Reporter) ->
 
 def _unusable(directory: Path, name: str) -> str | None:
     """Why ``directory`` cannot stand in for the built-in model ``name`` (None: it can)."""
-    from triton_deploy.errors import ManifestError
-    from triton_deploy.spec import Manifest
-
     try:
         manifest = Manifest.read(directory)
     except ManifestError as exc:

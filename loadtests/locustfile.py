@@ -22,6 +22,7 @@ import numpy as np
 from locust import User, constant, events, task
 from locust.runners import WorkerRunner
 
+from triton_deploy.clients.errors import TlsError, translate
 from triton_deploy.clients.tls import TlsOptions
 from triton_deploy.contract import CLASS_IDS, IMAGE, OUTPUTS
 from triton_deploy.loadtests.payloads import ImagePool, PoolOptions, load_pool
@@ -253,7 +254,6 @@ def _tls_problem(exc: Exception, url: str, protocol: str, tls: TlsOptions | None
     """The client's ``TlsError`` when TLS is why ``exc`` happened (an untrusted certificate, plaintext to a TLS port,
     a missing client certificate...), else None. Worked out once per distinct error: explaining a closed socket
     takes a TLS handshake with the server, not something to repeat for every failed request."""
-    from triton_deploy.clients.errors import TlsError, translate
 
     key = (type(exc).__name__, str(exc))
     if key not in _tls_problems:

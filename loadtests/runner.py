@@ -182,7 +182,7 @@ def preflight(options: LoadTestOptions, url: str) -> None:
     is served and ready (31) and is an image classifier that returns ``--top-k`` answers. Metadata only, no
     inference: the check is not counted as a prediction. Without it a dead port ran the whole duration and ended in
     "SLO broken" with raw exception text."""
-    from triton_deploy.clients.classifier import ImageClassifier, check_top_k
+    from triton_deploy.clients.classifier import ImageClassifier, check_top_k  # tritonclient: only when it runs
 
     with ImageClassifier(url, protocol=options.protocol, model=options.model, concurrency=1,
                          ready_timeout=PREFLIGHT_READY_S, retries=1) as client:

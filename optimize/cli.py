@@ -11,6 +11,9 @@ from pathlib import Path
 
 from triton_deploy.cliargs import add_common_flags, float_list, int_list, word_list
 from triton_deploy.errors import VariantsFailedError
+from triton_deploy.repository.publish import Publisher
+from triton_deploy.repository.render import TensorRTAccelerator, gpu_classifier_config
+from triton_deploy.spec import Manifest
 
 
 def add_optimize(sub) -> None:
@@ -89,9 +92,7 @@ def add_optimize(sub) -> None:
 
 
 def run_optimize(args: argparse.Namespace, reporter) -> int:
-    # Late: the optimiser and the repository writer load ONNX and onnxruntime, kept off the CLI's start-up.
-    from triton_deploy.repository.publish import Publisher
-
+    # Late: the optimiser loads ONNX, onnxruntime and its quantiser, kept off the CLI's start-up.
     from .distill import DistillOptions
     from .options import OptimizeOptions
     from .quantize import Calibration
@@ -174,10 +175,7 @@ def add_tensorrt_check(sub) -> None:
 
 
 def run_tensorrt_check(args: argparse.Namespace, reporter) -> int:
-    # Late: the repository renderer and the TensorRT check load ONNX, kept off the CLI's start-up.
-    from triton_deploy.repository.render import TensorRTAccelerator, gpu_classifier_config
-    from triton_deploy.spec import Manifest
-
+    # Late: the TensorRT check reads the ONNX graph: ONNX only when the command runs.
     from .tensorrt import PlanOptions, TensorRTCompatibilityError, check_export
 
     options = PlanOptions(max_batch_size=args.max_batch_size, opt_batch_size=args.opt_batch_size,

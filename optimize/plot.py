@@ -67,7 +67,7 @@ def plot_report(report: OptimizeReport, path: Path) -> Path:
     import matplotlib  # late: plotting libraries load only when a report is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
     from matplotlib.lines import Line2D
 
     points = pareto_points(report)

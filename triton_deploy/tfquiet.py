@@ -52,7 +52,7 @@ def load_tensorflow() -> None:
     for name in ("tensorflow", "tf2onnx", "absl"):
         logging.getLogger(name).setLevel(logging.ERROR)
     with contextlib.suppress(ImportError):
-        from absl import logging as absl_logging
+        from absl import logging as absl_logging  # TensorFlow's own logging library, loaded with it above
 
         absl_logging.set_verbosity(absl_logging.ERROR)
     _done = True

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import filecmp
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -105,6 +104,9 @@ def test_no_request_the_project_builds_asks_class_count():
     helm_files = ROOT / "helm" / "triton-classifier" / "files"
     sources = [p for folder in (*SOURCES, helm_files) for p in folder.rglob("*.py")]
     assert any(p.parent == helm_files for p in sources) and any("locustfile" in p.name for p in sources)
-    uses = [f"{p.relative_to(ROOT)}: {line.strip()}" for p in sources for line in p.read_text().splitlines()
-            if re.search(r"\bclass_count\b|[\"']classification[\"']", line)]
-    assert uses == []
+    uses = [f"{p.relative_to(ROOT)}:{node.lineno}" for p in sources for node in ast.walk(ast.parse(p.read_text()))
+            if (isinstance(node, ast.keyword) and node.arg == "class_count")
+            or (isinstance(node, ast.Constant) and node.value in ("classification", "class_count"))
+            or (isinstance(node, ast.Name) and node.id == "class_count")
+            or (isinstance(node, ast.Attribute) and node.attr == "class_count")]
+    assert uses == []  # comments and docstrings may explain the bug; no code may build such a request

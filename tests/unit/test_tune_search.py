@@ -17,9 +17,9 @@ from triton_deploy.repository.writer import generate_repository
 from triton_deploy.tuning import TuneOptions
 from triton_deploy.tuning.knobs import Candidate, Knob
 from triton_deploy.tuning.results import CandidateRejected, Measurement, Point
+from triton_deploy.tuning.run import _write_winner
 from triton_deploy.tuning.search import SearchSettings, search
 from triton_deploy.tuning.space import EnsembleConfigs, repo_flags
-from triton_deploy.tuning.tune import _write_winner
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from triton_deploy.cliargs import add_common_flags, int_list
+from triton_deploy.fsutil import check_writable
 from triton_deploy.progress import Reporter
 
 from .render import BACKENDS, RepositoryOptions
@@ -81,6 +82,7 @@ def run_repo(args: argparse.Namespace, reporter: Reporter) -> int:
         session_batch_size=args.session_batch_size, monitoring=args.monitoring, low_confidence=args.low_confidence,
         drift_window=args.drift_window, drift_min_predictions=args.drift_min_predictions,
     )
+    check_writable(args.output, flag="--output")  # before the step's first line: a refusal is the only line
     with reporter.step(f"Generating the model repository in {args.output}"):
         result = generate_repository(args.exports, options)
     for note in result.notes:  # also with --json/--quiet: the user asked for something else

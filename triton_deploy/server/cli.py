@@ -11,12 +11,14 @@ from pathlib import Path
 
 from triton_deploy.cliargs import PROG, add_common_flags
 
-from .background import DEFAULT_STATE_FILE
+from .background import DEFAULT_STATE_FILE, stop_background
+from .install import HTTP_MAX_INPUT_SIZE_FLAG
+from .options import ADMIN_HEADER, ServerOptions
+from .serve import ServeOptions, serve
+from .supervisor import SupervisionPolicy
 
 
 def add_serve(sub) -> None:
-    from .options import ServerOptions
-
     d = ServerOptions(repository=Path("model_repository"))
     p = sub.add_parser("serve", help="run the real Triton server on a model repository",
                        description="Start tritonserver (from the nvidia-pytriton wheel), wait until every model is "
@@ -91,10 +93,6 @@ def _warn(message: str) -> None:
 
 
 def run_serve(args: argparse.Namespace, reporter) -> int:
-    from .options import ServerOptions
-    from .serve import ServeOptions, serve
-    from .supervisor import SupervisionPolicy
-
     server = ServerOptions(
         repository=args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
         metrics_port=args.metrics_port, exit_timeout_s=args.exit_timeout, model_control_mode=args.model_control_mode,
@@ -126,9 +124,6 @@ class _CliUI:
         _warn(message)
 
     def ready(self, state: dict, options) -> None:
-        from .install import HTTP_MAX_INPUT_SIZE_FLAG
-        from .options import ADMIN_HEADER
-
         public = {k: v for k, v in state.items() if k != "admin_key"}
         if self.as_json:
             print(json.dumps(public), flush=True)
@@ -166,8 +161,6 @@ class _CliUI:
 
 
 def run_stop(args: argparse.Namespace, reporter) -> int:
-    from .background import stop_background
-
     pid, was_running = stop_background(args.pid_file, args.timeout)
     if pid is None:
         reporter.info(f"Nothing to stop: no server is recorded in {args.pid_file} (already stopped, or started with "

@@ -64,7 +64,7 @@ def _run_tune(args: argparse.Namespace, reporter: Reporter) -> int:
                           in_place=args.in_place, report_dir=args.report_dir, force=args.force,
                           image_dir=args.image_dir, only=args.only, screen_s=args.window, challenge_s=2 * args.window,
                           confirm_s=2.5 * args.window, repeats=args.repeats)
-    from .tune import tune  # Triton's client libraries and matplotlib: off the start-up of every other command
+    from .run import tune  # Triton's client libraries and matplotlib: off the start-up of every other command
 
     result = tune(options, reporter)
     if args.json:
