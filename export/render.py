@@ -27,9 +27,7 @@ MODES = ("L", "RGB", "P")
 FORMATS = ("PNG", "JPEG", "WEBP")
 LOSSLESS = ("PNG",)
 CHEAP_EFFECTS_PX = 192  # see sample_renderings
-# Of training renderings with ink and paper 40-100 luminance levels apart (see sample_renderings). Measured with
-# 'triton-deploy export' on a busy machine (2026-12-06), low-contrast-colour / margin-corner: share 0 (main) 0.853 /
-# 0.951; 0.2 0.991 / 0.942; 0.1 0.998 / 0.907; 0.2 with digits from 35 % of the canvas (not 40 %) 0.993 / 0.951.
+# Share of training renderings at low contrast (faded scans); why 0.2: docs/export.md#low-contrast-training
 LOW_CONTRAST_SHARE = 0.2
 MIN_DIGIT_PX = 8  # below its native 8x8 a digit loses strokes; canvases of 8-16 px therefore hold larger digits
 
