@@ -87,10 +87,16 @@ def markdown(summary: dict) -> str:
 
 def conclusion_lines(summary: dict) -> list[str]:
     confirmation = summary["confirmation"]
+    if not summary["winner"]:
+        lines = ["No change kept: no candidate beat the starting configuration by more than the noise in side-by-side "
+                 "runs" + (f" ({summary['lead_lost_in_confirmation']} led while searching, not in the confirmation)"
+                           if summary["lead_lost_in_confirmation"] else "")]
+        for c, s in summary["confirmation"]["start"].items():
+            lines.append(f"  concurrency {c}: {s['images_per_s']['median']:,.0f} images/s (range "
+                         f"{s['images_per_s']['min']:,.0f}-{s['images_per_s']['max']:,.0f}), p99 "
+                         f"{s['p99_ms']['median']:.1f} ms (medians of {summary['confirmation']['repeats']} runs)")
+        return lines
     lines = [f"Winner: {summary['winner_label']}"]
-    if summary["lead_lost_in_confirmation"]:
-        lines.append(f"  ({summary['lead_lost_in_confirmation']} led while searching but not in the side-by-side "
-                     "confirmation, so the starting configuration is kept)")
     for c, gain in confirmation["throughput_gain"].items():
         s, w = confirmation["start"][c], confirmation["winner"][c]
         lines.append(

@@ -138,11 +138,15 @@ def search(knobs: list[Knob], measure: MeasureFn, settings: SearchSettings,
         if not changed or result.stopped_by_budget:
             break
     result.winner = incumbent
+    contenders = ((start, result.confirm_start), (incumbent, result.confirm_winner)) if incumbent != start \
+        else ((start, result.confirm_start),)
     for _ in range(settings.repeats):  # alternate, so drift of the machine hits both alike
-        for candidate, into in ((start, result.confirm_start), (incumbent, result.confirm_winner)):
+        for candidate, into in contenders:
             m = run(candidate, settings.confirm_s, "confirm")
             if m is not None:
                 into.append(m)
+    if incumbent == start:  # nothing to compare: the start's own runs give the figures and their spread
+        result.confirm_winner = list(result.confirm_start)
     if incumbent != start and not _held(result, settings):
         # The lead seen while searching did not survive the side-by-side runs: keep what was there.
         result.challenger, result.winner, result.lead_lost = incumbent, start, True
