@@ -151,7 +151,7 @@ def test_search_stops_within_its_budget():
     result = search(KNOBS, measuring(calls), settings)
     assert result.stopped_by_budget
     # The budget left room for the start and the confirmation only.
-    assert [r.stage for r in result.records] == ["screen", "confirm", "confirm"]
+    assert [r.stage for r in result.records] == ["screen", "confirm"]  # the start alone: nothing to compare
 
 
 def test_in_place_keeps_each_replaced_config_beside_the_new_one(own_repository, tmp_path):
