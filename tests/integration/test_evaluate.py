@@ -182,9 +182,11 @@ def test_a_worse_model_loses_the_ab_comparison(layout, ab_server, labelled_dir, 
     assert (output / f"confusion-{names[1]}.png").is_file() and "## A/B" in (output / "report.md").read_text()
 
 
+# (A version called without the admin key used to fail for want of the classifier's configuration; the configuration
+# is open now, as Triton's own clients expect, so only a version the server does not serve is refused.)
 @pytest.mark.parametrize("version, key, code, said, hint", [
-    ("1", False, 32, "--model-version 1 calls 'digits_classifier' directly", "--admin-key"),
     ("9", True, 31, "does not serve version 9 of 'digits_classifier'", "version policy"),
+    ("9", False, 31, "does not serve version 9 of 'digits_classifier'", "version policy"),
 ])
 def test_a_model_version_that_cannot_be_called_gets_a_hint_evaluate_can_follow(version, key, code, said, hint, ab_server,
                                                                                labelled_dir, tmp_path, capsys):

@@ -107,8 +107,10 @@ def _docs_examples_to_run() -> list:
             if language != "bash":
                 continue
             for command in shell_commands(body):
+                # A/B needs the INT8 sibling an optimize run publishes; TLS examples need certificates and a gateway
+                # (tests/integration/test_tls*.py run them against a TLS server; test_docs.py parses them)
                 if command[0] == "triton-deploy" and command[1] in RUN_AGAINST_THE_SESSION_SERVER \
-                        and "--compare" not in command:  # A/B needs the INT8 sibling an optimize run publishes
+                        and "--compare" not in command and not any(a.startswith("--tls") for a in command):
                     found.append(pytest.param(command[1:], id=f"{path.relative_to(ROOT)}:{line}:{command[1]}"))
     return found
 
