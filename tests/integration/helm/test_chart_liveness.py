@@ -41,7 +41,7 @@ def test_probe_classifies_a_tiny_image_through_the_served_ensemble(triton_server
     result = run_probe(command)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.fullmatch(r"liveness: OK, digits classified a 2x2 image in \d+ ms \(CLASS_IDS, LABELS, SCORES\)\n",
+    assert re.fullmatch(r"liveness: OK, digits classified a 2x2 image in \d+ ms \(CLASS_IDS, LABELS, PROBABILITIES, SCORES\)\n",
                         result.stdout), result.stdout
     print(f"liveness probe on a healthy server: {elapsed * 1000:.0f} ms including python3 start-up;", result.stdout)
 
