@@ -184,7 +184,7 @@ def preflight(options: LoadTestOptions, url: str) -> None:
     "SLO broken" with raw exception text."""
     from triton_deploy.clients.classifier import ImageClassifier, check_top_k  # tritonclient: only when it runs
 
-    with ImageClassifier(url, protocol=options.protocol, model=options.model, concurrency=1,
+    with ImageClassifier(url, protocol=options.protocol, model=options.model, concurrency=1, tls=options.tls,
                          ready_timeout=PREFLIGHT_READY_S, retries=1) as client:
         check_top_k(options.top_k, client.plan)
 

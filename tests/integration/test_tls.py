@@ -84,7 +84,7 @@ def test_the_server_command_line_turns_on_mutual_tls(mutual_server, pki):
 def test_the_right_client_classifies_over_mutual_tls(mutual_server, pki, image, shared_memory):
     plain = classify(mutual_server.http_url, image)  # the HTTP port stays plaintext: the reference answer
     secure = classify(mutual_server.grpc_url, image, protocol="grpc", tls=right_client(pki),
-                      shared_memory=shared_memory)
+                      shared_memory=shared_memory, admin_key=mutual_server.admin_key)  # shm registration needs it
     assert [p.label for p in secure] == [p.label for p in plain]
     assert [r.score for r in secure[0].ranks] == pytest.approx([r.score for r in plain[0].ranks], abs=1e-5)
     assert leftover_regions() == []

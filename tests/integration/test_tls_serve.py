@@ -28,6 +28,7 @@ from triton_deploy.server import free_ports
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 MODEL = "tiny"
+ADMIN_KEY = "tls-test-admin-key"
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,8 @@ def served(pki, tiny_repository, tmp_path_factory):
     http, grpc, metrics = free_ports(3)
     command = [sys.executable, "-m", "triton_deploy.cli", "serve", "--repository", str(tiny_repository),
                "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--json",
-               "--exit-timeout", "5", "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
+               "--exit-timeout", "5", "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+               "--admin-key", ADMIN_KEY]  # shared-memory registration needs it
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=folder)
     try:
         line = process.stdout.readline()  # printed once the server is ready
@@ -98,7 +100,7 @@ def test_serve_with_tls_says_the_http_port_stays_plaintext(served):
 def test_grpc_client_trusting_the_ca_classifies(served, pki, image, shared_memory):
     plain = classify(served["http"], [image])
     secure = classify(served["grpc"], [image], protocol="grpc", tls=TlsOptions(ca=pki.ca),
-                      shared_memory=shared_memory)
+                      shared_memory=shared_memory, admin_key=ADMIN_KEY)
     assert [p.label for p in secure] == [p.label for p in plain]
     assert leftover_regions() == []
 
@@ -106,7 +108,8 @@ def test_grpc_client_trusting_the_ca_classifies(served, pki, image, shared_memor
 @pytest.mark.parametrize("shared_memory", [False, True], ids=["socket", "shm"])
 def test_https_through_a_gateway_classifies_with_the_sync_client(served, https_gateway, pki, image, shared_memory):
     plain = classify(served["http"], [image, image])
-    secure = classify(https_gateway.url, [image, image], tls=TlsOptions(ca=pki.ca), shared_memory=shared_memory)
+    secure = classify(https_gateway.url, [image, image], tls=TlsOptions(ca=pki.ca), shared_memory=shared_memory,
+                      admin_key=ADMIN_KEY)
     assert [p.label for p in secure] == [p.label for p in plain]
     assert secure[0].ranks[0].score == pytest.approx(plain[0].ranks[0].score, abs=1e-6)
     assert leftover_regions() == []
@@ -148,12 +151,14 @@ def test_loadtest_locust_users_over_grpc_tls(served, pki, tmp_path, capsys, tls)
     code = main(["loadtest", "--url", served["grpc"], "--protocol", "grpc", "--model", MODEL, "--metrics-url",
                  served["metrics"], "--users", "2", "--duration", "3s", "--image-sizes", "8", "--pool-size", "4",
                  "--output", str(tmp_path), "--quiet", *flags])
-    run = json.loads(next(tmp_path.glob("loadtest-*/summary.json")).read_text())["runs"][0]
     if tls:
+        run = json.loads(next(tmp_path.glob("loadtest-*/summary.json")).read_text())["runs"][0]
         assert code == 0 and run["requests"] > 0 and run["failures"] == 0, run
-    else:  # every request fails, and the failure says why
-        assert code == EXIT_CODES["SLOViolation"][0] and run["failures"] == run["requests"] > 0, run
-        assert "speaks TLS" in run["top_failure"] and "pass --tls-ca" in run["top_failure"]
+    else:  # the preflight (classify's checks) refuses at once, says why, and no run is started
+        err = capsys.readouterr().err
+        assert code == EXIT_CODES["TlsError"][0], err
+        assert "speaks TLS" in err and "--tls-ca" in err and len(err.strip().splitlines()) == 1
+        assert not list(tmp_path.glob("loadtest-*"))
 
 
 def test_monitor_reads_metrics_through_an_https_gateway(served, pki, capsys):
