@@ -171,3 +171,22 @@ def make_export(folder: Path, name: str = "tiny", seed: int = 0, classes: int = 
     )
     manifest.write(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A throwaway CA with server and client certificates (and a stranger's), made at test time."""
+    from tls_certs import make_pki  # cryptography: only for the TLS tests
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def tls_repository(tmp_path_factory) -> Path:
+    """The tiny hand-built model's repository, for the servers the TLS tests start (no training)."""
+    from triton_deploy.repository.render import RepositoryOptions
+    from triton_deploy.repository.writer import generate_repository
+
+    folder = tmp_path_factory.mktemp("tls-repo")
+    generate_repository([make_export(folder / "export")], RepositoryOptions(output=folder / "repository"))
+    return folder / "repository"

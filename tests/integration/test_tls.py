@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tls_certs import make_pki
 
 from conftest import encode_digit
 from triton_deploy.cli import main
@@ -24,29 +23,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.server]
 MODEL = "tiny"
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
+# `pki` (throwaway CA, server and client certificates) and `tls_repository` (a tiny model served over TLS) are
+# shared fixtures in tests/conftest.py.
 
 
 @pytest.fixture(scope="module")
-def tiny_repository(tmp_path_factory):
-    from conftest import make_export
-    from triton_deploy.repository.render import RepositoryOptions
-    from triton_deploy.repository.writer import generate_repository
-
-    folder = tmp_path_factory.mktemp("tls-repo")
-    export = make_export(folder / "export")
-    generate_repository([export], RepositoryOptions(output=folder / "repository"))
-    return folder / "repository"
-
-
-@pytest.fixture(scope="module")
-def mutual_server(pki, tiny_repository, tmp_path_factory):
+def mutual_server(pki, tls_repository, tmp_path_factory):
     from triton_deploy.server import ServerOptions, TritonServer, free_ports
 
     http_port, grpc_port, metrics_port = free_ports(3)
-    options = ServerOptions(repository=tiny_repository, http_port=http_port, grpc_port=grpc_port,
+    options = ServerOptions(repository=tls_repository, http_port=http_port, grpc_port=grpc_port,
                             metrics_port=metrics_port, exit_timeout_s=5,
                             log_file=tmp_path_factory.mktemp("tls-log") / "triton.log",
                             tls_cert=pki.server_cert, tls_key=pki.server_key, tls_ca=pki.ca)

@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import pytest
-from tls_certs import make_pki
 from tls_gateway import TlsGateway
 
 from conftest import encode_digit
@@ -31,28 +30,16 @@ MODEL = "tiny"
 ADMIN_KEY = "tls-test-admin-key"
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
+# `pki` (throwaway CA, server and client certificates) and `tls_repository` (a tiny model served over TLS) are
+# shared fixtures in tests/conftest.py.
 
 
 @pytest.fixture(scope="module")
-def tiny_repository(tmp_path_factory):
-    from conftest import make_export
-    from triton_deploy.repository.render import RepositoryOptions
-    from triton_deploy.repository.writer import generate_repository
-
-    folder = tmp_path_factory.mktemp("tls-repo")
-    generate_repository([make_export(folder / "export")], RepositoryOptions(output=folder / "repository"))
-    return folder / "repository"
-
-
-@pytest.fixture(scope="module")
-def served(pki, tiny_repository, tmp_path_factory):
+def served(pki, tls_repository, tmp_path_factory):
     """``triton-deploy serve --tls-cert --tls-key`` in a subprocess: the endpoints it printed, and its TLS notice."""
     folder = tmp_path_factory.mktemp("serve")
     http, grpc, metrics = free_ports(3)
-    command = [sys.executable, "-m", "triton_deploy.cli", "serve", "--repository", str(tiny_repository),
+    command = [sys.executable, "-m", "triton_deploy.cli", "serve", "--repository", str(tls_repository),
                "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--json",
                "--exit-timeout", "5", "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
                "--admin-key", ADMIN_KEY]  # shared-memory registration needs it
