@@ -334,10 +334,11 @@ def test_admin_apis_refuse_callers_without_the_key_from_the_secret(pod):
     assert http_status(index, "POST", body=b"{}") == 403
     assert http_status(index, "POST", {ADMIN_HEADER: "wrong"}, b"{}") == 403
     assert http_status(index, "POST", {ADMIN_HEADER: pod.admin_key}, b"{}") == 200
-    assert http_status(pod.url("http", "/v2/models/digits/config")) == 403
     assert http_status(pod.url("http", "/v2/logging")) == 403
-    # Inference, health and metadata stay open.
+    assert http_status(pod.url("http", "/v2/systemsharedmemory/status")) == 403
+    # Inference, health, metadata and the configuration stay open (Triton's own clients read the configuration).
     assert http_status(pod.url("http", "/v2/models/digits")) == 200
+    assert http_status(pod.url("http", "/v2/models/digits/config")) == 200
 
 
 def test_grpc_admin_protocols_need_the_key_too(pod):
