@@ -8,6 +8,7 @@ difference covers exactly the requests of the run, for the ensemble and each mem
 
 from __future__ import annotations
 
+import http.client
 import re
 import ssl
 import urllib.error
@@ -109,6 +110,9 @@ def read_metrics_text(url: str, timeout_s: float = 5.0, tls: TlsOptions | None =
     try:
         with urllib.request.urlopen(url, timeout=timeout_s, context=context) as response:
             return response.read().decode("utf-8", errors="replace")
+    except http.client.HTTPException:  # e.g. the gRPC port: it answers, but not with HTTP/1
+        raise ClientError(f"cannot read Triton metrics from {url}: the port answers, but not with HTTP (is it the gRPC "
+                          "port?)", hint="check --metrics-url (Triton's --metrics-port, default 8002)") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         hint = "check --metrics-url (Triton's --metrics-port, default 8002)"

@@ -9,7 +9,6 @@ one line (a repository generated without monitoring, an export without a referen
 
 from __future__ import annotations
 
-import http.client
 import json
 import math
 import time
@@ -23,7 +22,7 @@ from rich.text import Text
 
 from triton_deploy import metrics as server_stats  # scraping moved from loadtests/ to the core package
 from triton_deploy.clients.tls import TlsOptions
-from triton_deploy.errors import ClientError, ModelNotFoundError, UsageError
+from triton_deploy.errors import ModelNotFoundError, UsageError
 
 from . import model_metrics as mm
 
@@ -60,12 +59,7 @@ class Scrape:
 
     @classmethod
     def read(cls, url: str, tls: TlsOptions | None = None) -> Scrape:
-        try:
-            text = server_stats.read_metrics_text(url, tls=tls)
-        except http.client.HTTPException:  # e.g. the gRPC port: it answers, but not with HTTP/1
-            raise ClientError(f"cannot read Triton metrics from {url}: the port answers, but not with HTTP (is it "
-                              "the gRPC port?)", hint="check --metrics-url (Triton's --metrics-port, default 8002)"
-                              ) from None
+        text = server_stats.read_metrics_text(url, tls=tls)
         return cls(time.monotonic(), server_stats.parse_metrics(text), server_stats.parse_samples(text))
 
     def by_label(self, name: str, label: str, model: str) -> dict[str, float]:

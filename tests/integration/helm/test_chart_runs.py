@@ -253,10 +253,8 @@ def http_status(url: str, method: str = "GET", headers: dict[str, str] | None = 
         return None
 
 
-@pytest.fixture(scope="module")
-def pod(tmp_path_factory):
-    rendered = render_scenario(next(p for p in SCENARIOS if p.name == "cpu-values.yaml"))
-    local = LocalPod(rendered, tmp_path_factory.mktemp("chart-pod"))
+def started(local):
+    """Start ``local`` and wait as the startup probe would; stop it afterwards (a fixture's body)."""
     local.start()
     try:
         startup = local.container["startupProbe"]
@@ -264,6 +262,13 @@ def pod(tmp_path_factory):
         yield local
     finally:
         local.stop()
+
+
+@pytest.fixture(scope="module")
+def pod(tmp_path_factory):
+    rendered = render_scenario(next(p for p in SCENARIOS if p.name == "cpu-values.yaml"))
+    local = LocalPod(rendered, tmp_path_factory.mktemp("chart-pod"))
+    yield from started(local)
 
 
 def test_every_rendered_server_flag_is_one_tritonserver_accepts():
@@ -513,13 +518,7 @@ def tls_pod(tmp_path_factory):
     rendered = render_scenario(next(p for p in SCENARIOS if p.name == "platform-values.yaml"))
     local = LocalPod(rendered, workdir, tls_dir=certs["ca.crt"].parent)
     local.certs, local.stranger = certs, stranger
-    local.start()
-    try:
-        startup = local.container["startupProbe"]
-        local.wait_until_started(budget=min(120, startup["periodSeconds"] * startup["failureThreshold"]))
-        yield local
-    finally:
-        local.stop()
+    yield from started(local)
 
 
 def grpc_client(pod, *, ca=None, cert=None, key=None, ssl=True):
