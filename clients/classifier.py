@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from triton_deploy.errors import Problem, raise_problems
 from triton_deploy.preprocessing import ImageTransform
 
 from .batches import client_batch, server_batch
@@ -56,17 +57,26 @@ class ClassifierOptions:
     tls: TlsOptions | None = None  # None: plaintext; TlsOptions(ca=, cert=, key=): gRPC TLS, or HTTPS to a gateway
     model_version: str = ""  # a classifier version, called directly: needs preprocess="client"
 
-    def __post_init__(self) -> None:
+    def problems(self) -> list[Problem]:
+        """Every problem with these options and their connection (url, protocol, timeout), without raising."""
+        problems: list[Problem] = []
         if self.preprocess not in PREPROCESS_MODES:
-            raise InvalidInputError(f"preprocess must be 'server' or 'client', not {self.preprocess!r}",
-                                    hint="--preprocess")
+            problems.append((f"preprocess must be 'server' or 'client', not {self.preprocess!r}", "--preprocess"))
         if self.concurrency < 1:
-            raise InvalidInputError(f"concurrency must be at least 1, not {self.concurrency}", hint="--concurrency")
+            problems.append((f"concurrency must be at least 1, not {self.concurrency}", "--concurrency"))
         if self.retries < 0:
-            raise InvalidInputError(f"retries must be 0 or more, not {self.retries}", hint="--retries")
+            problems.append((f"retries must be 0 or more, not {self.retries}", "--retries"))
         if self.model_version and self.preprocess != "client":
-            raise InvalidInputError("a model version is called with preprocess='client': an ensemble always runs its "
-                                    "classifier's latest version", hint="preprocess='client' / --preprocess client")
+            problems.append(("a model version is called with preprocess='client': an ensemble always runs its "
+                             "classifier's latest version", "preprocess='client' / --preprocess client"))
+        return problems + self.connection.problems()
+
+    def check(self) -> None:
+        """The TLS files first (one ``UsageError``, as for the ``--tls-*`` flags), then one ``InvalidInputError``
+        naming every other problem."""
+        if self.tls is not None:
+            self.tls.check()
+        raise_problems(self.problems(), InvalidInputError)
 
     @classmethod
     def from_arguments(cls, url: str, *, protocol: str = "http", model: str = "digits", preprocess: str = "server",
@@ -75,9 +85,12 @@ class ClassifierOptions:
                        ready_timeout: float = 30.0, retries: int = 3, backoff: float = 0.2,
                        headers: Mapping[str, str] | None = None, admin_key: str | None = None,
                        tls: TlsOptions | None = None, model_version: str = "") -> ClassifierOptions:
-        """The keyword arguments both ``ImageClassifier`` and ``AsyncImageClassifier`` take, in one place."""
-        return cls(url, protocol, model, preprocess, transform, max_batch_size, concurrency, shared_memory, timeout,
-                   ready_timeout, retries, backoff, dict(headers or {}), admin_key, tls, str(model_version or ""))
+        """The keyword arguments both ``ImageClassifier`` and ``AsyncImageClassifier`` take, in one place; checked,
+        so a client refuses unusable arguments before it connects."""
+        options = cls(url, protocol, model, preprocess, transform, max_batch_size, concurrency, shared_memory, timeout,
+                      ready_timeout, retries, backoff, dict(headers or {}), admin_key, tls, str(model_version or ""))
+        options.check()
+        return options
 
     @property
     def connection(self) -> Connection:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from triton_deploy.cliargs import add_common_flags
-from triton_deploy.errors import UsageError
+from triton_deploy.errors import Problem, UsageError, raise_problems
 from triton_deploy.spec import MANIFEST_FILE, Manifest
 
 from .errors import AccuracyGateError, DatasetError, IncompleteRunError
@@ -52,6 +52,17 @@ class ClassifyOptions:
     headers: dict[str, str] = field(default_factory=dict)
     tls: TlsOptions | None = None  # None: plaintext
     json: bool = False
+
+    def problems(self) -> list[Problem]:
+        """What only the command checks; the client's own settings (``--concurrency``, ``--url``, ...) are
+        ``ClassifierOptions``' problems, reported with its exit code when the client is made."""
+        problems: list[Problem] = []
+        if self.manifest is not None and self.preprocess != "client":
+            problems.append(("--manifest is only used with --preprocess client", "add --preprocess client"))
+        return problems
+
+    def check(self) -> None:
+        raise_problems(self.problems())
 
 
 def add_classify(sub) -> None:
@@ -118,6 +129,7 @@ def classify_files(options: ClassifyOptions, reporter: Reporter, *,
     # the client stack (tritonclient) only when the command runs
     from .classifier import ImageClassifier
 
+    options.check()
     out = out or (lambda line: print(line, flush=True))
     err = err or (lambda line: print(line, file=sys.stderr, flush=True))
     files = expand_paths(options.paths)
@@ -155,9 +167,6 @@ def _manifest_transform(options: ClassifyOptions):
     """The export's preprocessing for ``--preprocess client``, read from ``--manifest`` (file or export directory)."""
     if options.manifest is None:
         return None
-    if options.preprocess != "client":
-        raise UsageError("--manifest is only used with --preprocess client", hint="add --preprocess client")
-
     path = Path(options.manifest)
     return Manifest.read(path.parent if path.name == MANIFEST_FILE else path).preprocessing
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from triton_deploy.contract import IMAGE_SUFFIXES
-from triton_deploy.errors import UsageError
+from triton_deploy.errors import Problem, raise_problems
 from triton_deploy.fsutil import atomic_directory, check_output_dir
 from triton_deploy.progress import Reporter
 
@@ -54,15 +54,22 @@ class EvaluateOptions:
     force: bool = False
     error_grid: int = 36  # misclassified images drawn in errors.png
 
-    def __post_init__(self) -> None:
-        if self.min_accuracy is not None and not 0.0 <= self.min_accuracy <= 1.0:
-            raise UsageError(f"--min-accuracy must be between 0 and 1, not {self.min_accuracy}",
-                             hint="e.g. --min-accuracy 0.97")
+    def __post_init__(self) -> None:  # a default filled in, not a check: ``check()`` validates
         if self.compare_version and not self.compare:
             object.__setattr__(self, "compare", self.model)  # versions of one model: A/B of its classifier versions
+
+    def problems(self) -> list[Problem]:
+        problems: list[Problem] = []
+        if self.min_accuracy is not None and not 0.0 <= self.min_accuracy <= 1.0:
+            problems.append((f"--min-accuracy must be between 0 and 1, not {self.min_accuracy}",
+                             "e.g. --min-accuracy 0.97"))
         if self.compare is not None and self.targets[0] == self.targets[1]:
-            raise UsageError(f"--compare names the same model as --model ({self.model!r})",
-                             hint="check --compare / --compare-version")
+            problems.append((f"--compare names the same model as --model ({self.model!r})",
+                             "check --compare / --compare-version"))
+        return problems + (self.tls.problems() if self.tls else [])
+
+    def check(self) -> None:
+        raise_problems(self.problems())
 
     @property
     def targets(self) -> list[tuple[str, str]]:
@@ -158,6 +165,7 @@ def evaluate(options: EvaluateOptions, reporter: Reporter | None = None) -> Eval
     # matplotlib (about a second to import): only when the report is drawn
     from .report import write_report
 
+    options.check()
     reporter = reporter or Reporter(quiet=True)
     check_output_dir(Path(options.output), force=options.force)
     if not Path(options.data_dir).is_dir():  # before connecting: the cheapest mistake to report

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from triton_deploy.errors import raise_problems
+from triton_deploy.errors import Problem, raise_problems
 from triton_deploy.pem import pem_problems
 
 
@@ -24,22 +24,29 @@ from triton_deploy.pem import pem_problems
 class TlsOptions:
     """TLS for a client: PEM file paths. ``ca`` replaces the system's root certificates (a private CA); ``cert`` and
     ``key`` are the client certificate a server with mutual TLS asks for. All three are optional: ``TlsOptions()``
-    is TLS trusting the system's roots. The files are checked on construction."""
+    is TLS trusting the system's roots. The files are checked by ``check()``: ``from_flags`` calls it, and so does
+    every options object holding one (``ClassifierOptions``, ``MonitorOptions``, ...), before it connects."""
 
     ca: str | Path | None = None
     cert: str | Path | None = None
     key: str | Path | None = None
 
-    def __post_init__(self) -> None:
-        raise_problems(pem_problems(self.ca, self.cert, self.key))  # one UsageError naming every flag to fix
+    def problems(self) -> list[Problem]:
+        return pem_problems(self.ca, self.cert, self.key)
+
+    def check(self) -> None:
+        raise_problems(self.problems())  # one UsageError naming every flag to fix
 
     @classmethod
     def from_flags(cls, ca: str | Path | None, cert: str | Path | None, key: str | Path | None,
                    on: bool = False) -> TlsOptions | None:
-        """None (plaintext) unless ``on`` (``--tls``) or one of the files was given."""
+        """None (plaintext) unless ``on`` (``--tls``) or one of the files was given; checked, so a command's TLS
+        flags are refused while its arguments are read, before anything else."""
         if not on and ca is None and cert is None and key is None:
             return None
-        return cls(ca, cert, key)
+        options = cls(ca, cert, key)
+        options.check()
+        return options
 
     def grpc_args(self) -> dict[str, Any]:
         """For ``tritonclient.grpc[.aio].InferenceServerClient`` (it reads the files itself)."""

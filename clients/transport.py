@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from triton_deploy.contract import ADMIN_HEADER
-from triton_deploy.errors import ClientError
+from triton_deploy.errors import ClientError, Problem, raise_problems
 
 from .discovery import Call
 from .errors import InvalidInputError, ModelNotFoundError, ServerUnavailableError, TlsError, is_restricted, translate
@@ -87,16 +87,25 @@ class Connection:
     admin_key: str | None = None
     tls: TlsOptions | None = None  # None: plaintext. gRPC TLS to Triton itself; HTTP TLS means HTTPS to a gateway
 
-    def __post_init__(self) -> None:
+    def problems(self) -> list[Problem]:
+        problems: list[Problem] = []
         if self.protocol not in PROTOCOLS:
-            raise InvalidInputError(f"protocol must be 'http' or 'grpc', not {self.protocol!r}", hint="--protocol")
+            problems.append((f"protocol must be 'http' or 'grpc', not {self.protocol!r}", "--protocol"))
         if "://" in self.url:
-            raise InvalidInputError(f"url {self.url!r} must be HOST:PORT without a scheme", hint="--url")
-        if not has_port(self.url):  # without one, a dial goes to port 80 and reads as "nothing listens"
-            raise InvalidInputError(f"url {self.url!r} is missing a port",
-                                    hint="--url HOST:PORT; Triton's defaults are 8000 for HTTP, 8001 for gRPC")
+            problems.append((f"url {self.url!r} must be HOST:PORT without a scheme", "--url"))
+        elif not has_port(self.url):  # without one, a dial goes to port 80 and reads as "nothing listens"
+            problems.append((f"url {self.url!r} is missing a port",
+                             "--url HOST:PORT; Triton's defaults are 8000 for HTTP, 8001 for gRPC"))
         if self.timeout_s <= 0:
-            raise InvalidInputError(f"timeout must be positive, not {self.timeout_s}", hint="--timeout")
+            problems.append((f"timeout must be positive, not {self.timeout_s}", "--timeout"))
+        return problems
+
+    def check(self) -> None:
+        """The TLS files' problems as one ``UsageError`` (as ``--tls-*`` flags are refused), then one
+        ``InvalidInputError`` naming every other problem (the client library's error for an unusable argument)."""
+        if self.tls is not None:
+            self.tls.check()
+        raise_problems(self.problems(), InvalidInputError)
 
 
 # ---- operations: what a program asks its driver to do ----------------------------------------------------------
@@ -433,6 +442,7 @@ class _Transport:
     ``SyncTransport``, an awaitable of it for ``AsyncTransport``."""
 
     def __init__(self, connection: Connection) -> None:
+        connection.check()  # before anything is dialled (ClassifierOptions.check has usually done it already)
         self.connection = connection
         self.protocol = _ADAPTERS[connection.protocol](connection)
 

@@ -59,6 +59,37 @@ class ExportOptions:
     tflite: bool = False  # also write model.tflite (float32), validated with LiteRT
     transform_overrides: dict = field(default_factory=dict)  # scale / mean / std / channel_order from flags
 
+    def problems(self) -> list[Problem]:
+        """Every problem with these options, without raising."""
+        problems: list[Problem] = []
+        chosen = [flag for flag, value in (("--keras-model", self.keras_model), ("--saved-model", self.saved_model),
+                                           ("--arch", self.arch)) if value is not None]
+        if len(chosen) > 1:
+            problems.append((f"{' and '.join(chosen)} were both given; export one model per run",
+                             "keep one of --model/--keras-model/--saved-model/--arch"))
+        if not chosen and self.model != "digits":
+            problems.append((f"unknown built-in model {self.model!r}", "--model takes: digits"))
+        if self.tflite and self.saved_model is not None:
+            problems.append(("--tflite converts a Keras model; a SavedModel source has none",
+                             "drop --tflite, or export the Keras model with --keras-model"))
+        if self.weights is not None and self.arch is None:
+            problems.append(("--weights applies to --arch models only", "drop --weights or add --arch"))
+        if not 7 <= self.opset <= 21:
+            problems.append((f"opset {self.opset} is outside the supported range 7-21", "check --opset"))
+        if self.atol <= 0 or not 0 < self.min_agreement <= 1:
+            problems.append(("--atol must be > 0 and --min-agreement in (0, 1]", "check --atol / --min-agreement"))
+        if self.output_kind not in ("auto", "logits", "probabilities"):
+            problems.append((f"unknown output kind {self.output_kind!r}", "--outputs takes auto|logits|probabilities"))
+        for flag, name in (("--input-name", self.input_name), ("--output-name", self.output_name),
+                           ("--name", self.name)):
+            if name is not None and not _is_identifier(name):
+                problems.append((f"{flag} {name!r} must be letters, digits and underscores, starting with a letter",
+                                 f"check {flag}"))
+        return problems
+
+    def check(self) -> None:
+        raise_problems(self.problems())
+
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -88,7 +119,7 @@ class ExportResult:
 
 def export_model(options: ExportOptions, reporter: Reporter | None = None) -> ExportResult:
     reporter = reporter or Reporter(quiet=True)
-    _check_options(options)
+    options.check()
     check_output_dir(options.output, force=options.force)  # fail before minutes of training, not after
     with reporter.step("Loading TensorFlow"):
         load_tensorflow()
@@ -189,35 +220,6 @@ def export_like(model: sources.LoadedModel, manifest: Manifest, path: Path, samp
                                   output_name=manifest.output.name, opset=manifest.opset,
                                   nchw=manifest.preprocessing.layout == "NCHW", reporter=reporter)
     return parity
-
-
-def _check_options(options: ExportOptions) -> None:
-    """Raise one ``UsageError`` naming every problem with ``options``."""
-    problems: list[Problem] = []
-    chosen = [flag for flag, value in (("--keras-model", options.keras_model), ("--saved-model", options.saved_model),
-                                       ("--arch", options.arch)) if value is not None]
-    if len(chosen) > 1:
-        problems.append((f"{' and '.join(chosen)} were both given; export one model per run",
-                         "keep one of --model/--keras-model/--saved-model/--arch"))
-    if not chosen and options.model != "digits":
-        problems.append((f"unknown built-in model {options.model!r}", "--model takes: digits"))
-    if options.tflite and options.saved_model is not None:
-        problems.append(("--tflite converts a Keras model; a SavedModel source has none",
-                         "drop --tflite, or export the Keras model with --keras-model"))
-    if options.weights is not None and options.arch is None:
-        problems.append(("--weights applies to --arch models only", "drop --weights or add --arch"))
-    if not 7 <= options.opset <= 21:
-        problems.append((f"opset {options.opset} is outside the supported range 7-21", "check --opset"))
-    if options.atol <= 0 or not 0 < options.min_agreement <= 1:
-        problems.append(("--atol must be > 0 and --min-agreement in (0, 1]", "check --atol / --min-agreement"))
-    if options.output_kind not in ("auto", "logits", "probabilities"):
-        problems.append((f"unknown output kind {options.output_kind!r}", "--outputs takes auto|logits|probabilities"))
-    for flag, name in (("--input-name", options.input_name), ("--output-name", options.output_name),
-                       ("--name", options.name)):
-        if name is not None and not _is_identifier(name):
-            problems.append((f"{flag} {name!r} must be letters, digits and underscores, starting with a letter",
-                             f"check {flag}"))
-    raise_problems(problems)
 
 
 def _is_identifier(name: str) -> bool:

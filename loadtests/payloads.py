@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from triton_deploy.contract import IMAGE_SUFFIXES
-from triton_deploy.errors import UsageError
+from triton_deploy.errors import Problem, UsageError, raise_problems
 from triton_deploy.export.digits import digit_image, load_digits_data
 
 FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "JPG": "JPEG", "BMP": "BMP", "WEBP": "WEBP"}
@@ -32,6 +32,24 @@ class PoolOptions:
     sizes: tuple[int, ...] = (64,)
     formats: tuple[str, ...] = ("PNG",)
     seed: int = 0
+
+    def digit_problems(self) -> list[Problem]:
+        """What is wrong with the rendered digits' settings (count, sizes, formats)."""
+        known = ", ".join(sorted(set(FORMATS.values())))
+        problems: list[Problem] = [(f"unknown image format {name!r}; choose from {known}", "check --image-formats")
+                                   for name in self.formats if name.strip().upper() not in FORMATS]
+        if not self.sizes or any(s < 1 or s > 4096 for s in self.sizes):
+            problems.append((f"image sizes {list(self.sizes)} must lie in 1..4096", "check --image-sizes"))
+        if self.count < 1:
+            problems.append((f"the pool needs at least one image, got {self.count}", "check --pool-size"))
+        return problems
+
+    def problems(self) -> list[Problem]:
+        """The digits' settings matter only without ``image_dir`` (a folder's images are sent as they are)."""
+        return self.digit_problems() if self.image_dir is None else []
+
+    def check(self) -> None:
+        raise_problems(self.problems())
 
 
 class ImagePool:
@@ -78,11 +96,8 @@ def pool_from_folder(folder: Path, seed: int = 0) -> ImagePool:
 
 
 def pool_from_digits(options: PoolOptions) -> ImagePool:
+    raise_problems(options.digit_problems())
     formats = [parse_format(f) for f in options.formats]
-    if not options.sizes or any(s < 1 or s > 4096 for s in options.sizes):
-        raise UsageError(f"image sizes {list(options.sizes)} must lie in 1..4096", hint="check --image-sizes")
-    if options.count < 1:
-        raise UsageError(f"the pool needs at least one image, got {options.count}", hint="check --pool-size")
     images, _ = load_digits_data().split("heldout")
     rng = np.random.default_rng(options.seed)
     chosen = rng.choice(len(images), size=min(options.count, len(images)), replace=False)

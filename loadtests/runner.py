@@ -30,6 +30,7 @@ from triton_deploy.clients.tls import TlsOptions
 from triton_deploy.errors import LoadTestError, Problem, TritonDeployError, UsageError, raise_problems, unknown_choice
 from triton_deploy.fsutil import check_writable
 from triton_deploy.loadtests import plots
+from triton_deploy.loadtests.payloads import PoolOptions
 from triton_deploy.loadtests.shapes import ShapePlan, plan_shape
 from triton_deploy.loadtests.slo import SLO, SLOViolation
 from triton_deploy.progress import Reporter
@@ -96,7 +97,16 @@ class LoadTestOptions:
         if self.tls is not None and self.url is None:
             problems.append(("--tls-* apply to a running server (--url); the server --repository starts serves "
                              "plaintext on loopback", "add --url, or drop --tls-ca/--tls-cert/--tls-key"))
-        return problems + self.slo.problems()
+        elif self.tls is not None:
+            problems += self.tls.problems()
+        return problems + self.pool.problems() + self.slo.problems()
+
+    @property
+    def pool(self) -> PoolOptions:
+        """The image pool each Locust process builds from ``--image-*``/``--pool-size`` (checked here, before Locust
+        starts, rather than in every worker)."""
+        return PoolOptions(image_dir=self.image_dir, count=self.pool_size, sizes=self.image_sizes,
+                           formats=self.image_formats)
 
     def check(self) -> None:
         raise_problems(self.problems())

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from triton_deploy.errors import PruneError, UsageError
+from triton_deploy.errors import Problem, PruneError, raise_problems
 from triton_deploy.export import graph, pipeline, validate
 from triton_deploy.export.sources import LoadedModel, keras_from_export
 from triton_deploy.postprocessing import softmax
@@ -57,13 +57,18 @@ class PruneOptions:
     fraction: float  # share of each prunable group's channels removed, in (0, 1)
     criterion: str = "l1"
 
-    def check(self) -> None:
+    def problems(self) -> list[Problem]:
+        problems: list[Problem] = []
         if not 0.0 < self.fraction < 1.0:
-            raise UsageError(f"prune fraction {self.fraction:g} must lie strictly between 0 and 1 (the share of "
-                             "filters removed per layer)", hint="check --prune")
+            problems.append((f"prune fraction {self.fraction:g} must lie strictly between 0 and 1 (the share of "
+                             "filters removed per layer)", "check --prune"))
         if self.criterion not in CRITERIA:
-            raise UsageError(f"unknown pruning criterion {self.criterion!r}",
-                             hint=f"--prune-criterion takes {'|'.join(CRITERIA)}")
+            problems.append((f"unknown pruning criterion {self.criterion!r}",
+                             f"--prune-criterion takes {'|'.join(CRITERIA)}"))
+        return problems
+
+    def check(self) -> None:
+        raise_problems(self.problems())
 
 
 @dataclass

@@ -44,14 +44,19 @@ def unknown_choice(what: str, value: object, flag: str, choices: tuple[str, ...]
     return f"unknown {what} {value!r}", f"{flag} takes {'|'.join(choices)}"
 
 
-def raise_problems(problems: list[Problem]) -> None:
-    """How every options object validates: collect every problem, then raise one ``UsageError`` (the first problem
-    with its hint, the others after "also:"), so a user fixes all their flags in one go."""
+def raise_problems(problems: list[Problem], error: type[TritonDeployError] | None = None) -> None:
+    """How every options object validates: collect every problem, then raise one error (the first problem with its
+    hint, the others after "also:"), so a user fixes all their flags in one go. ``error`` is the class to raise,
+    ``UsageError`` by default (the client library's options raise ``InvalidInputError``, exit code 33).
+
+    The pattern every options class follows (``tests/unit/test_options_rule.py`` checks it): ``check()`` collects
+    the problems (from ``problems()``, which returns them without raising, where a class has one) and passes them
+    here; the command's core function calls ``check()`` before any work; nothing validates in ``__post_init__``."""
     if problems:
         message, hint = problems[0]
         if len(problems) > 1:
             message += "; also: " + "; ".join(m for m, _ in problems[1:])
-        raise UsageError(message, hint=hint)
+        raise (error or UsageError)(message, hint=hint)
 
 
 # ---- core: codes 1-19 -------------------------------------------------------------------------------------------

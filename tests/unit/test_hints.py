@@ -27,8 +27,8 @@ def test_an_unserved_version_points_at_the_version_policy_not_the_model_name(sta
 @pytest.mark.parametrize("url", ["127.0.0.1", "localhost", "[::1]", "127.0.0.1:"])
 def test_a_url_without_a_port_is_said_to_miss_one(url):
     with pytest.raises(InvalidInputError, match="is missing a port"):
-        Connection(url)
-    Connection(f"{url.rstrip(':')}:8001")
+        Connection(url).check()
+    Connection(f"{url.rstrip(':')}:8001").check()
 
 
 def test_classify_without_a_port_says_missing_port_not_nothing_listens(tmp_path, capsys):

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from triton_deploy import metrics as server_stats  # scraping moved from loadtests/ to the core package
 from triton_deploy.clients.tls import TlsOptions
-from triton_deploy.errors import ModelNotFoundError, UsageError
+from triton_deploy.errors import ModelNotFoundError, Problem, raise_problems
 
 from . import model_metrics as mm
 
@@ -37,11 +37,16 @@ class MonitorOptions:
     # serve's state file, for its restarts; default: the one in .triton-deploy/ that records this metrics URL
     state_file: Path | None = None
 
-    def check(self) -> None:
+    def problems(self) -> list[Problem]:
+        problems: list[Problem] = []
         if not self.interval_s > 0:
-            raise UsageError(f"--interval must be positive, got {self.interval_s:g}", hint="check --interval")
+            problems.append((f"--interval must be positive, got {self.interval_s:g}", "check --interval"))
         if not self.metrics_url.strip():
-            raise UsageError("--metrics-url is empty", hint="pass HOST:PORT of Triton's metrics port")
+            problems.append(("--metrics-url is empty", "pass HOST:PORT of Triton's metrics port"))
+        return problems + (self.tls.problems() if self.tls else [])
+
+    def check(self) -> None:
+        raise_problems(self.problems())
 
     @property
     def url(self) -> str:

@@ -52,6 +52,11 @@ class ServeOptions:
     def random_key(self) -> bool:
         return self.server.restrict_apis and not self.server.admin_key
 
+    def check(self) -> None:
+        """The supervision policy's problems; ``server`` is checked against the Triton installation it starts
+        (``ServerOptions.check``), which ``TritonServer.start`` finds."""
+        errors.raise_problems(self.policy.problems())
+
 
 class ServeUI(Protocol):
     """What ``serve`` tells its user: progress, the ready announcement (the state it recorded), one-line warnings."""
@@ -67,7 +72,7 @@ class ServeUI(Protocol):
 
 def serve(options: ServeOptions, ui: ServeUI) -> int:
     """Serve until asked to stop (foreground: Triton's exit status) or until Triton is ready (background: 0)."""
-    options.policy.check()
+    options.check()
     state = options.state_path
     refuse_if_running(state)
     check_writable(state)  # before Triton starts: a failure after it would leave a server nobody can find

@@ -182,7 +182,7 @@ class SupervisionPolicy:
     max_backoff_s: float = 30.0
     stable_s: float = 600.0
 
-    def check(self) -> None:
+    def problems(self) -> list[Problem]:
         checks: list[tuple[bool, Problem]] = [
             (self.stub_failure not in STUB_FAILURE_MODES,
              unknown_choice("--stub-failure", self.stub_failure, "--stub-failure", STUB_FAILURE_MODES)),
@@ -190,7 +190,10 @@ class SupervisionPolicy:
             (self.backoff_s < 0 or self.max_backoff_s < self.backoff_s,
              (f"restart backoff {self.backoff_s:g}-{self.max_backoff_s:g} s is not a range", "check the policy")),
         ]
-        raise_problems([problem for failed, problem in checks if failed])
+        return [problem for failed, problem in checks if failed]
+
+    def check(self) -> None:
+        raise_problems(self.problems())
 
     def pause_s(self, consecutive: int) -> float:
         """The pause before restart number ``consecutive`` of a run of failures (1, 2, ...)."""
