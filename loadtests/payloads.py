@@ -35,9 +35,11 @@ class PoolOptions:
 
     def digit_problems(self) -> list[Problem]:
         """What is wrong with the rendered digits' settings (count, sizes, formats)."""
-        known = ", ".join(sorted(set(FORMATS.values())))
-        problems: list[Problem] = [(f"unknown image format {name!r}; choose from {known}", "check --image-formats")
-                                   for name in self.formats if name.strip().upper() not in FORMATS]
+        problems: list[Problem] = []
+        unknown = [name for name in self.formats if name.strip().upper() not in FORMATS]
+        if unknown:
+            problems.append((f"unknown image format{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                             f"choose from {', '.join(sorted(set(FORMATS.values())))}", "check --image-formats"))
         if not self.sizes or any(s < 1 or s > 4096 for s in self.sizes):
             problems.append((f"image sizes {list(self.sizes)} must lie in 1..4096", "check --image-sizes"))
         if self.count < 1:

@@ -72,3 +72,150 @@ def test_a_log_file_that_cannot_be_written_is_refused_before_triton_starts(tmp_p
 def test_supervision_policy_names_both_flags():
     with pytest.raises(UsageError, match="unknown --stub-failure 'retry'; also: --max-restarts -1 is negative"):
         SupervisionPolicy(stub_failure="retry", max_restarts=-1).check()
+
+
+# ---- the classes that raised on their first problem or in __post_init__ (issue 22 item 3) ------------------------
+
+
+def test_monitor_options_report_interval_and_url_together(capsys):
+    from triton_deploy.cli import main
+    from triton_deploy.monitoring.monitor import MonitorOptions
+
+    options = MonitorOptions(metrics_url=" ", interval_s=0)  # built without complaint: check() judges it
+    with pytest.raises(UsageError) as info:
+        options.check()
+    assert str(info.value) == ("--interval must be positive, got 0; also: --metrics-url is empty (check --interval)")
+    assert main(["monitor", "--metrics-url", " ", "--interval", "-1", "--once", "--quiet"]) == UsageError.exit_code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--interval must be positive, got -1; also: --metrics-url is empty" in err[0]
+
+
+def test_prune_options_report_fraction_and_criterion_together():
+    from triton_deploy.optimize.prune import PruneOptions
+
+    with pytest.raises(UsageError) as info:
+        PruneOptions(1.5, criterion="taylor").check()
+    message = str(info.value)
+    assert message.startswith("prune fraction 1.5 must lie strictly between 0 and 1") and message.endswith(
+        "; also: unknown pruning criterion 'taylor' (check --prune)")
+    PruneOptions(0.5, criterion="l2").check()
+
+
+def test_evaluate_options_report_every_problem_before_any_output(tmp_path):
+    from triton_deploy.clients import TlsOptions
+    from triton_deploy.clients.evaluate import EvaluateOptions, evaluate
+
+    missing = tmp_path / "ca.pem"
+    options = EvaluateOptions(data_dir=tmp_path / "data", output=tmp_path / "out", min_accuracy=1.5,
+                              compare="digits", tls=TlsOptions(ca=missing))
+    with pytest.raises(UsageError) as info:
+        evaluate(options)
+    message = str(info.value)
+    assert message.startswith("--min-accuracy must be between 0 and 1, not 1.5; also: ")
+    assert "--compare names the same model as --model ('digits')" in message
+    assert f"--tls-ca {missing}: no such file" in message and message.endswith("(e.g. --min-accuracy 0.97)")
+    assert not (tmp_path / "out").exists()
+    # Two versions of one model are an A/B of its classifier versions (compare filled in, not a problem) ...
+    versions = EvaluateOptions(data_dir=tmp_path, output=tmp_path / "o", model_version="1", compare_version="2")
+    assert versions.compare == "digits" and versions.problems() == []
+    # ... and one version against itself is the same model twice.
+    with pytest.raises(UsageError, match="--compare names the same model"):
+        EvaluateOptions(data_dir=tmp_path, output=tmp_path / "o", model_version="1", compare_version="1").check()
+
+
+def test_classifier_options_report_every_problem_before_connecting():
+    from triton_deploy.clients import AsyncImageClassifier, ImageClassifier
+    from triton_deploy.clients.errors import InvalidInputError
+
+    arguments = dict(protocol="smtp", preprocess="edge", concurrency=0, retries=-1, timeout=0, model_version="2")
+    for client in (ImageClassifier, AsyncImageClassifier):
+        with pytest.raises(InvalidInputError) as info:  # exit code 33, as when the first problem alone was raised
+            client("127.0.0.1", **arguments)
+        message = str(info.value)
+        assert message.startswith("preprocess must be 'server' or 'client', not 'edge'; also: ")
+        for part in ("concurrency must be at least 1, not 0", "retries must be 0 or more, not -1",
+                     "a model version is called with preprocess='client'", "protocol must be 'http' or 'grpc'",
+                     "url '127.0.0.1' is missing a port", "timeout must be positive, not 0"):
+            assert part in message
+        assert message.endswith("(--preprocess)")
+
+
+def test_client_tls_files_stay_a_usage_error_checked_before_the_other_arguments(tmp_path):
+    from triton_deploy.clients import ImageClassifier, TlsOptions
+
+    ca, cert = tmp_path / "ca.pem", tmp_path / "cert.pem"
+    tls = TlsOptions(ca=ca, cert=cert)  # files are judged by check(), not on construction
+    with pytest.raises(UsageError) as info:
+        tls.check()
+    assert str(info.value) == (f"--tls-ca {ca}: no such file; also: --tls-cert {cert}: no such file "
+                               "(check --tls-ca)")
+    with pytest.raises(UsageError, match="--tls-ca .*: no such file"):
+        TlsOptions.from_flags(ca, None, None)  # the flags are refused while the command reads them
+    with pytest.raises(UsageError, match="--tls-ca .*: no such file"):
+        ImageClassifier("127.0.0.1:1", tls=tls, concurrency=0)
+
+
+def test_connection_reports_protocol_url_and_timeout_together():
+    from triton_deploy.clients.errors import InvalidInputError
+    from triton_deploy.clients.transport import Connection, SyncTransport
+
+    connection = Connection("http://h:1", protocol="smtp", timeout_s=0)
+    with pytest.raises(InvalidInputError) as info:
+        SyncTransport(connection)  # a transport checks its connection before it makes a client
+    assert str(info.value) == ("protocol must be 'http' or 'grpc', not 'smtp'; also: url 'http://h:1' must be "
+                               "HOST:PORT without a scheme; timeout must be positive, not 0 (--protocol)")
+
+
+def test_classify_cli_prints_every_client_problem_on_one_line(tmp_path, capsys):
+    from triton_deploy.cli import main
+    from triton_deploy.clients.errors import InvalidInputError
+
+    (tmp_path / "a.png").write_bytes(b"not read: the options are refused first")
+    code = main(["classify", str(tmp_path), "--url", "127.0.0.1", "--concurrency", "0", "--retries", "-1",
+                 "--timeout", "0", "--quiet"])
+    assert code == InvalidInputError.exit_code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert ("concurrency must be at least 1, not 0; also: retries must be 0 or more, not -1; url '127.0.0.1' is "
+            "missing a port; timeout must be positive, not 0.0 (--concurrency)") in err[0]
+
+
+def test_classify_checks_its_own_options_before_looking_for_files(tmp_path, capsys):
+    from triton_deploy.cli import main
+
+    code = main(["classify", str(tmp_path / "nothing"), "--manifest", str(tmp_path), "--quiet"])
+    assert code == UsageError.exit_code
+    assert "--manifest is only used with --preprocess client (add --preprocess client)" in capsys.readouterr().err
+
+
+def test_pool_options_report_formats_sizes_and_count_together(tmp_path):
+    from triton_deploy.loadtests.payloads import PoolOptions, pool_from_digits
+    from triton_deploy.loadtests.runner import LoadTestOptions
+
+    bad = PoolOptions(count=0, sizes=(0, 64), formats=("TIFFY", "png", "GIFF"))
+    with pytest.raises(UsageError) as info:
+        pool_from_digits(bad)
+    message = str(info.value)
+    assert message.startswith("unknown image formats 'TIFFY', 'GIFF'; choose from BMP, JPEG, PNG, WEBP; also: ")
+    assert "image sizes [0, 64] must lie in 1..4096" in message and "the pool needs at least one image, got 0" in message
+    assert message.endswith("(check --image-formats)")
+    assert PoolOptions(image_dir=tmp_path, count=0, formats=("TIFFY",)).problems() == []  # a folder's images win
+    # loadtest reports them with its own, before Locust starts (they were a worker's error before)
+    with pytest.raises(UsageError) as info:
+        LoadTestOptions(url="127.0.0.1:8001", users=0, image_sizes=(5000,), pool_size=0).check()
+    message = str(info.value)
+    assert message.startswith("--users must be at least 1, got 0; also: ")
+    assert "image sizes [5000] must lie in 1..4096" in message and "the pool needs at least one image" in message
+
+
+def test_serve_options_report_the_policy_problems_together(tmp_path):
+    from triton_deploy.server.serve import ServeOptions
+
+    options = ServeOptions(server=ServerOptions(repository=tmp_path),
+                           policy=SupervisionPolicy(stub_failure="retry", max_restarts=-1, backoff_s=-1))
+    with pytest.raises(UsageError) as info:
+        options.check()
+    message = str(info.value)
+    assert message.startswith("unknown --stub-failure 'retry'; also: --max-restarts -1 is negative; ")
+    assert "restart backoff -1-30 s is not a range" in message
+    ServeOptions(server=ServerOptions(repository=tmp_path)).check()
