@@ -31,7 +31,7 @@ from triton_deploy.errors import LoadTestError, Problem, TritonDeployError, Usag
 from triton_deploy.fsutil import check_writable
 from triton_deploy.loadtests import plots
 from triton_deploy.loadtests.payloads import PoolOptions
-from triton_deploy.loadtests.shapes import ShapePlan, plan_shape
+from triton_deploy.loadtests.shapes import ShapePlan, plan_shape, shape_problems
 from triton_deploy.loadtests.slo import SLO, SLOViolation
 from triton_deploy.progress import Reporter
 from triton_deploy.server import ServerOptions, TritonServer, free_ports
@@ -89,11 +89,8 @@ class LoadTestOptions:
             problems.append(unknown_choice("load shape", self.shape, "--shape", tuple(SHAPES)))
         elif self.shape and self.sweep:
             problems.append(("a load shape and a sweep both set the user count", "drop --shape or --sweep"))
-        elif self.shape and not problems:  # the shape's own options, judged against valid users and duration
-            try:
-                self.shape_plan()
-            except UsageError as exc:
-                problems.append((exc.message, exc.hint or "check --shape-arg"))
+        elif self.shape:  # the shape's own options (--shape-arg)
+            problems += shape_problems(self.shape, self.shape_args)
         if self.tls is not None and self.url is None:
             problems.append(("--tls-* apply to a running server (--url); the server --repository starts serves "
                              "plaintext on loopback", "add --url, or drop --tls-ca/--tls-cert/--tls-key"))

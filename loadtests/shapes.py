@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from triton_deploy.errors import UsageError
+from triton_deploy.errors import Problem, raise_problems
 
 STEP_OPTIONS = ("step-users", "step-seconds", "steps")
 SPIKE_OPTIONS = ("spike-base-users", "spike-users", "spike-at", "spike-seconds", "spike-total-seconds")
@@ -68,20 +68,31 @@ class ShapePlan:
                 "stages": [vars(stage) for stage in self.stages]}
 
 
+def shape_problems(name: str, given: dict[str, str]) -> list[Problem]:
+    """What is wrong with ``--shape-arg``s for shape ``name``: unknown options, values that are not numbers, values
+    that are not positive (``spike-at`` may be 0), all of them."""
+    known = STEP_OPTIONS if name == "step" else SPIKE_OPTIONS
+    problems: list[Problem] = []
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        problems.append((f"--shape {name} has no option {', '.join(unknown)}",
+                         f"--shape-arg takes {', '.join(f'{k}=N' for k in known)}"))
+    values: dict[str, float] = {}
+    for key, value in given.items():
+        try:
+            values[key] = float(value)
+        except ValueError:
+            problems.append((f"--shape-arg values must be numbers: {key}={value}", "e.g. --shape-arg step-users=4"))
+    if any(value <= 0 for key, value in values.items() if key != "spike-at") or values.get("spike-at", 0) < 0:
+        problems.append((f"--shape-arg values must be positive, got {given}", "check --shape-arg"))
+    return problems
+
+
 def plan_shape(name: str, given: dict[str, str], users: int, duration_s: float) -> ShapePlan:
     """The shape that will run: options from ``--shape-arg`` as given, the others from ``users`` (the peak) and
     ``duration_s`` (the whole shape)."""
-    known = STEP_OPTIONS if name == "step" else SPIKE_OPTIONS
-    unknown = sorted(set(given) - set(known))
-    if unknown:
-        raise UsageError(f"--shape {name} has no option {', '.join(unknown)}",
-                         hint=f"--shape-arg takes {', '.join(f'{k}=N' for k in known)}")
-    try:
-        values = {key: float(value) for key, value in given.items()}
-    except ValueError as exc:
-        raise UsageError(f"--shape-arg values must be numbers: {exc}", hint="e.g. --shape-arg step-users=4") from exc
-    if any(value <= 0 for key, value in values.items() if key != "spike-at") or values.get("spike-at", 0) < 0:
-        raise UsageError(f"--shape-arg values must be positive, got {given}", hint="check --shape-arg")
+    raise_problems(shape_problems(name, given))
+    values = {key: float(value) for key, value in given.items()}
     args: dict[str, float]
     if name == "step":
         steps = int(values.get("steps") or (max(1, round(duration_s / values["step-seconds"]))

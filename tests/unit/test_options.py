@@ -219,3 +219,15 @@ def test_serve_options_report_the_policy_problems_together(tmp_path):
     assert message.startswith("unknown --stub-failure 'retry'; also: --max-restarts -1 is negative; ")
     assert "restart backoff -1-30 s is not a range" in message
     ServeOptions(server=ServerOptions(repository=tmp_path)).check()
+
+
+def test_loadtest_reports_shape_arg_problems_with_its_other_problems():
+    from triton_deploy.loadtests.runner import LoadTestOptions
+
+    options = LoadTestOptions(url="127.0.0.1:8001", users=0, shape="step",
+                              shape_args={"stairs": "2", "steps": "x", "step-users": "-1"})
+    with pytest.raises(UsageError) as info:
+        options.check()
+    message = str(info.value)
+    assert message.startswith("--users must be at least 1, got 0; also: --shape step has no option stairs; ")
+    assert "--shape-arg values must be numbers: steps=x" in message and "--shape-arg values must be positive" in message
