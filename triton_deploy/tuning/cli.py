@@ -52,6 +52,13 @@ def add_tune(sub) -> None:
     p.add_argument("--window", type=float, default=d.screen_s, metavar="SECONDS",
                    help=f"screening window per concurrency (default {d.screen_s:g}; challenges and confirmation "
                         "use 2x and 2.5x)")
+    p.add_argument("--config-name", default=d.config_name, metavar="NAME",
+                   help=f"the winner is also written as <step>/configs/NAME.pbtxt, which Triton's --model-config-name "
+                        f"(the chart's server.modelConfigName) selects (default {d.config_name})")
+    p.add_argument("--cluster-repository", type=Path, metavar="DIR",
+                   help="also write the winner's named configs into this repository of the same ensemble, e.g. the "
+                        "one 'repo --classifier-backend onnxruntime' wrote for the cluster; its config.pbtxt files "
+                        "stay as they are")
     p.add_argument("--repeats", type=int, default=d.repeats,
                    help=f"alternating confirmation runs of start and winner (default {d.repeats})")
     add_common_flags(p)
@@ -63,7 +70,8 @@ def _run_tune(args: argparse.Namespace, reporter: Reporter) -> int:
                           concurrencies=args.concurrency, budget_s=args.budget, output=args.output,
                           in_place=args.in_place, report_dir=args.report_dir, force=args.force,
                           image_dir=args.image_dir, only=args.only, screen_s=args.window, challenge_s=2 * args.window,
-                          confirm_s=2.5 * args.window, repeats=args.repeats)
+                          confirm_s=2.5 * args.window, repeats=args.repeats, config_name=args.config_name,
+                          cluster_repository=args.cluster_repository)
     from .run import tune  # Triton's client libraries and matplotlib: off the start-up of every other command
 
     result = tune(options, reporter)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from triton_deploy.errors import Problem, raise_problems
 
-from .knobs import FIELDS
+from .knobs import FIELDS, NAME_PATTERN
 from .search import SearchSettings
 
 
@@ -31,6 +31,8 @@ class TuneOptions:
     challenge_s: float = 4.0
     confirm_s: float = 5.0
     repeats: int = 3
+    config_name: str = "tuned"  # the winner is also written as <step>/configs/<config_name>.pbtxt
+    cluster_repository: Path | None = None  # also write the named configs there (the cluster's repository)
 
     def check(self) -> None:
         """Every problem with the options at once, before anything runs."""
@@ -52,6 +54,12 @@ class TuneOptions:
         if unknown:
             problems.append((f"--only {','.join(unknown)}: no such knob (knobs: {', '.join(FIELDS)})",
                              "check --only"))
+        if not NAME_PATTERN.fullmatch(self.config_name):
+            problems.append((f"--config-name {self.config_name!r} is not a configuration name (letters, digits, "
+                             "'_', '.', '-')", "check --config-name"))
+        if self.cluster_repository is not None and not Path(self.cluster_repository).is_dir():
+            problems.append((f"cluster repository {self.cluster_repository} does not exist",
+                             "check --cluster-repository"))
         if self.repeats < 1:
             problems.append(("--repeats must be at least 1", "check --repeats"))
         raise_problems(problems)

@@ -19,7 +19,8 @@ from triton_deploy.fsutil import atomic_directory, check_output_dir, check_writa
 from triton_deploy.loadtests.payloads import PoolOptions, load_pool
 from triton_deploy.progress import Reporter
 
-from . import report
+from . import cluster, report
+from .knobs import show_value
 from .measure import TuningServer, link_copy
 from .options import TuneOptions
 from .results import Measurement
@@ -40,6 +41,8 @@ def tune(options: TuneOptions, reporter: Reporter | None = None) -> TuneResult:
     options.check()
     repository = Path(options.repository)
     configs = EnsembleConfigs.read(repository, options.model)
+    target = EnsembleConfigs.read(Path(options.cluster_repository), options.model) \
+        if options.cluster_repository is not None else None
     _check_writable(options)
     knobs = [k for k in configs.knobs() if not options.only or k.field in options.only]
     pool = _pool(options)
@@ -66,6 +69,8 @@ def tune(options: TuneOptions, reporter: Reporter | None = None) -> TuneResult:
     report.write(summary, outcome, options.report_dir, options.p99_ms)
     _refuse_if_over_budget(outcome, options)
     written = _write_winner(configs, outcome.winner, knobs, options)
+    summary["cluster"] = _write_named(configs, target, outcome.winner, knobs, options, written)
+    report.write(summary, outcome, options.report_dir, options.p99_ms)  # again, with where the named configs went
     for line in report.conclusion_lines(summary):
         reporter.info(line)
     return TuneResult(outcome.winner, summary, options.report_dir, written)
@@ -89,9 +94,41 @@ def _check_writable(options: TuneOptions) -> None:
     if options.output is not None:
         check_output_dir(Path(options.output), force=options.force)
         check_writable(Path(options.output), flag="--output")
+        _check_cluster_writable(options)
         return
     for config in Path(options.repository).glob("*/config.pbtxt"):  # --in-place rewrites them
         check_writable(config, flag="--in-place", kind="file")
+    _check_cluster_writable(options)
+
+
+def _check_cluster_writable(options: TuneOptions) -> None:
+    if options.cluster_repository is None:
+        return
+    for config in Path(options.cluster_repository).glob("*/config.pbtxt"):  # configs/<name>.pbtxt goes beside it
+        check_writable(config.parent / "configs", flag="--cluster-repository")
+
+
+def _write_named(configs: EnsembleConfigs, target: EnsembleConfigs | None, winner: Candidate, knobs,
+                 options: TuneOptions, written: Path) -> dict:
+    """The winner as ``configs/<name>.pbtxt`` in the written repository and, with ``--cluster-repository``, in the
+    cluster's (translated to its classifier's backend); the Helm values that select it."""
+    texts, _ = cluster.winner_for(configs, winner, knobs)
+    paths = cluster.write_named(written, texts, options.config_name)
+    skipped: list[str] = []
+    if target is not None:
+        cluster_texts, skipped = cluster.winner_for(target, winner, knobs)
+        paths += cluster.write_named(Path(options.cluster_repository), cluster_texts, options.config_name)
+    values = Path(options.report_dir) / f"values-{options.config_name}.yaml"
+    values.write_text(cluster.values_text(options.config_name, [f"{n}={v}" for n, v in _shown(winner)]),
+                      encoding="utf-8")
+    return {"config_name": options.config_name, "written": [str(p) for p in paths],
+            "cluster_repository": str(options.cluster_repository) if target is not None else None,
+            "not_carried_over": skipped, "helm_set": cluster.set_line(options.config_name),
+            "values_file": str(values)}
+
+
+def _shown(candidate: Candidate) -> list[tuple[str, str]]:
+    return [(name, show_value(value)) for name, value in candidate.changes]
 
 
 def _refuse_if_over_budget(outcome: SearchResult, options: TuneOptions) -> None:
