@@ -62,3 +62,34 @@ def test_tune_refuses_when_no_configuration_meets_the_budget_and_writes_nothing(
     assert caught.value.exit_code == 16
     assert not (tmp_path / "tuned").exists()
     assert (tmp_path / "report" / "tune.md").is_file()  # what was measured is still shown
+
+
+def test_a_sigkilled_tune_leaves_its_copy_where_the_next_run_removes_it(tiny_repository, tmp_path):
+    """SIGKILL gives tune no chance to clean up: its repository copy stays in the report directory (not in /tmp),
+    Triton goes with it (parent-death signal), and the next run's work directory removes the copy."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from triton_deploy.tuning.run import WORK_PREFIX, work_directory
+
+    report = tmp_path / "report"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "triton_deploy.cli", "tune", str(tiny_repository), "--model", "tiny", "--p99-ms",
+         "1000", "--concurrency", "1", "--budget", "10m", "--output", str(tmp_path / "tuned"), "--report-dir",
+         str(report)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = report / f"{WORK_PREFIX}{process.pid}"
+    deadline = time.monotonic() + 120
+    while not (work / "triton.log").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    time.sleep(2.0)  # Triton starting or measuring: the copy is in use
+    assert process.poll() is None, "tune ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (work / "repository" / "tiny" / "config.pbtxt").is_file()  # left behind, as SIGKILL allows
+    with work_directory(report) as next_work:
+        assert not work.exists()
+        assert next_work.name == f"{WORK_PREFIX}{os.getpid()}"
+    assert not list(report.glob(WORK_PREFIX + "*"))

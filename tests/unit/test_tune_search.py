@@ -4,6 +4,7 @@ back through Triton's protobuf, and the coordinate-descent search on a measuring
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 
 import pytest
@@ -183,3 +184,32 @@ def test_tune_cli_names_a_wrong_model_and_missing_destination(own_repository, tm
     assert "--output DIR or --in-place" in capsys.readouterr().err
     assert main(["tune", str(own_repository), "--model", "tinny", "--p99-ms", "10", "--in-place"]) == 2
     assert "no model 'tinny'" in capsys.readouterr().err
+
+
+def test_work_directory_removes_what_killed_runs_left_and_its_own_on_exit(tmp_path):
+    """A SIGKILLed tune cannot clean up: the next run removes work folders whose process is gone, never a live
+    run's, and its own on the way out (an exception included)."""
+    import subprocess
+    import sys
+
+    from triton_deploy.tuning.run import WORK_PREFIX, work_directory
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"{WORK_PREFIX}{int(gone.stdout)}"
+    (dead / "repository").mkdir(parents=True)
+    live = tmp_path / f"{WORK_PREFIX}{os.getppid()}"  # a process that is running
+    live.mkdir()
+    with pytest.raises(RuntimeError), work_directory(tmp_path) as work:
+        assert not dead.exists() and live.exists()
+        assert work.parent == tmp_path and work.is_dir()
+        raise RuntimeError("the search failed")
+    assert not work.exists() and live.exists()
+
+
+def test_work_directory_avoids_a_path_with_whitespace(tmp_path):
+    """Python-backend stubs die in a repository whose path has a space (pitfalls): the copy goes to /tmp then."""
+    from triton_deploy.tuning.run import work_directory
+
+    with work_directory(tmp_path / "my reports") as work:
+        assert not any(c.isspace() for c in str(work))
+    assert not work.exists()

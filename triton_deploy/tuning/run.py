@@ -7,10 +7,13 @@ repository (``output``) or the original in place with each replaced config kept 
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,10 +53,10 @@ def tune(options: TuneOptions, reporter: Reporter | None = None) -> TuneResult:
     reporter.info(f"Tuning {options.model}: {len(knobs)} knobs ({', '.join(k.name for k in knobs)}), "
                   f"concurrency {','.join(map(str, options.settings.concurrencies))}, p99 <= {options.p99_ms:g} ms, "
                   f"budget {options.budget_s:.0f} s")
-    with tempfile.TemporaryDirectory(prefix="triton-deploy-tune-") as temp:
-        work = Path(temp) / "repository"
+    with work_directory(Path(options.report_dir)) as temp:
+        work = temp / "repository"
         link_copy(repository, work)
-        server = TuningServer(work, options.model, Path(temp) / "triton.log")
+        server = TuningServer(work, options.model, temp / "triton.log")
         with reporter.step("Starting Triton (explicit model control) on a copy of the repository"):
             server.start()
         with server:
@@ -74,6 +77,42 @@ def tune(options: TuneOptions, reporter: Reporter | None = None) -> TuneResult:
     for line in report.conclusion_lines(summary):
         reporter.info(line)
     return TuneResult(outcome.winner, summary, options.report_dir, written)
+
+
+WORK_PREFIX = ".tune-work-"
+
+
+@contextmanager
+def work_directory(report_dir: Path) -> Iterator[Path]:
+    """The folder for the repository copy and Triton's log: ``<report dir>/.tune-work-<pid>``, removed on the way
+    out. A run killed with SIGKILL cannot remove it, so every run first removes the folders of runs whose process is
+    gone; keeping them beside the report (not in /tmp) puts them where the next run looks. A report directory whose
+    path has whitespace would kill every python-backend stub (they split their arguments on it): /tmp then."""
+    root = Path(report_dir).absolute()
+    if any(c.isspace() for c in str(root)):
+        root = Path(tempfile.gettempdir()) / "triton-deploy-tune"
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(WORK_PREFIX + "*"):
+        pid = stale.name.removeprefix(WORK_PREFIX)
+        if not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)
+    work = root / f"{WORK_PREFIX}{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _pool(options: TuneOptions):

@@ -30,9 +30,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from chart_tools import (CPU_SERVER_METRICS, SCENARIOS, arg_value, liveness_probe_command, metric_names, render,
-                         render_scenario, server_container)
+from chart_tools import (
+    CPU_SERVER_METRICS,
+    SCENARIOS,
+    arg_value,
+    liveness_probe_command,
+    metric_names,
+    render,
+    render_scenario,
+    server_container,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +127,7 @@ def write_certificates(folder: Path, common_name: str, hosts: list[str]) -> dict
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def build(subject: str, key, issuer: str, issuer_key, ca: bool):
         builder = (x509.CertificateBuilder()
@@ -628,10 +635,10 @@ def test_model_config_name_value_serves_the_named_configs_tune_writes(tmp_path):
     local = LocalPod(render_scenario(scenario, values), tmp_path)
     assert "--model-config-name=tuned" in local.args
     cluster.write_named(local.repository, {"digits_echo": ECHO_CONFIG.replace("count: 1", "count: 2")}, "tuned")
-    for pod in started(local):
-        def config(model: str) -> dict:
-            with urllib.request.urlopen(pod.url("http", f"/v2/models/{model}/config"), timeout=10) as response:
-                return json.loads(response.read())
-        echo = config("digits_echo")
-        assert echo["instance_group"][0]["count"] == 2
+    def config(model: str) -> dict:
+        with urllib.request.urlopen(local.url("http", f"/v2/models/{model}/config"), timeout=10) as response:
+            return json.loads(response.read())
+
+    for _ in started(local):
+        assert config("digits_echo")["instance_group"][0]["count"] == 2
         assert config("digits")["platform"] == "ensemble"  # no named file: its config.pbtxt
