@@ -229,9 +229,7 @@ def test_search_on_a_noisy_machine_keeps_fewer_changes_that_do_nothing_than_two_
     def rates(**challenge) -> tuple[int, int]:
         found, noise_kept = 0, 0
         for seed in range(40):
-            rng = random.Random(seed)
-
-            def noisy(candidate: Candidate, window_s: float) -> Measurement:
+            def noisy(candidate: Candidate, window_s: float, rng=random.Random(seed)) -> Measurement:
                 gain = 1.4 if candidate.value(knobs[1]) is False else 1.0
                 return Measurement((Point(8, 100.0 * gain * rng.lognormvariate(0, 0.15), 5.0, 10.0, 0, 100),),
                                    window_s)
