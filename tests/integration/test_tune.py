@@ -44,7 +44,8 @@ def test_tune_measures_candidates_reports_them_and_writes_a_servable_repository(
     table = (tmp_path / "report" / "tune.md").read_text()
     assert table.count("\n| ") - 1 == len(report["candidates"])  # one row per measurement under the header
     assert ("Winner:" in table or "No change kept" in table) and (tmp_path / "report" / "tune.png").stat().st_size > 10_000
-    assert report["confirmation"]["repeats"] == 2 and set(report["confirmation"]["throughput_gain"]) == {"1", "2"}
+    assert 2 <= report["confirmation"]["repeats"] <= 8  # repeats, more if the budget had room
+    assert set(report["confirmation"]["throughput_gain"]) == {"1", "2"}
     # The new repository holds the winner's configs, parseable by Triton's protobuf, and the rest of the files.
     configs = EnsembleConfigs.read(tmp_path / "tuned", "tiny")
     knobs = [k for k in configs.knobs() if k.field == "instances"]

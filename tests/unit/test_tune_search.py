@@ -126,7 +126,8 @@ def test_search_finds_the_best_feasible_configuration_with_fewer_measurements_th
     brute_force = len(list(itertools.product(*(k.values for k in KNOBS))))
     assert len(set(calls)) < brute_force / 2
     assert any(r.stage == "rejected" for r in result.records)  # a refused config is recorded, not fatal
-    assert len(result.confirm_start) == len(result.confirm_winner) == 2
+    # The search ended early with the budget mostly left: the confirmation uses it, up to 4 x repeats rounds.
+    assert len(result.confirm_start) == len(result.confirm_winner) == 8
 
 
 def test_search_keeps_the_start_when_the_lead_does_not_hold_side_by_side():
