@@ -248,3 +248,11 @@ def test_search_on_a_noisy_machine_keeps_fewer_changes_that_do_nothing_than_two_
     found_before, noise_kept_before = rates(challenge_pairs=2, challenge_margin=0.025)
     assert found >= found_before - 2 and found >= 28, (found, found_before)
     assert noise_kept <= 0.75 * noise_kept_before, (noise_kept, noise_kept_before)
+
+
+def test_the_default_window_grows_with_the_budget_per_concurrency():
+    from triton_deploy.tuning.options import auto_window
+
+    assert auto_window(600, 1) == 5.0  # ten minutes at one concurrency: the longest window
+    assert auto_window(600, 4) == 2.5
+    assert auto_window(60, 4) == 2.0  # never below the old default

@@ -14,6 +14,15 @@ from .knobs import FIELDS, NAME_PATTERN
 from .search import SearchSettings
 
 
+def auto_window(budget_s: float, concurrencies: int) -> float:
+    """The screening window per concurrency when ``--window`` is not given: the budget over 60 windows per
+    concurrency, between 2 and 5 s. On the shared 2-core machine (2026-12-06, load average 6-12) 4 s windows of one
+    unchanged configuration at concurrency 8 differed by 15-20 %, as much as the gain of turning the classifier's
+    batching off, which 15 s windows showed in every round; and a 10-minute search at one concurrency with 2 s windows
+    ended with half its budget unused. Longer windows where the budget has room narrow the noise."""
+    return min(5.0, max(2.0, budget_s / (60.0 * max(concurrencies, 1))))
+
+
 @dataclass(frozen=True)
 class TuneOptions:
     repository: Path
