@@ -156,7 +156,7 @@ def _write_named(configs: EnsembleConfigs, target: EnsembleConfigs | None, winne
     skipped: list[str] = []
     if target is not None:
         cluster_texts, skipped = cluster.winner_for(target, winner, knobs)
-        paths += cluster.write_named(Path(options.cluster_repository), cluster_texts, options.config_name)
+        paths += cluster.write_named(target.repository, cluster_texts, options.config_name)
     values = Path(options.report_dir) / f"values-{options.config_name}.yaml"
     values.write_text(cluster.values_text(options.config_name, [f"{n}={v}" for n, v in _shown(winner)]),
                       encoding="utf-8")
