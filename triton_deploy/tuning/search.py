@@ -191,7 +191,10 @@ def search(knobs: list[Knob], measure: MeasureFn, settings: SearchSettings,
 
 def _confirmation_rounds(settings: SearchSettings, deadline: float, contenders: int) -> int:
     """``repeats`` rounds, more when the search ended early and the budget has room: each round more narrows the
-    spread of the medians the decision and the stated gain come from (up to four times ``repeats``)."""
+    spread of the medians the decision and the stated gain come from (up to four times ``repeats``). With nothing to
+    compare (the start kept) ``repeats`` rounds state its figures: more would only spend the user's time."""
+    if contenders < 2:
+        return settings.repeats
     round_s = contenders * (len(settings.concurrencies) * settings.confirm_s + 3.0)
     room = int((deadline - time.monotonic()) // round_s)
     return max(settings.repeats, min(room, 4 * settings.repeats))
