@@ -94,3 +94,23 @@ def test_a_sigkilled_tune_leaves_its_copy_where_the_next_run_removes_it(tiny_rep
         assert not work.exists()
         assert next_work.name == f"{WORK_PREFIX}{os.getpid()}"
     assert not list(report.glob(WORK_PREFIX + "*"))
+    # Whatever still ran from the copy (the killed run's Triton, draining, and its python-backend stubs) is gone.
+    deadline = time.monotonic() + 1.0  # SIGKILLed at once; a Triton left to drain takes seconds
+    while list(_running_from(work)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not list(_running_from(work)), "a process of the killed run is still running"
+
+
+def _running_from(folder):
+    """Live (non-zombie) processes with ``folder`` on their command line."""
+    from pathlib import Path
+
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(folder).encode() not in cmdline.read_bytes():
+                continue
+            state = (cmdline.parent / "stat").read_text().rsplit(") ", 1)[-1][:1]
+        except OSError:
+            continue
+        if state != "Z":
+            yield int(cmdline.parent.name)

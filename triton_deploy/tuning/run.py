@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import statistics
 import tempfile
 import time
@@ -21,6 +22,7 @@ from triton_deploy.errors import LatencyBudgetError
 from triton_deploy.fsutil import atomic_directory, check_output_dir, check_writable
 from triton_deploy.loadtests.payloads import PoolOptions, load_pool
 from triton_deploy.progress import Reporter
+from triton_deploy.server import supervisor
 
 from . import cluster, report
 from .knobs import show_value
@@ -95,6 +97,7 @@ def work_directory(report_dir: Path) -> Iterator[Path]:
     for stale in root.glob(WORK_PREFIX + "*"):
         pid = stale.name.removeprefix(WORK_PREFIX)
         if not (pid.isdigit() and _alive(int(pid))):
+            reap_processes_in(stale)
             shutil.rmtree(stale, ignore_errors=True)
     work = root / f"{WORK_PREFIX}{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
@@ -103,6 +106,31 @@ def work_directory(report_dir: Path) -> Iterator[Path]:
         yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def reap_processes_in(folder: Path) -> list[str]:
+    """SIGKILL every process still running from ``folder`` (a killed tune's Triton, draining after its parent-death
+    SIGTERM, and its python-backend stubs, which outlive a Triton that dies and ignore SIGTERM: pitfalls.md), and
+    unlink the stubs' /dev/shm regions; the regions removed. Matched by ``folder`` on the command line (Triton's
+    --model-repository, a stub's model file), a path only that run used."""
+    prefix = str(Path(folder).absolute()) + os.sep
+    regions: set[str] = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if not any(prefix in arg for arg in argv):
+            continue
+        pid = int(cmdline.parent.name)
+        region = supervisor.stub_region(pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        if region is not None:
+            regions.add(region)
+    return supervisor.unlink_regions(regions)  # the name goes now; the memory once the killed stub has exited
 
 
 def _alive(pid: int) -> bool:
