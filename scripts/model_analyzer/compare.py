@@ -15,6 +15,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     named = [(label, Path(path)) for label, path in (item.split("=", 1) for item in args.repositories)]
     if not args.input_data.exists():
-        subprocess.run(["python", str(HERE / "input_data.py"), str(args.input_data)], check=True)
+        subprocess.run([sys.executable, str(HERE / "input_data.py"), str(args.input_data)], check=True)
     runs: dict[str, list[dict]] = {label: [] for label, _ in named}
     for round_ in range(1, args.rounds + 1):
         for label, repository in named:
