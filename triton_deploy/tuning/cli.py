@@ -11,7 +11,7 @@ from triton_deploy.cliargs import add_common_flags, int_list, word_list
 from triton_deploy.progress import Reporter
 
 from .knobs import FIELDS
-from .options import TuneOptions
+from .options import TuneOptions, auto_window
 
 
 def duration(text: str) -> float:
@@ -49,9 +49,17 @@ def add_tune(sub) -> None:
                                                   "preprocess step resizes it)")
     p.add_argument("--only", type=word_list, default=(), metavar="KNOB,KNOB",
                    help=f"search only these knobs ({', '.join(FIELDS)}; default: all)")
-    p.add_argument("--window", type=float, default=d.screen_s, metavar="SECONDS",
-                   help=f"screening window per concurrency (default {d.screen_s:g}; challenges and confirmation "
+    p.add_argument("--window", type=float, metavar="SECONDS",
+                   help="screening window per concurrency (default: the budget over 60 windows per concurrency, "
+                        "2 to 5 s; challenges and confirmation "
                         "use 2x and 2.5x)")
+    p.add_argument("--config-name", default=d.config_name, metavar="NAME",
+                   help=f"the winner is also written as <step>/configs/NAME.pbtxt, which Triton's --model-config-name "
+                        f"(the chart's server.modelConfigName) selects (default {d.config_name})")
+    p.add_argument("--cluster-repository", type=Path, metavar="DIR",
+                   help="also write the winner's named configs into this repository of the same ensemble, e.g. the "
+                        "one 'repo --classifier-backend onnxruntime' wrote for the cluster; its config.pbtxt files "
+                        "stay as they are")
     p.add_argument("--repeats", type=int, default=d.repeats,
                    help=f"alternating confirmation runs of start and winner (default {d.repeats})")
     add_common_flags(p)
@@ -59,11 +67,13 @@ def add_tune(sub) -> None:
 
 
 def _run_tune(args: argparse.Namespace, reporter: Reporter) -> int:
+    window = args.window or auto_window(args.budget, len(set(args.concurrency)))
     options = TuneOptions(repository=args.repository, model=args.model, p99_ms=args.p99_ms,
                           concurrencies=args.concurrency, budget_s=args.budget, output=args.output,
                           in_place=args.in_place, report_dir=args.report_dir, force=args.force,
-                          image_dir=args.image_dir, only=args.only, screen_s=args.window, challenge_s=2 * args.window,
-                          confirm_s=2.5 * args.window, repeats=args.repeats)
+                          image_dir=args.image_dir, only=args.only, screen_s=window, challenge_s=2 * window,
+                          confirm_s=2.5 * window, repeats=args.repeats, config_name=args.config_name,
+                          cluster_repository=args.cluster_repository)
     from .run import tune  # Triton's client libraries and matplotlib: off the start-up of every other command
 
     result = tune(options, reporter)

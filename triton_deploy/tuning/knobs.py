@@ -3,12 +3,16 @@ changed) and the names of the fields ``tune`` may change. Plain data, no Triton 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # The config fields a candidate may change (``space.APPLY`` writes each into a config.pbtxt).
 FIELDS = ("instances", "dynamic_batching", "max_queue_delay_us", "intra_op_threads", "session_batch_size")
 
 Value = bool | int | str
+
+# A named configuration (configs/<name>.pbtxt, Triton's --model-config-name): what the chart's schema accepts.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)

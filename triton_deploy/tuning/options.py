@@ -10,8 +10,17 @@ from pathlib import Path
 
 from triton_deploy.errors import Problem, raise_problems
 
-from .knobs import FIELDS
+from .knobs import FIELDS, NAME_PATTERN
 from .search import SearchSettings
+
+
+def auto_window(budget_s: float, concurrencies: int) -> float:
+    """The screening window per concurrency when ``--window`` is not given: the budget over 60 windows per
+    concurrency, between 2 and 5 s. On the shared 2-core machine (2026-12-06, load average 6-12) 4 s windows of one
+    unchanged configuration at concurrency 8 differed by 15-20 %, as much as the gain of turning the classifier's
+    batching off, which 15 s windows showed in every round; and a 10-minute search at one concurrency with 2 s windows
+    ended with half its budget unused. Longer windows where the budget has room narrow the noise."""
+    return min(5.0, max(2.0, budget_s / (60.0 * max(concurrencies, 1))))
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,8 @@ class TuneOptions:
     challenge_s: float = 4.0
     confirm_s: float = 5.0
     repeats: int = 3
+    config_name: str = "tuned"  # the winner is also written as <step>/configs/<config_name>.pbtxt
+    cluster_repository: Path | None = None  # also write the named configs there (the cluster's repository)
 
     def check(self) -> None:
         """Every problem with the options at once, before anything runs."""
@@ -52,6 +63,12 @@ class TuneOptions:
         if unknown:
             problems.append((f"--only {','.join(unknown)}: no such knob (knobs: {', '.join(FIELDS)})",
                              "check --only"))
+        if not NAME_PATTERN.fullmatch(self.config_name):
+            problems.append((f"--config-name {self.config_name!r} is not a configuration name (letters, digits, "
+                             "'_', '.', '-')", "check --config-name"))
+        if self.cluster_repository is not None and not Path(self.cluster_repository).is_dir():
+            problems.append((f"cluster repository {self.cluster_repository} does not exist",
+                             "check --cluster-repository"))
         if self.repeats < 1:
             problems.append(("--repeats must be at least 1", "check --repeats"))
         raise_problems(problems)

@@ -110,6 +110,22 @@ def conclusion_lines(summary: dict) -> list[str]:
     if summary["settings_without_repo_flag"]:
         lines.append("No repo flag for: " + ", ".join(summary["settings_without_repo_flag"])
                      + " (keep the tuned config.pbtxt files)")
+    return lines + cluster_lines(summary.get("cluster"))
+
+
+def cluster_lines(written: dict | None) -> list[str]:
+    """How a cluster serves the winner: the named configs written, and the chart value that selects them."""
+    if not written or not written["written"]:
+        return []
+    name = written["config_name"]
+    lines = [f"Named configuration {name!r} (configs/{name}.pbtxt) written for: "
+             + ", ".join(sorted({Path(p).parent.parent.name for p in written["written"]}))]
+    if written["cluster_repository"]:
+        lines.append(f"  in the cluster's repository {written['cluster_repository']} too"
+                     + (f"; not carried over (no such setting there): {', '.join(written['not_carried_over'])}"
+                        if written["not_carried_over"] else ""))
+    lines.append(f"In the cluster (chart helm/triton-classifier): {written['helm_set']}  "
+                 f"(or -f {written['values_file']})")
     return lines
 
 

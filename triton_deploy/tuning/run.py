@@ -7,10 +7,14 @@ repository (``output``) or the original in place with each replaced config kept 
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +22,10 @@ from triton_deploy.errors import LatencyBudgetError
 from triton_deploy.fsutil import atomic_directory, check_output_dir, check_writable
 from triton_deploy.loadtests.payloads import PoolOptions, load_pool
 from triton_deploy.progress import Reporter
+from triton_deploy.server import supervisor
 
-from . import report
+from . import cluster, report
+from .knobs import show_value
 from .measure import TuningServer, link_copy
 from .options import TuneOptions
 from .results import Measurement
@@ -40,6 +46,8 @@ def tune(options: TuneOptions, reporter: Reporter | None = None) -> TuneResult:
     options.check()
     repository = Path(options.repository)
     configs = EnsembleConfigs.read(repository, options.model)
+    target = EnsembleConfigs.read(Path(options.cluster_repository), options.model) \
+        if options.cluster_repository is not None else None
     _check_writable(options)
     knobs = [k for k in configs.knobs() if not options.only or k.field in options.only]
     pool = _pool(options)
@@ -47,10 +55,10 @@ def tune(options: TuneOptions, reporter: Reporter | None = None) -> TuneResult:
     reporter.info(f"Tuning {options.model}: {len(knobs)} knobs ({', '.join(k.name for k in knobs)}), "
                   f"concurrency {','.join(map(str, options.settings.concurrencies))}, p99 <= {options.p99_ms:g} ms, "
                   f"budget {options.budget_s:.0f} s")
-    with tempfile.TemporaryDirectory(prefix="triton-deploy-tune-") as temp:
-        work = Path(temp) / "repository"
+    with work_directory(Path(options.report_dir)) as temp:
+        work = temp / "repository"
         link_copy(repository, work)
-        server = TuningServer(work, options.model, Path(temp) / "triton.log")
+        server = TuningServer(work, options.model, temp / "triton.log")
         with reporter.step("Starting Triton (explicit model control) on a copy of the repository"):
             server.start()
         with server:
@@ -66,9 +74,73 @@ def tune(options: TuneOptions, reporter: Reporter | None = None) -> TuneResult:
     report.write(summary, outcome, options.report_dir, options.p99_ms)
     _refuse_if_over_budget(outcome, options)
     written = _write_winner(configs, outcome.winner, knobs, options)
+    summary["cluster"] = _write_named(configs, target, outcome.winner, knobs, options, written)
+    report.write(summary, outcome, options.report_dir, options.p99_ms)  # again, with where the named configs went
     for line in report.conclusion_lines(summary):
         reporter.info(line)
     return TuneResult(outcome.winner, summary, options.report_dir, written)
+
+
+WORK_PREFIX = ".tune-work-"
+
+
+@contextmanager
+def work_directory(report_dir: Path) -> Iterator[Path]:
+    """The folder for the repository copy and Triton's log: ``<report dir>/.tune-work-<pid>``, removed on the way
+    out. A run killed with SIGKILL cannot remove it, so every run first removes the folders of runs whose process is
+    gone; keeping them beside the report (not in /tmp) puts them where the next run looks. A report directory whose
+    path has whitespace would kill every python-backend stub (they split their arguments on it): /tmp then."""
+    root = Path(report_dir).absolute()
+    if any(c.isspace() for c in str(root)):
+        root = Path(tempfile.gettempdir()) / "triton-deploy-tune"
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(WORK_PREFIX + "*"):
+        pid = stale.name.removeprefix(WORK_PREFIX)
+        if not (pid.isdigit() and _alive(int(pid))):
+            reap_processes_in(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+    work = root / f"{WORK_PREFIX}{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def reap_processes_in(folder: Path) -> list[str]:
+    """SIGKILL every process still running from ``folder`` (a killed tune's Triton, draining after its parent-death
+    SIGTERM, and its python-backend stubs, which outlive a Triton that dies and ignore SIGTERM: pitfalls.md), and
+    unlink the stubs' /dev/shm regions; the regions removed. Matched by ``folder`` on the command line (Triton's
+    --model-repository, a stub's model file), a path only that run used."""
+    prefix = str(Path(folder).absolute()) + os.sep
+    regions: set[str] = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if not any(prefix in arg for arg in argv):
+            continue
+        pid = int(cmdline.parent.name)
+        region = supervisor.stub_region(pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        if region is not None:
+            regions.add(region)
+    return supervisor.unlink_regions(regions)  # the name goes now; the memory once the killed stub has exited
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _pool(options: TuneOptions):
@@ -89,9 +161,41 @@ def _check_writable(options: TuneOptions) -> None:
     if options.output is not None:
         check_output_dir(Path(options.output), force=options.force)
         check_writable(Path(options.output), flag="--output")
+        _check_cluster_writable(options)
         return
     for config in Path(options.repository).glob("*/config.pbtxt"):  # --in-place rewrites them
         check_writable(config, flag="--in-place", kind="file")
+    _check_cluster_writable(options)
+
+
+def _check_cluster_writable(options: TuneOptions) -> None:
+    if options.cluster_repository is None:
+        return
+    for config in Path(options.cluster_repository).glob("*/config.pbtxt"):  # configs/<name>.pbtxt goes beside it
+        check_writable(config.parent / "configs", flag="--cluster-repository")
+
+
+def _write_named(configs: EnsembleConfigs, target: EnsembleConfigs | None, winner: Candidate, knobs,
+                 options: TuneOptions, written: Path) -> dict:
+    """The winner as ``configs/<name>.pbtxt`` in the written repository and, with ``--cluster-repository``, in the
+    cluster's (translated to its classifier's backend); the Helm values that select it."""
+    texts, _ = cluster.winner_for(configs, winner, knobs)
+    paths = cluster.write_named(written, texts, options.config_name)
+    skipped: list[str] = []
+    if target is not None:
+        cluster_texts, skipped = cluster.winner_for(target, winner, knobs)
+        paths += cluster.write_named(target.repository, cluster_texts, options.config_name)
+    values = Path(options.report_dir) / f"values-{options.config_name}.yaml"
+    values.write_text(cluster.values_text(options.config_name, [f"{n}={v}" for n, v in _shown(winner)]),
+                      encoding="utf-8")
+    return {"config_name": options.config_name, "written": [str(p) for p in paths],
+            "cluster_repository": str(options.cluster_repository) if target is not None else None,
+            "not_carried_over": skipped, "helm_set": cluster.set_line(options.config_name),
+            "values_file": str(values)}
+
+
+def _shown(candidate: Candidate) -> list[tuple[str, str]]:
+    return [(name, show_value(value)) for name, value in candidate.changes]
 
 
 def _refuse_if_over_budget(outcome: SearchResult, options: TuneOptions) -> None:

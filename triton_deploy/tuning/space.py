@@ -87,10 +87,14 @@ class EnsembleConfigs:
 
     def render(self, candidate: Candidate, knobs: list[Knob]) -> dict[str, str]:
         """model name -> the text of its config.pbtxt under ``candidate``."""
-        configs = {name: _copy(config) for name, config in self.members.items()}
+        configs = {name: copy_config(config) for name, config in self.members.items()}
         for knob in knobs:
             APPLY[knob.field](configs[knob.model], candidate.value(knob))
-        return {name: self.headers[name] + text_format.MessageToString(config) for name, config in configs.items()}
+        return {name: self.text(name, config) for name, config in configs.items()}
+
+    def text(self, name: str, config: model_config_pb2.ModelConfig) -> str:
+        """``config`` as the text of step ``name``'s config file, under the comment lines its file had."""
+        return self.headers[name] + text_format.MessageToString(config)
 
 
 def _first(current: Value, options: tuple[Value, ...]) -> tuple[Value, ...]:
@@ -115,7 +119,7 @@ def _comment_header(path: Path) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def _copy(config: model_config_pb2.ModelConfig) -> model_config_pb2.ModelConfig:
+def copy_config(config: model_config_pb2.ModelConfig) -> model_config_pb2.ModelConfig:
     copy = model_config_pb2.ModelConfig()
     copy.CopyFrom(config)
     return copy

@@ -254,6 +254,10 @@ spec:
             - --load-model={{ . }}
             {{- end }}
             {{- end }}
+            {{- with $v.server.modelConfigName }}
+            # Each model's configs/<name>.pbtxt where present (e.g. what `triton-deploy tune` chose), else config.pbtxt.
+            - --model-config-name={{ . }}
+            {{- end }}
             - --strict-readiness={{ $v.server.strictReadiness }}
             - --exit-timeout-secs={{ $v.server.exitTimeoutSecs }}
             - --http-port={{ $v.ports.http }}

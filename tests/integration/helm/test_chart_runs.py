@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import re
 import secrets
@@ -28,9 +29,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from chart_tools import (CPU_SERVER_METRICS, SCENARIOS, arg_value, liveness_probe_command, metric_names, render,
-                         render_scenario, server_container)
+import yaml
+from chart_tools import (
+    CPU_SERVER_METRICS,
+    SCENARIOS,
+    arg_value,
+    liveness_probe_command,
+    metric_names,
+    render,
+    render_scenario,
+    server_container,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +127,7 @@ def write_certificates(folder: Path, common_name: str, hosts: list[str]) -> dict
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def build(subject: str, key, issuer: str, issuer_key, ca: bool):
         builder = (x509.CertificateBuilder()
@@ -613,3 +622,23 @@ def test_helm_test_script_fails_on_a_bad_tls_setup(tls_pod, case, env, expected)
     result = run_helm_test_script(tls_pod, **env)
     assert result.returncode != 0, case
     assert expected in result.stderr, (case, result.stdout, result.stderr)
+
+
+def test_model_config_name_value_serves_the_named_configs_tune_writes(tmp_path):
+    """`server.modelConfigName` as `tune` prints it (`--set server.modelConfigName=tuned`): the rendered
+    --model-config-name makes the started server load each model's configs/tuned.pbtxt where one exists (here the
+    step's with two instances) and config.pbtxt elsewhere (the ensemble)."""
+    from triton_deploy.tuning import cluster
+
+    scenario = next(p for p in SCENARIOS if p.name == "cpu-values.yaml")
+    values = yaml.safe_load(cluster.values_text("tuned", ["digits_echo.instances=2"]))
+    local = LocalPod(render_scenario(scenario, values), tmp_path)
+    assert "--model-config-name=tuned" in local.args
+    cluster.write_named(local.repository, {"digits_echo": ECHO_CONFIG.replace("count: 1", "count: 2")}, "tuned")
+    def config(model: str) -> dict:
+        with urllib.request.urlopen(local.url("http", f"/v2/models/{model}/config"), timeout=10) as response:
+            return json.loads(response.read())
+
+    for _ in started(local):
+        assert config("digits_echo")["instance_group"][0]["count"] == 2
+        assert config("digits")["platform"] == "ensemble"  # no named file: its config.pbtxt
