@@ -73,6 +73,8 @@ def add_optimize(sub) -> None:
     t.add_argument("--bench-rounds", type=int, default=3, help="interleaved rounds; the best is kept (default 3)")
     t.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     t.add_argument("--eval-limit", type=int, help="evaluate on the first N images only")
+    t.add_argument("--robustness-limit", type=int, metavar="N",
+                   help="score the robustness suite on the first N held-out images only (default: all of them)")
     t.add_argument("--eval-samples", type=Path, metavar="DIR",
                    help="images to measure accuracy (one sub-folder per label) and agreement on (default: the "
                         "export's own held-out images, as its manifest records them)")
@@ -112,7 +114,8 @@ def run_optimize(args: argparse.Namespace, reporter) -> int:
         distill=DistillOptions(temperature=args.distill_temperature, alpha=args.distill_alpha,
                                epochs=args.distill_epochs, channels=args.student_channels, seed=0),
         batch_sizes=args.batch_sizes, bench_seconds=args.bench_seconds, bench_rounds=args.bench_rounds,
-        threads=args.threads, eval_limit=args.eval_limit, eval_samples=args.eval_samples, force=args.force,
+        threads=args.threads, eval_limit=args.eval_limit, robustness_limit=args.robustness_limit,
+        eval_samples=args.eval_samples, force=args.force,
         prune_criterion=args.prune_criterion, fine_tune_epochs=args.fine_tune_epochs,
     )
     publisher = None

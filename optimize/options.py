@@ -36,6 +36,9 @@ class OptimizeOptions:
     bench_rounds: int = 3
     threads: int | None = None  # ONNX Runtime intra-op threads (default: all cores)
     eval_limit: int | None = None  # use only the first N held-out images (tests)
+    # Score the robustness suite on the first N held-out images of each condition only (the held-out accuracy and the
+    # gate keep every image): the suite is 22 drawings of every held-out image, most of a quick run's time.
+    robustness_limit: int | None = None
     tensorrt_max_batch_size: int = 32
     prune_criterion: str = "l1"  # how the pruned_<p> variants rank filters (see optimize/prune.py)
     fine_tune_epochs: int = 3  # of the pruned_<p> variants, on the export's training images (if it has any)
@@ -69,6 +72,8 @@ class OptimizeOptions:
             problems.append(("--bench-seconds must be > 0 and --bench-rounds >= 1", "check --bench-seconds"))
         if self.eval_limit is not None and self.eval_limit < 1:
             problems.append(("--eval-limit must be at least 1", "check --eval-limit"))
+        if self.robustness_limit is not None and self.robustness_limit < 1:
+            problems.append(("--robustness-limit must be at least 1", "check --robustness-limit"))
         if self.calibration_count < 1:
             problems.append((f"calibration count must be at least 1, got {self.calibration_count}",
                              "check --calibration-count"))

@@ -153,7 +153,8 @@ def _evaluation(manifest: Manifest, source_model: Path, datasets: Datasets, opti
     suite = baseline_robustness = None
     if manifest.robustness is not None:
         with reporter.step("Drawing the export's robustness suite"):
-            suite = datasets.own.robustness(manifest.preprocessing, options.eval_limit)
+            limits = [n for n in (options.eval_limit, options.robustness_limit) if n is not None]
+            suite = datasets.own.robustness(manifest.preprocessing, min(limits, default=None))
     if suite is not None:
         images = len(suite[1]) * len(suite[0])
         with reporter.bar(images, f"Scoring FP32 on the robustness suite ({len(suite[0])} conditions)") as bar:

@@ -47,6 +47,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                                 + "\n  ".join(problems))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak-seconds", type=int, default=30, metavar="S",
+                     help="length of the sustained-load test at saturation (default 30; at least 20)")
+
+
+@pytest.fixture(scope="session")
+def soak_seconds(request) -> int:
+    seconds = request.config.getoption("soak_seconds")
+    if seconds < 20:  # the first 10 s of load are warm-up; memory is compared over the rest
+        raise pytest.UsageError(f"--soak-seconds {seconds}: give at least 20")
+    return seconds
+
+
 DEMO_EXPORT = ROOT / "build" / "digits"  # what `make demo` exports (CI runs the demo before the tests)
 
 
