@@ -65,6 +65,9 @@ def add_optimize(sub) -> None:
                    help="fine-tune each pruned model N epochs on the export's training images (the built-in "
                         "model's augmented drawings; a user model has none and is not fine-tuned), towards the "
                         "unpruned model's answers (default 3)")
+    r.add_argument("--fine-tune-renderings", type=int, default=12, metavar="N",
+                   help="draw each training image N times for that fine-tuning (default 12, as the built-in "
+                        "model's training; fewer is quicker and recovers less robustness)")
     p.add_argument("--tflite", action="store_true",
                    help="add the LiteRT edge variants tflite_fp32 and tflite_int8 (full-integer), from model.keras")
     t = p.add_argument_group("timing")
@@ -117,6 +120,7 @@ def run_optimize(args: argparse.Namespace, reporter) -> int:
         threads=args.threads, eval_limit=args.eval_limit, robustness_limit=args.robustness_limit,
         eval_samples=args.eval_samples, force=args.force,
         prune_criterion=args.prune_criterion, fine_tune_epochs=args.fine_tune_epochs,
+        fine_tune_renderings=args.fine_tune_renderings,
     )
     publisher = None
     if args.publish is not None:  # the repository's step, after optimisation: data flows one way

@@ -42,6 +42,7 @@ class OptimizeOptions:
     tensorrt_max_batch_size: int = 32
     prune_criterion: str = "l1"  # how the pruned_<p> variants rank filters (see optimize/prune.py)
     fine_tune_epochs: int = 3  # of the pruned_<p> variants, on the export's training images (if it has any)
+    fine_tune_renderings: int = 12  # drawings of each training image to fine-tune on (the export trained on 12)
     force: bool = False
     seed: int = 0
 
@@ -60,6 +61,8 @@ class OptimizeOptions:
             problems.append(unknown_choice("pruning criterion", self.prune_criterion, "--prune-criterion", CRITERIA))
         if self.fine_tune_epochs < 0:
             problems.append(("--fine-tune-epochs must be 0 or more", "check --fine-tune-epochs"))
+        if self.fine_tune_renderings < 1:
+            problems.append(("--fine-tune-renderings must be at least 1", "check --fine-tune-renderings"))
         if self.max_accuracy_drop < 0:
             problems.append((f"--max-accuracy-drop {self.max_accuracy_drop} is negative; it is the largest loss "
                              "allowed, in percentage points", "check --max-accuracy-drop"))

@@ -311,7 +311,7 @@ def _slice_weights(layer, in_keep: np.ndarray | None, out_keep: np.ndarray | Non
 # Fine-tuning learns from the unpruned model's softened answers mixed with the labels, on every drawing the source
 # trained on: its soft answers carry what it learnt about hard drawings, and on the built-in model this kept the
 # worst robustness condition where labels alone lost it (the measurements: docs/optimize-notes.md, "Fine-tuning").
-FINE_TUNE_RENDERINGS = 12
+# How many drawings of each training image: ``fine_tune_renderings`` (12 by default, as the built-in model trained).
 FINE_TUNE_LEARNING_RATE = 3e-3
 SOFT_TARGET_TEMPERATURE = 2.0
 SOFT_TARGET_WEIGHT = 0.7
@@ -363,7 +363,7 @@ class PrunedExport:
 
 
 def prune_export(export_dir: Path, manifest: Manifest, options: PruneOptions, target: Path, datasets: Datasets,
-                 nhwc: ImageTransform, *, fine_tune_epochs: int = 3, seed: int = 0,
+                 nhwc: ImageTransform, *, fine_tune_epochs: int = 3, fine_tune_renderings: int = 12, seed: int = 0,
                  reporter: Reporter | None = None) -> PrunedExport:
     """Prune the export's Keras source, fine-tune it on the export's labelled training images when its dataset has
     them, and write it to ``target`` through the export's own checks (tf2onnx, ONNX checker, parity)."""
@@ -375,9 +375,9 @@ def prune_export(export_dir: Path, manifest: Manifest, options: PruneOptions, ta
         reporter.info(f"pruning: {line}")
     training = None
     if fine_tune_epochs:
-        with reporter.bar(None, f"Drawing the training images ({FINE_TUNE_RENDERINGS} renderings each where the "
+        with reporter.bar(None, f"Drawing the training images ({fine_tune_renderings} renderings each where the "
                           "dataset can draw them)") as bar:
-            training = datasets.own.training(nhwc, renderings=FINE_TUNE_RENDERINGS, progress=bar.advance)
+            training = datasets.own.training(nhwc, renderings=fine_tune_renderings, progress=bar.advance)
     if training is not None:
         # The model's own augmented training renderings (every filter, size, polarity, margin, colour and
         # compression it learnt to read): fine-tuning on the plain rendering alone would trade that robustness away.

@@ -193,7 +193,9 @@ def _pruned(ctx: BuildContext, match: re.Match) -> BuiltVariant:
         path.parent.mkdir(exist_ok=True)
         result = prune_export(ctx.options.export_dir, ctx.manifest, PruneOptions(percent / 100,
                               criterion=options.prune_criterion), path, ctx.datasets, ctx.nhwc,
-                              fine_tune_epochs=options.fine_tune_epochs, seed=options.seed, reporter=ctx.reporter)
+                              fine_tune_epochs=options.fine_tune_epochs,
+                              fine_tune_renderings=options.fine_tune_renderings, seed=options.seed,
+                              reporter=ctx.reporter)
         ctx.shared[key] = (path, result)
     path, result = ctx.shared[key]
     details = result.details()

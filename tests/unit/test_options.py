@@ -37,6 +37,14 @@ def test_optimize_options_include_the_calibration_and_student_problems(tmp_path)
     assert "(check --max-accuracy-drop)" in message
 
 
+def test_optimize_options_refuse_fine_tuning_on_no_drawings_with_the_other_problems(tmp_path):
+    options = OptimizeOptions(tmp_path, tmp_path / "o", fine_tune_epochs=-1, fine_tune_renderings=0)
+    with pytest.raises(UsageError) as info:
+        options.check()
+    assert str(info.value).startswith("--fine-tune-epochs must be 0 or more; also: --fine-tune-renderings must be "
+                                      "at least 1")
+
+
 def test_publisher_reports_mode_and_version_policy_together(tmp_path):
     with pytest.raises(UsageError) as info:
         Publisher(tmp_path, mode="copies", version_policy="newest").check()
