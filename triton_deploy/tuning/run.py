@@ -70,11 +70,12 @@ def tune(options: TuneOptions, reporter: Reporter | None = None) -> TuneResult:
 
             outcome = search(knobs, measure, options.settings, on_record=lambda r: reporter.info(_progress_line(r)))
     summary = report.summarise(outcome, knobs, options, elapsed_s=time.monotonic() - started)
-    report.write(summary, outcome, options.report_dir, options.p99_ms)
-    _refuse_if_over_budget(outcome, options)
-    written = _write_winner(configs, outcome.winner, knobs, options)
-    summary["cluster"] = _write_named(configs, target, outcome.winner, knobs, options, written)
-    report.write(summary, outcome, options.report_dir, options.p99_ms)  # again, with where the named configs went
+    try:
+        _refuse_if_over_budget(outcome, options)
+        written = _write_winner(configs, outcome.winner, knobs, options)
+        summary["cluster"] = _write_named(configs, target, outcome.winner, knobs, options, written)
+    finally:  # once, refused or not: with where the named configs went when they were written
+        report.write(summary, outcome, options.report_dir, options.p99_ms)
     for line in report.conclusion_lines(summary):
         reporter.info(line)
     return TuneResult(outcome.winner, summary, options.report_dir, written)
@@ -166,6 +167,7 @@ def _write_named(configs: EnsembleConfigs, target: EnsembleConfigs | None, winne
         cluster_texts, skipped = cluster.winner_for(target, winner, knobs)
         paths += cluster.write_named(target.repository, cluster_texts, options.config_name)
     values = Path(options.report_dir) / f"values-{options.config_name}.yaml"
+    values.parent.mkdir(parents=True, exist_ok=True)  # the report is written after this
     values.write_text(cluster.values_text(options.config_name, [f"{n}={v}" for n, v in _shown(winner)]),
                       encoding="utf-8")
     return {"config_name": options.config_name, "written": [str(p) for p in paths],
