@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from .knobs import show_value
 from .measure import TuningServer, link_copy
 from .options import TuneOptions
 from .results import Measurement
-from .search import Record, SearchResult, search
+from .search import Record, SearchResult, search, typical
 from .space import Candidate, EnsembleConfigs
 
 
@@ -191,8 +190,7 @@ def _refuse_if_over_budget(outcome: SearchResult, options: TuneOptions) -> None:
             f"(report in {options.report_dir})",
             hint="raise --p99-ms or drop the highest --concurrency")
     runs = outcome.confirm_winner
-    over = [point.concurrency for i, point in enumerate(runs[0].points if runs else ())
-            if statistics.median(m.points[i].p99_ms for m in runs) > options.p99_ms]
+    over = [point.concurrency for point in (typical(runs).points if runs else ()) if point.p99_ms > options.p99_ms]
     if over:
         raise LatencyBudgetError(
             f"the winner ({outcome.winner.label}) went over p99 {options.p99_ms:g} ms at concurrency "

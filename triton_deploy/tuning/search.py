@@ -205,12 +205,8 @@ def _held(result: SearchResult, settings: SearchSettings) -> bool:
     (geometric mean over the concurrencies)."""
     if not result.confirm_winner or not result.confirm_start:
         return False
-    for i in range(len(result.confirm_start[0].points)):
-        runs = result.confirm_winner
-        if any(m.points[i].failures for m in runs) or \
-                statistics.median(m.points[i].p99_ms for m in runs) > settings.p99_ms:
-            return False
-    ratios = [statistics.median(m.points[i].images_per_s for m in result.confirm_winner)
-              / max(statistics.median(m.points[i].images_per_s for m in result.confirm_start), 1e-9)
-              for i in range(len(result.confirm_start[0].points))]
+    winner, start = typical(result.confirm_winner), typical(result.confirm_start)
+    if any(p.failures or p.p99_ms > settings.p99_ms for p in winner.points):
+        return False
+    ratios = [w.images_per_s / max(s.images_per_s, 1e-9) for w, s in zip(winner.points, start.points, strict=True)]
     return math.exp(sum(math.log(max(r, 1e-9)) for r in ratios) / len(ratios)) > 1.0
