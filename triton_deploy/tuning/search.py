@@ -208,5 +208,4 @@ def _held(result: SearchResult, settings: SearchSettings) -> bool:
     winner, start = typical(result.confirm_winner), typical(result.confirm_start)
     if any(p.failures or p.p99_ms > settings.p99_ms for p in winner.points):
         return False
-    ratios = [w.images_per_s / max(s.images_per_s, 1e-9) for w, s in zip(winner.points, start.points, strict=True)]
-    return math.exp(sum(math.log(max(r, 1e-9)) for r in ratios) / len(ratios)) > 1.0
+    return score(winner, start) > 1.0
