@@ -107,15 +107,15 @@ def read_metrics_text(url: str, timeout_s: float = 5.0, tls: TlsOptions | None =
     """The text of Triton's metrics endpoint (``https://`` through a gateway, verified with ``tls``); a
     ``ClientError`` naming --metrics-url when it does not answer."""
     context = tls.ssl_context() if tls is not None else None  # urllib uses it for https:// only
+    hint = "check --metrics-url (Triton's --metrics-port, default 8002)"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s, context=context) as response:
             return response.read().decode("utf-8", errors="replace")
     except http.client.HTTPException:  # e.g. the gRPC port: it answers, but not with HTTP/1
         raise ClientError(f"cannot read Triton metrics from {url}: the port answers, but not with HTTP (is it the gRPC "
-                          "port?)", hint="check --metrics-url (Triton's --metrics-port, default 8002)") from None
+                          "port?)", hint=hint) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        hint = "check --metrics-url (Triton's --metrics-port, default 8002)"
         if isinstance(reason, ssl.SSLError):  # an HTTPS gateway in front of the metrics port
             hint = "pass --tls-ca with the CA that signed the gateway's certificate, or check --metrics-url"
         raise ClientError(f"cannot read Triton metrics from {url}: {reason}", hint=hint) from None
