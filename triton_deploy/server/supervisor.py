@@ -6,8 +6,7 @@ Triton itself can die: one request asking the classification extension for the t
 with SIGFPE; its stubs then outlive it (parent PID 1, SIGTERM ignored) and keep their ``/dev/shm`` regions.
 
 The functions here find a server's stubs (they share Triton's process group: Triton is started as a session leader)
-and regions, and ``reap`` kills what is left of a server, however it ended (its process group: ``reap_group``; the
-processes using one folder: ``processes_using``), returning the regions to unlink.
+and regions, and ``reap_group`` kills what is left of a server and returns its regions to unlink, however it ended.
 ``supervise`` is the loop ``triton-deploy serve`` runs: it forwards SIGINT/SIGTERM so Triton drains, and restarts
 Triton when it exits unasked or a stub dies, with a bounded number of restarts and a growing pause between them.
 """
@@ -101,28 +100,13 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def processes_using(folder: Path) -> list[int]:
-    """The live processes whose command line names a path inside ``folder`` (Triton's --model-repository, a stub's
-    model file): what a run that used that folder alone left running, whatever its process group."""
-    prefix = str(Path(folder).absolute()) + os.sep
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().decode(errors="replace").split("\0")  # a zombie's is empty
-        except OSError:
-            continue
-        if any(prefix in arg for arg in argv):
-            found.append(int(cmdline.parent.name))
-    return found
-
-
-def reap(members: Callable[[], list[int]], timeout_s: float = 5.0) -> set[str]:
-    """SIGKILL the processes ``members()`` names until none is left (stubs orphaned by a Triton that died ignore
-    SIGTERM) and return the /dev/shm regions they held, for the caller to unlink once they are gone."""
+def reap_group(pgid: int, timeout_s: float = 5.0) -> set[str]:
+    """Kill what is left of the server whose process group is ``pgid`` (stubs orphaned by a Triton that died ignore
+    SIGTERM: SIGKILL) and return the /dev/shm regions they held, for the caller to unlink once they are gone."""
     regions: set[str] = set()
     deadline = time.monotonic() + timeout_s
-    while (pids := members()) and time.monotonic() < deadline:
-        for pid in pids:
+    while (members := group_members(pgid)) and time.monotonic() < deadline:
+        for pid in members:
             regions |= mapped_shm_regions(pid)
             if (region := stub_region(pid)) is not None:
                 regions.add(region)
@@ -132,11 +116,6 @@ def reap(members: Callable[[], list[int]], timeout_s: float = 5.0) -> set[str]:
                 pass
         time.sleep(0.05)
     return regions
-
-
-def reap_group(pgid: int, timeout_s: float = 5.0) -> set[str]:
-    """Kill what is left of the server whose process group is ``pgid``; its regions (see ``reap``)."""
-    return reap(lambda: group_members(pgid), timeout_s)
 
 
 def describe_exit(status: int) -> str:

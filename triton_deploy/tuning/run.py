@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -109,8 +110,27 @@ def work_directory(report_dir: Path) -> Iterator[Path]:
 
 def reap_processes_in(folder: Path) -> list[str]:
     """SIGKILL every process still running from ``folder`` (a killed tune's Triton, draining after its parent-death
-    SIGTERM, and its python-backend stubs) and unlink their /dev/shm regions; the regions removed."""
-    return supervisor.unlink_regions(supervisor.reap(lambda: supervisor.processes_using(folder), timeout_s=2.0))
+    SIGTERM, and its python-backend stubs, which outlive a Triton that dies and ignore SIGTERM: pitfalls.md), and
+    unlink the stubs' /dev/shm regions; the regions removed. Matched by ``folder`` on the command line (Triton's
+    --model-repository, a stub's model file), a path only that run used."""
+    prefix = str(Path(folder).absolute()) + os.sep
+    regions: set[str] = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if not any(prefix in arg for arg in argv):
+            continue
+        pid = int(cmdline.parent.name)
+        region = supervisor.stub_region(pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        if region is not None:
+            regions.add(region)
+    return supervisor.unlink_regions(regions)  # the name goes now; the memory once the killed stub has exited
 
 
 def _alive(pid: int) -> bool:
