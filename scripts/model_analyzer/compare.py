@@ -72,12 +72,13 @@ def main() -> None:
                   f"  p50 {result['p50_ms']:6.2f} ms  (load {result['load_average']:.2f})", flush=True)
     summary = {}
     for label, results in runs.items():
-        ips, p99 = [r["images_per_s"] for r in results], [r["p99_ms"] for r in results]
-        summary[label] = {"images_per_s": {"median": statistics.median(ips), "min": min(ips), "max": max(ips)},
-                          "p99_ms": {"median": statistics.median(p99), "min": min(p99), "max": max(p99)}}
-        print(f"{label:10} median {summary[label]['images_per_s']['median']:8.1f} images/s "
-              f"({min(ips):.1f}-{max(ips):.1f}), p99 {summary[label]['p99_ms']['median']:.2f} ms "
-              f"({min(p99):.2f}-{max(p99):.2f}) over {len(results)} rounds")
+        figures = {key: [r[key] for r in results] for key in ("images_per_s", "p50_ms", "p99_ms")}
+        summary[label] = {key: {"median": statistics.median(values), "min": min(values), "max": max(values)}
+                          for key, values in figures.items()}
+        ips, p50, p99 = figures["images_per_s"], figures["p50_ms"], figures["p99_ms"]
+        print(f"{label:10} median {statistics.median(ips):8.1f} images/s ({min(ips):.1f}-{max(ips):.1f}), "
+              f"p50 {statistics.median(p50):.2f} ms ({min(p50):.2f}-{max(p50):.2f}), "
+              f"p99 {statistics.median(p99):.2f} ms ({min(p99):.2f}-{max(p99):.2f}) over {len(results)} rounds")
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "summary": summary}, indent=2) + "\n", encoding="utf-8")
 
