@@ -3,6 +3,7 @@ stub that dies. Every request is accounted for: answered, or refused with a clea
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -140,47 +141,68 @@ def _wait_for_answered_requests(folder: Path, timeout_s: float = 60.0) -> None:
     raise AssertionError(f"no answered request in the Locust history under {folder} within {timeout_s:g} s")
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_a_locust_run_counts_a_killed_server_as_failures_and_recovers_once_it_is_back(digits_repository, tmp_path,
-                                                                                        protocol):
+def test_locust_runs_over_both_protocols_count_a_killed_server_as_failures_and_recover_once_it_is_back(
+        digits_repository, tmp_path):
+    """gRPC and HTTP users at once, each run against its own server, both servers killed and restarted together (one
+    outage's wait for both protocols): each run counts the outage's failures, names them, answers again once its
+    server is back on the same ports, and says its server restarted (Triton's counters are the run's own only when it
+    is the server's one client, hence a server each)."""
     from triton_deploy.loadtests.runner import LoadTestOptions, run_loadtest
     from triton_deploy.loadtests.slo import SLO
 
-    http, grpc, metrics = free_ports(3)
-    options = ServerOptions(digits_repository, http_port=http, grpc_port=grpc, metrics_port=metrics,
-                            log_file=tmp_path / "triton.log", exit_timeout_s=5)
-    first, restarted = TritonServer(options), TritonServer(options)
-    outcome: dict = {}
+    protocols = ("grpc", "http")
+    servers = {}
+    for protocol in protocols:
+        http, grpc, metrics = free_ports(3)
+        options = ServerOptions(digits_repository, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                                log_file=tmp_path / f"triton-{protocol}.log", exit_timeout_s=5)
+        servers[protocol] = (TritonServer(options), TritonServer(options))
+    outcomes: dict = {protocol: {} for protocol in protocols}
 
-    def load():
+    def load(protocol: str) -> None:
+        first = servers[protocol][0]
         try:
-            outcome["result"] = run_loadtest(LoadTestOptions(
-                output=tmp_path / "lt", url=first.grpc_url if protocol == "grpc" else first.http_url,
-                metrics_url=first.metrics_url, protocol=protocol, users=2, duration_s=20, pool_size=16,
+            outcomes[protocol]["result"] = run_loadtest(LoadTestOptions(
+                output=tmp_path / protocol, url=first.grpc_url if protocol == "grpc" else first.http_url,
+                metrics_url=first.metrics_url, protocol=protocol, users=2, duration_s=26, pool_size=16,
                 slo=SLO(error_rate=None)))  # the outage's failures are expected: counted, not gated
         except Exception as exc:  # noqa: BLE001 - asserted below
-            outcome["error"] = exc
+            outcomes[protocol]["error"] = exc
 
-    with first:
-        runner = threading.Thread(target=load)
-        runner.start()
-        _wait_for_answered_requests(tmp_path / "lt")  # Locust's start takes 5-15 s on a busy machine
+    with contextlib.ExitStack() as first_servers:
+        for first, _ in servers.values():
+            first_servers.enter_context(first)
+        runners = [threading.Thread(target=load, args=(protocol,)) for protocol in protocols]
+        for runner in runners:
+            runner.start()
+        for protocol in protocols:
+            _wait_for_answered_requests(tmp_path / protocol)  # Locust's start takes 5-15 s on a busy machine
         time.sleep(2)  # and loads for a few seconds
-        os.killpg(first.process.pid, signal.SIGKILL)
-        first.process.wait()
+        for first, _ in servers.values():
+            os.killpg(first.process.pid, signal.SIGKILL)
+        for first, _ in servers.values():
+            first.process.wait()
         killed_at = time.time()
         time.sleep(2)
-    with restarted:  # same ports, while Locust keeps sending
+    with contextlib.ExitStack() as restarted_servers:  # same ports, while Locust keeps sending
+        for _, restarted in servers.values():
+            restarted_servers.enter_context(restarted)
         back_at = time.time()
-        runner.join(timeout=120)
-    assert "error" not in outcome, outcome.get("error")
+        for runner in runners:
+            runner.join(timeout=120)
+    for protocol in protocols:
+        _assert_counted_and_recovered(protocol, outcomes[protocol], killed_at, back_at)
+
+
+def _assert_counted_and_recovered(protocol: str, outcome: dict, killed_at: float, back_at: float) -> None:
+    assert "error" not in outcome, f"{protocol}: {outcome.get('error')}"
     result = outcome["result"]
     run = result.summary["runs"][0]
-    assert 0 < run["failures"] < run["requests"]
+    assert 0 < run["failures"] < run["requests"], (protocol, run)
     # Each failure says what happened, in Locust's failure report.
     with open(result.directory / "locust_failures.csv", newline="") as f:
         errors = [row["Error"] for row in csv.DictReader(f)]
-    assert errors and all(REFUSALS.search(error) for error in errors), errors
+    assert errors and all(REFUSALS.search(error) for error in errors), (protocol, errors)
     # Locust's per-second history: requests succeed again after the restart, and the last seconds have no failures.
     with open(result.directory / "locust_stats_history.csv", newline="") as f:
         rows = [(int(r["Timestamp"]), int(r["Total Request Count"]), int(r["Total Failure Count"]))
@@ -194,11 +216,11 @@ def test_a_locust_run_counts_a_killed_server_as_failures_and_recovers_once_it_is
                                                            "recovered_s_after_ready": recovered and recovered - back_at}))
     before_kill = max(n for t, n in succeeded.items() if t <= killed_at)
     at_restart = max(n for t, n in succeeded.items() if t <= back_at)
-    assert before_kill > 0 and succeeded[rows[-1][0]] > at_restart, rows
-    assert rows[-1][2] == rows[-3][2] and rows[-1][1] > rows[-3][1], rows  # recovered: new requests, no new failures
+    assert before_kill > 0 and succeeded[rows[-1][0]] > at_restart, (protocol, rows)
+    assert rows[-1][2] == rows[-3][2] and rows[-1][1] > rows[-3][1], (protocol, rows)  # recovered: no new failures
     # Triton's counters restarted with the server: the report says so instead of showing negative figures.
-    assert run.get("server_note", "").startswith("the server restarted")
-    assert all(t["requests"] >= 0 for t in run["server"].values())
+    assert run.get("server_note", "").startswith("the server restarted"), protocol
+    assert all(t["requests"] >= 0 for t in run["server"].values()), protocol
 
 
 # ---- SIGTERM during load ------------------------------------------------------------------------------------
