@@ -25,15 +25,13 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-TYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_INT64": np.int64, "TYPE_INT32": np.int32,
-         "TYPE_UINT8": np.uint8, "TYPE_STRING": np.object_}
-
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.input_name = config["input"][0]["name"]
-        self.outputs = [(o["name"], [int(d) for d in o["dims"]], TYPES[o["data_type"]]) for o in config["output"]]
+        self.outputs = [(o["name"], [int(d) for d in o["dims"]], pb_utils.triton_string_to_numpy(o["data_type"]))
+                        for o in config["output"]]
 
     def execute(self, requests):
         responses = []

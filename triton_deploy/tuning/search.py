@@ -206,6 +206,4 @@ def _held(result: SearchResult, settings: SearchSettings) -> bool:
     if not result.confirm_winner or not result.confirm_start:
         return False
     winner, start = typical(result.confirm_winner), typical(result.confirm_start)
-    if any(p.failures or p.p99_ms > settings.p99_ms for p in winner.points):
-        return False
-    return score(winner, start) > 1.0
+    return winner.feasible(settings.p99_ms) and score(winner, start) > 1.0
