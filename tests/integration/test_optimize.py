@@ -16,7 +16,6 @@ import pytest
 from conftest import encode_digit
 from triton_deploy.cli import main
 from triton_deploy.errors import GateError, UsageError
-from triton_deploy.export import digits
 from triton_deploy.optimize.distill import DistillOptions
 from triton_deploy.optimize.options import OptimizeOptions
 from triton_deploy.optimize.quantize import Calibration
@@ -259,11 +258,6 @@ def test_when_fp32_is_recommended_publishing_as_versions_serves_fp32_by_default(
                                               f"{max(versions, key=int)} (fp32)")
 
 
-def digits_split_train_labels(manifest: Manifest) -> np.ndarray:
-    record = manifest.dataset
-    return digits.load_digits_data(seed=record.seed or 0, test_fraction=record.test_fraction or 0.25).split("train")[1]
-
-
 def test_pruned_variant_is_a_smaller_retrained_network_with_its_own_parity(optimized, digits_manifest):
     report, options, _ = optimized
     pruned = report.variant("pruned_50")
@@ -273,7 +267,7 @@ def test_pruned_variant_is_a_smaller_retrained_network_with_its_own_parity(optim
     assert macs["before"] == digits_manifest.flops_per_image // 2 and macs["ratio"] < 0.3
     assert pruned.details["fine_tune_epochs"] == 1 and pruned.size_bytes < 0.3 * report.variant("fp32").size_bytes
     trained_on = int(pruned.details["note"].split("training images (")[1].split(")")[0])
-    assert trained_on == FINE_TUNE_RENDERINGS * len(digits_split_train_labels(digits_manifest))
+    assert trained_on == FINE_TUNE_RENDERINGS * digits_manifest.dataset.train_size
     assert pruned.details["parity_tf_vs_onnx"]["max_abs_diff"] <= digits_manifest.parity.atol
     assert report.variant("pruned_50_int8_symmetric").details["widths"] == widths  # built from the same network
     if pruned.passed:
